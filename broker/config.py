@@ -1,0 +1,30 @@
+"""Settings of the embedded broker (flags, ``FLEET_*`` variables and TOML map onto these)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.limits import LIMITS
+
+
+class BrokerSettings(BaseModel):
+    """Everything the embedded broker needs to start. Defaults work on a laptop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=0, le=65535)
+    """TCP listener port; 0 picks a free port (see ``EmbeddedBroker.port``)."""
+    ws_port: int | None = Field(None, ge=0, le=65535)
+    tls_port: int | None = Field(None, ge=0, le=65535)
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    db: Path = Path("fleet.db")
+    allow_anonymous: bool = False
+    max_payload_bytes: int = Field(LIMITS.max_payload_bytes, ge=64)
+    """Larger PUBLISH packets are dropped (amqtt has no such limit; amqtt-notes #11)."""
+    keepalive_grace: float = Field(1.5, ge=1.0)
+    """A client silent for keepalive x this factor is disconnected and its will fires (amqtt-notes #2)."""
+    max_connections: int = -1

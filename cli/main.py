@@ -1,0 +1,45 @@
+"""The ``fleet`` command: a thin layer over the library packages."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cli.broker_cmd import broker_command
+from cli.config import config_path, load_default_map
+from cli.devices_cmd import devices_group
+from cli.runtime import setup_logging
+from protocol.errors import FleetError
+
+CONTEXT = {"help_option_names": ["--help"], "auto_envvar_prefix": "FLEET", "show_default": True}
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("fleet.db"),
+              help="The fleet database file (registry, readings, commands).")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML config file (default ./fleet.toml if present; env FLEET_CONFIG).")
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="fleet-hub")
+@click.pass_context
+def cli(ctx: click.Context, db: Path, config: Path | None, log_level: str) -> None:
+    """Fleet hub: an MQTT messaging hub for fleets of IoT devices."""
+    setup_logging(log_level)
+    ctx.obj = {"db": db}
+
+
+cli.add_command(broker_command)
+cli.add_command(devices_group)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: errors become one line on stderr and a non-zero exit."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        default_map = load_default_map(config_path(args))
+        cli.main(args=args, prog_name="fleet", default_map=default_map)
+    except FleetError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,49 @@
+"""Running long-lived async services from the CLI: one event loop, clean stop on Ctrl-C and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Structured key=value logs on stderr (text on a terminal, JSON lines otherwise)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty() or os.environ.get("FLEET_LOG_FORMAT") == "text":
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S"))
+    else:
+        handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # amqtt logs every connection at INFO; keep our own lines readable
+    logging.getLogger("amqtt").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        data = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop`` for a clean shutdown."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())

@@ -1,0 +1,219 @@
+"""Encode wire messages to bytes and decode them back, in both forms.
+
+* JSON: the readable form, field names as in :mod:`protocol.models`, no spaces.
+* CBOR (RFC 8949): the compact form, one-letter keys, enums as small integers, readings
+  as ``[dt, metric_id, value]`` arrays, canonical encoding (shortest float that is exact).
+
+A payload whose first byte is ``{`` is JSON; anything else is CBOR. Decoding never
+raises anything but :class:`~protocol.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import io
+from enum import StrEnum
+from typing import Any, TypeVar, cast
+
+import cbor2
+from pydantic import BaseModel, ValidationError
+
+from protocol.errors import ProtocolError, Reason
+from protocol.limits import LIMITS
+from protocol.metrics import metric_by_id, metric_by_name
+from protocol.models import (
+    Alert,
+    Command,
+    CommandReply,
+    CommandState,
+    Message,
+    Reading,
+    Severity,
+    Status,
+    StatusState,
+    Telemetry,
+    Watermark,
+)
+from protocol.topics import MessageClass
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Encoding(StrEnum):
+    JSON = "json"
+    CBOR = "cbor"
+
+
+MODEL_FOR: dict[MessageClass, type[BaseModel]] = {
+    MessageClass.TELEMETRY: Telemetry,
+    MessageClass.ALERT: Alert,
+    MessageClass.STATUS: Status,
+    MessageClass.COMMAND: Command,
+    MessageClass.REPLY: CommandReply,
+    MessageClass.WATERMARK: Watermark,
+}
+
+# Long field name -> one-letter CBOR key, per model.
+SHORT_KEYS: dict[type[BaseModel], dict[str, str]] = {
+    Telemetry: {"boot": "b", "seq": "q", "ts": "t", "readings": "r"},
+    Alert: {"boot": "b", "seq": "q", "ts": "t", "code": "c", "severity": "v", "message": "m"},
+    Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i"},
+    Command: {"id": "i", "name": "n", "args": "a", "expires": "x"},
+    CommandReply: {"id": "i", "state": "s", "detail": "d", "result": "r"},
+    Watermark: {"boot": "b", "seq": "q"},
+}
+_LONG_KEYS = {model: {v: k for k, v in keys.items()} for model, keys in SHORT_KEYS.items()}
+
+# Enum values as small integers in the binary form. The order is part of the protocol.
+ENUM_CODES: dict[str, tuple[Any, ...]] = {
+    "severity": (Severity.INFO, Severity.WARNING, Severity.CRITICAL),
+    "state:Status": (StatusState.OFFLINE, StatusState.ONLINE),
+    "state:CommandReply": (CommandState.RECEIVED, CommandState.SUCCEEDED, CommandState.FAILED, CommandState.REJECTED),
+    "enc": ("json", "cbor"),
+}
+
+
+def _enum_table(model: type[BaseModel], field: str) -> tuple[Any, ...] | None:
+    return ENUM_CODES.get(f"{field}:{model.__name__}") or ENUM_CODES.get(field)
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode(message: Message, encoding: Encoding | str = Encoding.JSON) -> bytes:
+    """Encode ``message`` to its wire bytes; fields left at their default are omitted."""
+    if isinstance(message, Telemetry):
+        check_readings(message)
+    if Encoding(encoding) is Encoding.JSON:
+        return message.model_dump_json(exclude_defaults=True).encode()
+    return cbor2.dumps(_to_compact(message), canonical=True)
+
+
+def _to_compact(message: BaseModel) -> dict[str, Any]:
+    model = type(message)
+    keys = SHORT_KEYS[model]
+    out: dict[str, Any] = {}
+    for name, value in message.model_dump(exclude_defaults=True).items():
+        table = _enum_table(model, name)
+        if table is not None:
+            value = table.index(value)
+        elif name == "readings":
+            value = [[r.get("dt", 0), _metric_id(r["metric"]), r["value"]] for r in value]
+        out[keys[name]] = value
+    return out
+
+
+def _metric_id(name: str) -> int:
+    metric = metric_by_name(name)
+    if metric is None:
+        raise ProtocolError(Reason.UNKNOWN_METRIC, f"unknown metric {name!r}")
+    return metric.id
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def detect_encoding(payload: bytes) -> Encoding:
+    """The form of ``payload``: JSON when its first byte is ``{``, else CBOR."""
+    return Encoding.JSON if payload[:1] == b"{" else Encoding.CBOR
+
+
+def decode(cls: MessageClass, payload: bytes) -> Message:
+    """Decode a payload of message class ``cls`` (known from the topic)."""
+    if len(payload) > LIMITS.max_payload_bytes:
+        raise ProtocolError(Reason.OVERSIZED, f"{len(payload)} bytes > {LIMITS.max_payload_bytes}")
+    if not payload:
+        raise ProtocolError(Reason.UNDECODABLE, "empty payload")
+    model = MODEL_FOR[cls]
+    try:
+        if detect_encoding(payload) is Encoding.JSON:
+            message = model.model_validate_json(payload)
+        else:
+            message = model.model_validate(_from_compact(model, _cbor_loads(payload)))
+    except ValidationError as exc:
+        raise ProtocolError(Reason.SCHEMA, _describe(exc)) from None
+    if isinstance(message, Telemetry):
+        check_readings(message)
+    return cast(Message, message)
+
+
+def _cbor_loads(payload: bytes) -> Any:
+    stream = io.BytesIO(payload)
+    try:
+        value = cbor2.CBORDecoder(stream).decode()
+    except Exception as exc:  # cbor2 raises many types on garbage; all mean the same to us
+        raise ProtocolError(Reason.UNDECODABLE, f"not CBOR or JSON: {type(exc).__name__}") from None
+    if stream.tell() != len(payload):
+        raise ProtocolError(Reason.UNDECODABLE, f"{len(payload) - stream.tell()} bytes after the CBOR item")
+    return value
+
+
+def _from_compact(model: type[BaseModel], data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ProtocolError(Reason.SCHEMA, "top level must be a map with text keys")
+    long_keys = _LONG_KEYS[model]
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = long_keys.get(key, key)  # an unknown key stays and fails as an extra field
+        table = _enum_table(model, name)
+        if table is not None:
+            if type(value) is not int or not 0 <= value < len(table):
+                raise ProtocolError(Reason.SCHEMA, f"{name}: code {value!r} is not one of 0..{len(table) - 1}")
+            value = table[value]
+        elif name == "readings":
+            value = _readings_from_compact(value)
+        out[name] = value
+    return out
+
+
+def _readings_from_compact(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value  # let the model report the type error
+    readings = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 3:
+            raise ProtocolError(Reason.SCHEMA, "readings: each reading is [dt, metric_id, value]")
+        dt, metric_id, val = item
+        metric = metric_by_id(metric_id) if type(metric_id) is int else None
+        if metric is None:
+            raise ProtocolError(Reason.UNKNOWN_METRIC, f"unknown metric id {metric_id!r}")
+        if type(val) is int:
+            val = float(val)
+        readings.append({"dt": dt, "metric": metric.name, "value": val})
+    return readings
+
+
+def check_readings(message: Telemetry) -> None:
+    """Refuse unknown metric names and values outside a metric's range."""
+    for reading in message.readings:
+        metric = metric_by_name(reading.metric)
+        if metric is None:
+            raise ProtocolError(Reason.UNKNOWN_METRIC, f"unknown metric {reading.metric!r}")
+        if not metric.accepts(reading.value):
+            raise ProtocolError(
+                Reason.OUT_OF_RANGE, f"{reading.metric}={reading.value} outside [{metric.low}, {metric.high}]"
+            )
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "payload"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"
+
+
+def _typed(cls: MessageClass, model: type[M]) -> Any:
+    def decoder(payload: bytes) -> M:
+        return cast(M, decode(cls, payload))
+
+    decoder.__doc__ = f"Decode a {model.__name__} payload (either form)."
+    return decoder
+
+
+decode_telemetry = _typed(MessageClass.TELEMETRY, Telemetry)
+decode_alert = _typed(MessageClass.ALERT, Alert)
+decode_status = _typed(MessageClass.STATUS, Status)
+decode_command = _typed(MessageClass.COMMAND, Command)
+decode_command_reply = _typed(MessageClass.REPLY, CommandReply)
+decode_watermark = _typed(MessageClass.WATERMARK, Watermark)
+
+__all__ = ["Encoding", "Reading", "decode", "detect_encoding", "encode"]

@@ -1,0 +1,124 @@
+"""Pydantic models of every wire message (the readable JSON form uses these field names).
+
+Models are frozen and strict: a wrong type is a schema error, never coerced. Semantic
+checks that need the metric table (names, ranges) live in :mod:`protocol.codec` so that
+they map onto their own dead-letter reasons.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol.limits import LIMITS
+
+U32 = Annotated[int, Field(ge=0, le=LIMITS.max_u32)]
+EpochMs = Annotated[int, Field(gt=0, lt=2**48)]
+"""Milliseconds since the Unix epoch, UTC."""
+ShortText = Annotated[str, Field(min_length=1, max_length=32)]
+Text = Annotated[str, Field(max_length=LIMITS.max_text_len)]
+ArgValue = str | bool | int | float
+
+
+class WireModel(BaseModel):
+    """Base of all wire messages: frozen, strict, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+
+class Reading(WireModel):
+    """One value of one metric, ``dt`` milliseconds after the message's ``ts``."""
+
+    dt: Annotated[int, Field(ge=0, le=LIMITS.max_offset_ms)] = 0
+    metric: ShortText
+    value: float
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("value must be finite")
+        return v
+
+
+class Telemetry(WireModel):
+    """A batch of readings; ``seq`` counts messages (telemetry and alerts) within a boot."""
+
+    boot: U32
+    seq: U32
+    ts: EpochMs
+    readings: Annotated[list[Reading], Field(min_length=1, max_length=LIMITS.max_readings_per_batch)]
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Alert(WireModel):
+    """A condition the device wants an operator to see; shares the ``seq`` counter with telemetry."""
+
+    boot: U32
+    seq: U32
+    ts: EpochMs
+    code: ShortText
+    severity: Annotated[Severity, Field(strict=False)] = Severity.WARNING
+    message: Text = ""
+
+
+class StatusState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class Status(WireModel):
+    """Birth (``online``, published retained after CONNECT) or last will (``offline``)."""
+
+    state: Annotated[StatusState, Field(strict=False)]
+    boot: U32
+    fw: Annotated[str, Field(max_length=32)] = ""
+    caps: Annotated[list[ShortText], Field(max_length=32)] = []
+    enc: Literal["json", "cbor"] = "json"
+    interval_s: Annotated[int, Field(ge=1, le=86_400)] = 60
+    """Heartbeat period: the device sends something at least this often while online."""
+
+
+class Command(WireModel):
+    """An operator's instruction to one device. A device executes each ``id`` at most once."""
+
+    id: ShortText
+    name: ShortText
+    args: Annotated[dict[ShortText, ArgValue], Field(max_length=LIMITS.max_command_args)] = {}
+    expires: EpochMs
+
+
+class CommandState(StrEnum):
+    """States a device reports for a command (the hub adds its own: queued, sent, expired, ...)."""
+
+    RECEIVED = "received"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class CommandReply(WireModel):
+    """A device's acknowledgement (``received``) or result (the other states) of a command."""
+
+    id: ShortText
+    state: Annotated[CommandState, Field(strict=False)]
+    detail: Text = ""
+    result: Annotated[dict[ShortText, ArgValue], Field(max_length=LIMITS.max_command_args)] = {}
+
+
+class Watermark(WireModel):
+    """The hub has persisted every message of ``boot`` up to and including ``seq``."""
+
+    boot: U32
+    seq: U32
+
+
+Message = Telemetry | Alert | Status | Command | CommandReply | Watermark

@@ -1,0 +1,80 @@
+"""Topic names: one short namespace per device.
+
+Every PUBLISH carries its topic in full, so topics are short: ``d/<device>/<class>``
+with a one-letter class costs ``5 + len(device_id)`` bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from protocol.errors import ProtocolError, Reason
+from protocol.limits import LIMITS
+
+ROOT = "d"
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,%d}$" % (LIMITS.max_device_id_len - 1))
+
+
+class MessageClass(StrEnum):
+    """The message classes of the protocol; the value is the topic's last level."""
+
+    TELEMETRY = "t"
+    """device -> hub, QoS 1: readings."""
+    ALERT = "a"
+    """device -> hub, QoS 1: alerts."""
+    STATUS = "s"
+    """device -> hub, QoS 1, retained: birth, and last will set at CONNECT."""
+    COMMAND = "c"
+    """hub -> device, QoS 1: commands."""
+    REPLY = "r"
+    """device -> hub, QoS 1: command acknowledgements and results."""
+    WATERMARK = "w"
+    """hub -> device, QoS 1, retained: the highest seq the hub has persisted."""
+
+
+DEVICE_PUBLISHES = (MessageClass.TELEMETRY, MessageClass.ALERT, MessageClass.STATUS, MessageClass.REPLY)
+DEVICE_SUBSCRIBES = (MessageClass.COMMAND, MessageClass.WATERMARK)
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed device topic."""
+
+    device_id: str
+    cls: MessageClass
+
+    def __str__(self) -> str:
+        return topic_for(self.device_id, self.cls)
+
+
+def valid_device_id(device_id: str) -> bool:
+    """True when ``device_id`` may be used as a device id (and MQTT username and client id)."""
+    return bool(DEVICE_ID_RE.match(device_id))
+
+
+def topic_for(device_id: str, cls: MessageClass) -> str:
+    """The topic of message class ``cls`` for ``device_id``."""
+    if not valid_device_id(device_id):
+        raise ProtocolError(Reason.BAD_TOPIC, f"invalid device id {device_id!r}")
+    return f"{ROOT}/{device_id}/{cls.value}"
+
+
+def subscription_for(cls: MessageClass) -> str:
+    """The wildcard filter that matches ``cls`` for every device (used by the hub)."""
+    return f"{ROOT}/+/{cls.value}"
+
+
+def parse_topic(topic: str) -> Topic:
+    """Parse a device topic; raise :class:`ProtocolError` (bad_topic) for anything else."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != ROOT:
+        raise ProtocolError(Reason.BAD_TOPIC, f"not a device topic: {topic[:80]!r}")
+    if not valid_device_id(parts[1]):
+        raise ProtocolError(Reason.BAD_TOPIC, f"invalid device id in topic: {topic[:80]!r}")
+    try:
+        cls = MessageClass(parts[2])
+    except ValueError:
+        raise ProtocolError(Reason.BAD_TOPIC, f"unknown message class in topic: {topic[:80]!r}") from None
+    return Topic(parts[1], cls)

@@ -1,0 +1,102 @@
+"""Helpers shared by the tests: real paho clients, real Mosquitto, polling with deadlines."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from broker.registry import Registry, Role
+from broker.server import free_port
+
+
+@dataclass
+class Creds:
+    username: str
+    password: str
+
+
+def add_device(registry: Registry, device_id: str, role: Role = Role.DEVICE) -> Creds:
+    return Creds(device_id, registry.add(device_id, role))
+
+
+def connect(port: int, creds: Creds | None, client_id: str | None = None, *, clean: bool = True,
+            keepalive: int = 30, will: tuple[str, bytes] | None = None, timeout: float = 10.0) -> mqtt.Client:
+    """A connected paho client (VERSION2 callbacks, MQTT 3.1.1) with its network loop running.
+
+    Raises ConnectionRefusedError with the reason code when the broker refuses the login.
+    """
+    cid = client_id if client_id is not None else (creds.username if creds else f"anon-{time.monotonic_ns()}")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=clean,
+                         protocol=mqtt.MQTTv311)
+    if creds:
+        client.username_pw_set(creds.username, creds.password)
+    if will:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    result: dict[str, object] = {}
+
+    def on_connect(c, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
+        result["rc"] = reason_code
+
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", port, keepalive=keepalive)
+    client.loop_start()
+    deadline = time.monotonic() + timeout
+    while "rc" not in result and time.monotonic() < deadline:
+        time.sleep(0.01)
+    rc = result.get("rc")
+    if rc is None or getattr(rc, "is_failure", True):
+        client.loop_stop()
+        client.disconnect()
+        raise ConnectionRefusedError(f"connect refused or timed out: {rc}")
+    return client
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it is true or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return bool(value)
+        time.sleep(interval)
+
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+@dataclass
+class MosquittoProcess:
+    port: int
+    proc: subprocess.Popen[bytes]
+    conf: Path
+
+
+def start_mosquitto(tmp_path: Path, extra_conf: str = "allow_anonymous true\n") -> MosquittoProcess:
+    """A real Mosquitto 2 on a free loopback port with ``extra_conf`` appended to its config."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (.ci/run installs it)")
+    port = free_port()
+    conf = tmp_path / f"mosquitto-{port}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\npersistence false\nmax_queued_messages 0\n"
+                    f"max_inflight_messages 0\n{extra_conf}")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return MosquittoProcess(port, proc, conf)
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("mosquitto did not start")
+
+
