@@ -1,0 +1,1 @@
+"""The live terminal dashboard: a snapshot model, a pure renderer, and the Live loop."""
