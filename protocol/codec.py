@@ -130,7 +130,9 @@ def decode(cls: MessageClass, payload: bytes) -> Message:
         else:
             message = model.model_validate(_from_compact(model, _cbor_loads(payload)))
     except ValidationError as exc:
-        raise ProtocolError(Reason.SCHEMA, _describe(exc)) from None
+        # pydantic reports broken JSON text as a validation error; it is undecodable, not a schema breach
+        reason = Reason.UNDECODABLE if exc.errors()[0]["type"] == "json_invalid" else Reason.SCHEMA
+        raise ProtocolError(reason, _describe(exc)) from None
     if isinstance(message, Telemetry):
         check_readings(message)
     return cast(Message, message)
@@ -153,7 +155,9 @@ def _from_compact(model: type[BaseModel], data: Any) -> dict[str, Any]:
     long_keys = _LONG_KEYS[model]
     out: dict[str, Any] = {}
     for key, value in data.items():
-        name = long_keys.get(key, key)  # an unknown key stays and fails as an extra field
+        name = long_keys.get(key)
+        if name is None:  # long field names too: the binary form has exactly one spelling
+            raise ProtocolError(Reason.SCHEMA, f"unknown key {key[:32]!r}")
         table = _enum_table(model, name)
         if table is not None:
             if type(value) is not int or not 0 <= value < len(table):
@@ -177,7 +181,10 @@ def _readings_from_compact(value: Any) -> Any:
         if metric is None:
             raise ProtocolError(Reason.UNKNOWN_METRIC, f"unknown metric id {metric_id!r}")
         if type(val) is int:
-            val = float(val)
+            try:
+                val = float(val)
+            except OverflowError:  # a CBOR bignum beyond any float
+                raise ProtocolError(Reason.OUT_OF_RANGE, f"{metric.name}: integer too large") from None
         readings.append({"dt": dt, "metric": metric.name, "value": val})
     return readings
 

@@ -11,7 +11,7 @@ import math
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 from protocol.limits import LIMITS
 
@@ -20,7 +20,8 @@ EpochMs = Annotated[int, Field(gt=0, lt=2**48)]
 """Milliseconds since the Unix epoch, UTC."""
 ShortText = Annotated[str, Field(min_length=1, max_length=32)]
 Text = Annotated[str, Field(max_length=LIMITS.max_text_len)]
-ArgValue = str | bool | int | float
+ArgValue = str | bool | int | FiniteFloat
+"""A command argument or result value; JSON has no inf or NaN, so neither form carries them."""
 
 
 class WireModel(BaseModel):

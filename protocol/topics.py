@@ -1,7 +1,8 @@
 """Topic names: one short namespace per device.
 
 Every PUBLISH carries its topic in full, so topics are short: ``d/<device>/<class>``
-with a one-letter class costs ``5 + len(device_id)`` bytes on the wire.
+with a one-letter class is ``4 + len(device_id)`` bytes, plus MQTT's 2-byte length
+prefix on the wire.
 """
 
 from __future__ import annotations
