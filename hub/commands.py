@@ -1,0 +1,272 @@
+"""The command bridge: operator -> hub -> device and back, tracked to a final state.
+
+One thread owns the bridge (:meth:`CommandBridge.run`); paho's thread only posts events to
+its inbox. Every state change is committed to SQLite before the hub acts on it, so a hub
+restart resumes every command in flight (:meth:`CommandBridge.load`).
+
+Delivery rules (firmware_protocol.md, "Commands"):
+
+* A command is published (QoS 1) only while its device is online; otherwise it waits in
+  state ``queued`` and goes out on the device's next birth, unless its TTL passes first
+  (``expired``, never executed).
+* A command ``sent`` but not acknowledged within ``ack_timeout_s`` is re-sent with the same
+  id, with exponential backoff and at most ``max_attempts`` sends (amqtt does not redeliver
+  unacknowledged QoS 1 after a reconnect: amqtt-notes #4). Devices de-duplicate by id.
+* A reply is accepted only from the device the command was sent to.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hub.command_store import FINAL, CommandRecord, CommandStore, HubState
+from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
+from protocol.errors import FleetError, ProtocolError
+from protocol.ops import CommandUpdate, CreatedCommand, RefusedDevice, SendRequest, SendResponse, response_topic, updates_topic
+
+log = logging.getLogger("fleet.hub.commands")
+
+Publish = Callable[[str, bytes, int, bool], None]
+"""(topic, payload, qos, retain) -> None; thread-safe (paho's publish is)."""
+
+
+class CommandSettings(BaseModel):
+    """Timeouts and bounds of command delivery."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    default_ttl_s: float = Field(600.0, gt=0)
+    ack_timeout_s: float = Field(5.0, gt=0)
+    """A sent command with no ``received`` reply within this is re-sent (doubling each time)."""
+    max_attempts: int = Field(5, ge=1)
+    backoff: float = Field(2.0, ge=1.0)
+    result_timeout_s: float = Field(120.0, gt=0)
+    """A delivered command with no result within this ends ``timed_out``."""
+    tick_s: float = Field(0.2, gt=0)
+
+
+class CommandError(FleetError):
+    """A command request that cannot be accepted (unknown device, bad arguments)."""
+
+
+@dataclass(slots=True)
+class DeviceLink:
+    online: bool
+    encoding: str = "json"
+
+
+class CommandBridge:
+    """Creates, delivers, retries and settles commands; one owner thread."""
+
+    def __init__(self, store: CommandStore, publish: Publish, known_device: Callable[[str], bool],
+                 settings: CommandSettings | None = None, owner: str | None = None) -> None:
+        self.store = store
+        self.publish = publish
+        self.known_device = known_device
+        self.settings = settings or CommandSettings()
+        self.owner = owner
+        self.links: dict[str, DeviceLink] = {}
+        self.active: dict[str, CommandRecord] = {}
+        self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=100_000)
+        self.counters: dict[str, int] = {"forged_replies": 0, "bad_requests": 0, "resends": 0}
+
+    # ------------------------------------------------------------ thread plumbing
+
+    def post(self, *event: Any) -> None:
+        """Hand an event to the bridge thread (called from paho's thread)."""
+        self.inbox.put(event)
+
+    def run(self, stop: threading.Event) -> None:
+        """The bridge thread: handle events, and tick timers every ``tick_s``."""
+        self.load()
+        next_tick = 0.0
+        while not stop.is_set():
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                event = self.inbox.get(timeout=timeout)
+            except queue.Empty:
+                event = None
+            try:
+                if event is not None:
+                    self.handle(event)
+                if time.monotonic() >= next_tick:
+                    self.tick()
+                    next_tick = time.monotonic() + self.settings.tick_s
+            except Exception:  # the bridge must outlive any one bad event; the error is logged with its trace
+                log.exception("command bridge event failed event=%s", event[0] if event else "tick")
+
+    def handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "reply":
+            self.on_reply_payload(event[1], event[2])
+        elif kind == "request":
+            self.on_request_payload(event[1], event[2])
+        elif kind == "presence":
+            self.on_presence(event[1], event[2], event[3] if len(event) > 3 else None)
+        elif kind == "call":
+            fn, done = event[1], event[2]
+            try:
+                done.put((True, fn()))
+            except Exception as exc:  # handed back to the caller, which re-raises it
+                done.put((False, exc))
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn`` on the bridge thread and return its result (for in-process callers)."""
+        done: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
+        self.post("call", fn, done)
+        ok, value = done.get(timeout=timeout)
+        if not ok:
+            raise value
+        return value
+
+    # ------------------------------------------------------------ state
+
+    def load(self) -> None:
+        """Reload every unfinished command from SQLite (after a restart)."""
+        self.active = {rec.id: rec for rec in self.store.active() if self.owner is None or rec.owner in (None, self.owner)}
+        if self.active:
+            log.info("resumed commands count=%d", len(self.active))
+
+    def seed_presence(self, links: dict[str, DeviceLink]) -> None:
+        self.links.update(links)
+
+    def submit(self, device_id: str, name: str, args: dict[str, Any] | None = None, ttl_s: float | None = None,
+               operator: str | None = None, now: float | None = None) -> CommandRecord:
+        """Record a command for ``device_id`` (committed first), then deliver it if the device is online."""
+        if not self.known_device(device_id):
+            raise CommandError(f"unknown device {device_id!r}")
+        try:  # validate against the wire model before anything is stored
+            Command(id="c0", name=name, args=args or {}, expires=1)
+        except ValidationError as exc:
+            raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}") from None
+        now = time.time() if now is None else now
+        rec = self.store.create(device_id, name, args or {}, ttl_s or self.settings.default_ttl_s,
+                                operator=operator, owner=self.owner, now=now)
+        self.active[rec.id] = rec
+        self._notify(rec)
+        self._dispatch(rec, now)
+        return rec
+
+    def on_request_payload(self, operator: str, payload: bytes) -> None:
+        """An operator's request from ``fleet/ops/<operator>/req``."""
+        try:
+            req = SendRequest.model_validate_json(payload)
+        except ValidationError as exc:
+            self.counters["bad_requests"] += 1
+            log.warning("bad operator request operator=%s error=%s", operator, exc.errors(include_url=False)[0]["msg"])
+            resp = SendResponse(req_id="?", ok=False, error="bad request: " + exc.errors(include_url=False)[0]["msg"])
+            self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
+            return
+        created: list[CreatedCommand] = []
+        refused: list[RefusedDevice] = []
+        for device_id in req.devices:
+            try:
+                rec = self.submit(device_id, req.name, dict(req.args), req.ttl_s, operator=operator)
+                created.append(CreatedCommand(id=rec.id, device_id=device_id))
+            except CommandError as exc:
+                refused.append(RefusedDevice(device_id=device_id, error=str(exc)))
+        resp = SendResponse(req_id=req.req_id, ok=bool(created), commands=created, refused=refused,
+                            error="" if created else "no command created")
+        self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
+
+    def on_reply_payload(self, device_id: str, payload: bytes) -> CommandRecord | None:
+        """A device's reply from ``d/<device>/r``."""
+        from protocol.codec import decode
+
+        try:
+            reply = decode(MessageClass.REPLY, payload)
+        except ProtocolError as exc:
+            log.warning("bad command reply device_id=%s error=%s", device_id, exc)
+            return None
+        assert isinstance(reply, CommandReply)
+        return self.on_reply(device_id, reply)
+
+    def on_reply(self, device_id: str, reply: CommandReply, now: float | None = None) -> CommandRecord | None:
+        now = time.time() if now is None else now
+        rec = self.active.get(reply.id) or self.store.get(reply.id)
+        if rec is None or rec.device_id != device_id:
+            self.counters["forged_replies"] += 1
+            log.warning("reply for a command not sent to this device device_id=%s command_id=%s", device_id, reply.id)
+            return None
+        if rec.final:
+            return rec  # late or repeated reply; the first final state stands
+        if reply.state is CommandState.RECEIVED:
+            if rec.state in (HubState.QUEUED, HubState.SENT):
+                self._move(rec, HubState.DELIVERED, now, next_attempt_at=now + self.settings.result_timeout_s)
+            return rec
+        state = {
+            CommandState.SUCCEEDED: HubState.SUCCEEDED,
+            CommandState.FAILED: HubState.FAILED,
+            CommandState.REJECTED: HubState.EXPIRED if reply.detail == "expired" else HubState.REJECTED,
+        }[reply.state]
+        self._move(rec, state, now, detail=reply.detail, result=dict(reply.result))
+        return rec
+
+    def on_presence(self, device_id: str, online: bool, encoding: str | None = None, now: float | None = None) -> None:
+        """A device came online (birth) or went offline; on birth, deliver what waits for it."""
+        link = self.links.setdefault(device_id, DeviceLink(online))
+        link.online = online
+        if encoding:
+            link.encoding = encoding
+        if not online:
+            return
+        now = time.time() if now is None else now
+        for rec in list(self.active.values()):
+            if rec.device_id == device_id and rec.state in (HubState.QUEUED, HubState.SENT):
+                self._dispatch(rec, now, force=True)
+
+    def tick(self, now: float | None = None) -> None:
+        """Expire, retry and time out commands whose timers ran out."""
+        now = time.time() if now is None else now
+        for rec in list(self.active.values()):
+            if rec.state in (HubState.QUEUED, HubState.SENT) and now >= rec.expires_at:
+                self._move(rec, HubState.EXPIRED, now, detail="ttl passed before the device acknowledged")
+            elif rec.state is HubState.DELIVERED and rec.next_attempt_at and now >= rec.next_attempt_at:
+                self._move(rec, HubState.TIMED_OUT, now, detail="no result from the device")
+            elif rec.state is HubState.QUEUED:
+                self._dispatch(rec, now)
+            elif rec.state is HubState.SENT and rec.next_attempt_at and now >= rec.next_attempt_at:
+                if rec.attempts >= self.settings.max_attempts:
+                    self._move(rec, HubState.TIMED_OUT, now, detail=f"no acknowledgement after {rec.attempts} sends")
+                else:
+                    self._dispatch(rec, now)
+
+    # ------------------------------------------------------------ internals
+
+    def _dispatch(self, rec: CommandRecord, now: float, force: bool = False) -> None:
+        link = self.links.get(rec.device_id)
+        if link is None or not link.online:
+            return
+        if rec.state is HubState.SENT and not force and rec.next_attempt_at and now < rec.next_attempt_at:
+            return
+        if rec.state is HubState.SENT:
+            self.counters["resends"] += 1
+        attempts = rec.attempts + 1
+        wait = self.settings.ack_timeout_s * self.settings.backoff ** (attempts - 1)
+        command = Command(id=rec.id, name=rec.name, args=rec.args, expires=int(rec.expires_at * 1000))
+        # commit "sent" first: a crash after this line re-sends the same id, which devices de-duplicate
+        self._move(rec, HubState.SENT, now, attempts=attempts, next_attempt_at=now + wait,
+                   detail="" if attempts == 1 else f"attempt {attempts}")
+        self.publish(topic_for(rec.device_id, MessageClass.COMMAND), encode(command, link.encoding), 1, False)
+
+    def _move(self, rec: CommandRecord, state: HubState, now: float, **kwargs: Any) -> None:
+        self.store.transition(rec, state, now=now, **kwargs)
+        if rec.state in FINAL:
+            self.active.pop(rec.id, None)
+        log.info("command state command_id=%s device_id=%s state=%s", rec.id, rec.device_id, state.value)
+        self._notify(rec)
+
+    def _notify(self, rec: CommandRecord) -> None:
+        if not rec.operator:
+            return
+        update = CommandUpdate(id=rec.id, device_id=rec.device_id, name=rec.name, state=rec.state.value,
+                               ts=rec.updated_at, final=rec.final, detail=rec.detail, result=rec.result)
+        self.publish(updates_topic(rec.operator), update.model_dump_json().encode(), 1, False)
