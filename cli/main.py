@@ -11,6 +11,7 @@ from cli.broker_cmd import broker_command
 from cli.config import config_path, load_default_map
 from cli.devices_cmd import devices_group
 from cli.runtime import setup_logging
+from cli.send_cmd import commands_group, send_command
 from cli.up_cmd import up_command
 from protocol.errors import FleetError
 
@@ -34,6 +35,8 @@ def cli(ctx: click.Context, db: Path, config: Path | None, log_level: str) -> No
 cli.add_command(broker_command)
 cli.add_command(devices_group)
 cli.add_command(up_command)
+cli.add_command(send_command)
+cli.add_command(commands_group)
 
 
 def main(argv: list[str] | None = None) -> None:

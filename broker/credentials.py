@@ -1,0 +1,42 @@
+"""Local service credentials: a secret kept in a 0600 file next to the database.
+
+The registry stores only hashes, so a service that must log in again after a restart (the
+hub, the CLI's operator account, the simulator) keeps its plaintext secret in a file that
+only its user can read, and re-registers it when the registry does not match.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from broker.registry import Registry, Role
+from broker.secrets import new_secret
+
+
+def secret_path(db: Path, principal_id: str) -> Path:
+    """Where the secret of ``principal_id`` is kept for the database ``db``."""
+    return db.with_name(f"{db.name}.{principal_id}-secret")
+
+
+def local_secret(db: Path, principal_id: str) -> str:
+    """The secret stored for ``principal_id`` next to ``db``, created (mode 0600) when missing."""
+    path = secret_path(db, principal_id)
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = new_secret()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first; use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def ensure_local_principal(db: Path, principal_id: str, role: Role) -> str:
+    """Register ``principal_id`` in ``db``'s registry with its local secret; return the secret."""
+    secret = local_secret(db, principal_id)
+    Registry(db).ensure(principal_id, role, secret)
+    return secret
