@@ -8,7 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from cli.dashboard.snapshot import DeviceView, Snapshot, SortKey, ViewState
+from hub.overview import DeviceView, Snapshot, SortKey, ViewState
 
 SPARKS = "▁▂▃▄▅▆▇█"
 MAIN_METRICS = ("temperature", "humidity", "power_w", "speed_kmh", "battery_v")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cli.dashboard.render import render_text, sparkline, visible_devices
-from cli.dashboard.snapshot import CommandView, DeviceView, EventView, MetricView, Snapshot, SortKey, Summary, ViewState
+from hub.overview import CommandView, DeviceView, EventView, MetricView, Snapshot, SortKey, Summary, ViewState
 
 NOW = 1_800_000_000.0
 
