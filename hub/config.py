@@ -1,0 +1,108 @@
+"""Settings of the hub service (flags, ``FLEET_*`` variables and TOML map onto these).
+
+Every limit of the ingest path is a named setting with a default that works on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from hub.errors import HubError
+
+
+class BrokerAddress(BaseModel):
+    """Where the hub connects: parsed from ``mqtt://host:port`` or ``mqtts://host:port``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse a broker URL; raise :class:`HubError` naming the problem when it is not one."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise HubError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise HubError(f"broker URL {url!r}: invalid port") from None
+    if not parts.hostname:
+        raise HubError(f"broker URL {url!r}: no host")
+    return BrokerAddress(host=parts.hostname, port=port, tls=tls)
+
+
+class HubSettings(BaseModel):
+    """Everything the hub needs to run. Defaults work on a laptop next to ``fleet broker``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    db: Path = Path("fleet.db")
+    broker: str = "mqtt://127.0.0.1:1883"
+    """Broker URL; ``mqtts://`` for TLS (with ``cafile``)."""
+    cafile: Path | None = None
+    username: str | None = "hub"
+    """Login name; also the hub's registry id and MQTT client id (unless ``client_id`` is set)."""
+    password: SecretStr | None = None
+    """None: read (or create) the secret file next to the db and register the hub with it."""
+    client_id: str | None = None
+    register_hub: bool = True
+    """Make sure the hub's principal exists in the registry with this password (embedded broker)."""
+    keepalive: int = Field(30, ge=5)
+
+    queue_size: int = Field(5_000, ge=10)
+    """Messages between paho's thread and the writer; when full, paho waits and the broker holds the rest."""
+    batch_max_rows: int = Field(500, ge=1)
+    """A batch is committed once it holds this many messages ..."""
+    batch_max_age_s: float = Field(0.05, gt=0)
+    """... or once its first message is this old, or as soon as the queue is empty."""
+    skew_threshold_s: float = Field(300.0, gt=0)
+    """A device timestamp further than this from the hub's clock is flagged as skewed."""
+    staleness_factor: float = Field(2.5, ge=1.0)
+    staleness_min_s: float = Field(5.0, ge=0.1)
+    """A device silent for max(this, interval_s x staleness_factor) is marked offline."""
+    presence_check_s: float = Field(1.0, gt=0)
+    retain_days: float | None = Field(None, gt=0)
+    """Readings older than this are deleted (None: keep everything)."""
+    retention_chunk: int = Field(1000, ge=1)
+    retention_check_s: float = Field(60.0, gt=0)
+    require_registered: bool = True
+    """Telemetry from a device id that is not an active device in the registry is dead-lettered."""
+    publish_watermarks: bool = True
+    max_deadletter_bytes: int = Field(65_536, ge=64)
+    """Raw payload bytes kept per dead letter (the rest is cut, and the detail says so)."""
+
+    @property
+    def address(self) -> BrokerAddress:
+        return parse_broker_url(self.broker)
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.client_id or self.username or "fleet-hub"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.db.with_name(self.db.name + ".hub-secret")
+
+
+def hub_password(settings: HubSettings) -> str:
+    """The hub's password: from the settings, else from the secret file (created 0600 when missing)."""
+    if settings.password is not None:
+        return settings.password.get_secret_value()
+    path = settings.secret_file
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret

@@ -1,0 +1,62 @@
+"""What arrives from the broker, and what the hub makes of it before storing.
+
+:func:`classify` turns one raw PUBLISH into an :class:`Accepted` message, a
+:class:`Rejected` one (a dead letter with its reason) or None (nothing to store, e.g. a
+cleared retained status). It never raises: bad input is data, not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.codec import decode
+from protocol.errors import ProtocolError, Reason
+from protocol.models import Alert, CommandReply, Status, Telemetry
+from protocol.topics import MessageClass, parse_topic
+
+HUB_RECEIVES = (MessageClass.TELEMETRY, MessageClass.ALERT, MessageClass.STATUS, MessageClass.REPLY)
+
+
+@dataclass(slots=True, frozen=True)
+class Inbound:
+    """One PUBLISH as paho handed it over, plus when it arrived and on which connection."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+    received_at: float
+    generation: int
+    """Connection number: a message is acked only on the connection that delivered it."""
+
+
+@dataclass(slots=True, frozen=True)
+class Accepted:
+    device_id: str
+    cls: MessageClass
+    message: Telemetry | Alert | Status | CommandReply
+
+
+@dataclass(slots=True, frozen=True)
+class Rejected:
+    device_id: str | None
+    reason: Reason
+    detail: str
+
+
+def classify(msg: Inbound) -> Accepted | Rejected | None:
+    """Decode ``msg`` by its topic; a dead-letter verdict for anything the protocol refuses."""
+    try:
+        topic = parse_topic(msg.topic)
+    except ProtocolError as exc:
+        return Rejected(None, exc.reason, exc.detail)
+    if topic.cls not in HUB_RECEIVES:
+        return Rejected(topic.device_id, Reason.BAD_TOPIC, f"the hub does not take {topic.cls.name.lower()} messages")
+    if topic.cls is MessageClass.STATUS and not msg.payload:
+        return None  # an empty retained payload clears the status: nothing to store
+    try:
+        message = decode(topic.cls, msg.payload)
+    except ProtocolError as exc:
+        return Rejected(topic.device_id, exc.reason, exc.detail)
+    return Accepted(topic.device_id, topic.cls, message)  # type: ignore[arg-type]

@@ -1,0 +1,211 @@
+"""The ingest path: paho's thread -> bounded queue -> one writer thread -> commit -> acks.
+
+paho runs its network loop in its own thread and only puts each PUBLISH on a bounded
+queue. When the queue is full, paho's thread waits: it reads nothing more from the socket,
+acknowledges nothing, and the broker keeps the rest (backpressure instead of loss). The
+writer thread owns the SQLite connection; it takes what the queue holds (up to
+``batch_max_rows`` messages, or what arrived within ``batch_max_age_s`` of the first one),
+commits it in one transaction and only then acknowledges each message of the batch
+(``manual_ack``). Between batches it runs the presence check and one retention chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from hub.config import HubSettings
+from hub.errors import HubError
+from hub.inbound import HUB_RECEIVES, Inbound
+from hub.store import HubStore
+from hub.writer import BatchResult, BatchWriter
+from protocol.codec import encode
+from protocol.topics import MessageClass, subscription_for, topic_for
+
+log = logging.getLogger("fleet.hub.ingest")
+
+BatchHook = Callable[[BatchResult], None]
+"""Called on the writer thread after each commit (the command bridge hooks replies here)."""
+
+
+class Ingest:
+    """The MQTT client and the writer thread of one hub."""
+
+    def __init__(self, settings: HubSettings, password: str | None) -> None:
+        self.settings = settings
+        self.queue: queue.Queue[Inbound] = queue.Queue(maxsize=settings.queue_size)
+        self.hooks: list[BatchHook] = []
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.generation = 0
+        self._stop = threading.Event()
+        self._writer_thread: threading.Thread | None = None
+        self.writer: BatchWriter | None = None
+        self._store_ready = threading.Event()
+        self._store_error: BaseException | None = None
+        self.client = self._make_client(password)
+
+    # ------------------------------------------------------------------ paho side (network thread)
+
+    def _make_client(self, password: str | None) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=s.mqtt_client_id, clean_session=False,
+                             protocol=mqtt.MQTTv311, manual_ack=True)
+        if s.username:
+            client.username_pw_set(s.username, password)
+        if s.address.tls:
+            client.tls_set(ca_certs=str(s.cafile) if s.cafile else None, cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(0.2, 5)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+        if reason_code.is_failure:
+            log.error("connect refused broker=%s reason=%s", self.settings.broker, reason_code)
+            return
+        self.generation += 1
+        log.info("connected broker=%s session_present=%s generation=%s",
+                 self.settings.broker, flags.session_present, self.generation)
+        client.subscribe([(subscription_for(c), 1) for c in HUB_RECEIVES])
+        self.connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes: list[mqtt.ReasonCode],
+                      properties: object) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("subscribe refused reasons=%s", [str(rc) for rc in reason_codes])
+            return
+        self.subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: mqtt.ReasonCode,
+                       properties: object) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("disconnected broker=%s reason=%s (paho reconnects)", self.settings.broker, reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic.decode("utf-8", "replace")  # dead-lettered as bad_topic
+        item = Inbound(topic, message.payload, message.mid, message.qos, bool(message.retain), time.time(),
+                       self.generation)
+        # Block while the writer is behind: the broker holds what we do not read (never drop).
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        # stopping: leave it unacked, the broker redelivers it to our persistent session
+
+    # ------------------------------------------------------------------ writer side (writer thread)
+
+    def _writer_main(self) -> None:
+        try:
+            store = HubStore(self.settings.db)
+            self.writer = BatchWriter(store, self.settings)
+        except BaseException as exc:  # reported to start() and re-raised there
+            self._store_error = exc
+            self._store_ready.set()
+            return
+        self._store_ready.set()
+        s = self.settings
+        next_presence = time.monotonic() + s.presence_check_s
+        next_retention = time.monotonic() + 1.0
+        retention_more = False
+        try:
+            while not self._stop.is_set():
+                batch = self._collect(timeout=0.1)
+                if batch:
+                    self._commit(batch)
+                now_m = time.monotonic()
+                if now_m >= next_presence:
+                    next_presence = now_m + s.presence_check_s
+                    self.writer.check_stale(time.time())
+                if s.retain_days is not None and (retention_more or now_m >= next_retention):
+                    if not retention_more:
+                        next_retention = now_m + s.retention_check_s
+                    deleted = self.writer.delete_old(time.time() - s.retain_days * 86400)
+                    retention_more = deleted >= s.retention_chunk
+                    if deleted:
+                        log.info("retention deleted=%s more=%s", deleted, retention_more)
+        finally:
+            store.close()
+
+    def _collect(self, timeout: float) -> list[Inbound]:
+        try:
+            first = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.settings.batch_max_age_s
+        limit = self.settings.batch_max_rows
+        get = self.queue.get_nowait
+        # take what is already waiting; commit as soon as the queue runs dry (low latency,
+        # and a broker with a small in-flight window is never kept waiting for acks)
+        while len(batch) < limit:
+            try:
+                batch.append(get())
+            except queue.Empty:
+                break
+            if len(batch) % 64 == 0 and time.monotonic() >= deadline:
+                break
+        return batch
+
+    def _commit(self, batch: list[Inbound]) -> None:
+        assert self.writer is not None
+        while True:
+            try:
+                result = self.writer.write(batch)
+                break
+            except Exception as exc:  # sqlite3.Error and friends: keep the batch, unacked, and retry
+                log.error("batch failed, retrying size=%s error=%r", len(batch), exc)
+                if self._stop.wait(1.0):
+                    return
+        generation = self.generation
+        for msg in batch:
+            # a message from an older connection is redelivered on this one and acked then
+            if msg.qos > 0 and msg.generation == generation:
+                self.client.ack(msg.mid, msg.qos)
+        for device_id, mark in result.watermarks.items():
+            self.client.publish(topic_for(device_id, MessageClass.WATERMARK), encode(mark), qos=1, retain=True)
+        for hook in self.hooks:
+            try:
+                hook(result)
+            except Exception:  # a hook's bug must not stop ingest; it is logged with its traceback
+                log.exception("batch hook failed hook=%r", hook)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Open the store, connect, and wait until the subscriptions are granted."""
+        self._writer_thread = threading.Thread(target=self._writer_main, name="fleet-hub-writer", daemon=True)
+        self._writer_thread.start()
+        self._store_ready.wait()
+        if self._store_error is not None:
+            raise self._store_error
+        addr = self.settings.address
+        self.client.connect_async(addr.host, addr.port, keepalive=self.settings.keepalive)
+        self.client.loop_start()
+        if not self.subscribed.wait(timeout):
+            self.stop()
+            raise HubError(f"hub could not connect and subscribe to {self.settings.broker} within {timeout:.0f} s "
+                           f"(is the broker running, are the hub's credentials right?)")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Disconnect and let the writer commit what it holds; whatever is left stays unacked at the broker."""
+        self._stop.set()
+        if self._writer_thread is not None:
+            self._writer_thread.join(timeout)  # its last batch is committed and acked first
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,73 @@
+"""The hub service: one object to start and stop.
+
+    with Hub(HubSettings(db=..., broker="mqtt://127.0.0.1:1883")) as hub:
+        ...                      # ingesting; hub.stats, hub.ingest.hooks
+    hub.run(stop_event)          # or block until a threading.Event is set
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from broker.registry import Registry, Role
+from hub.config import HubSettings, hub_password
+from hub.ingest import BatchHook, Ingest
+
+log = logging.getLogger("fleet.hub")
+
+
+class Hub:
+    """Ingest telemetry from a broker into the fleet database, with presence and retention."""
+
+    def __init__(self, settings: HubSettings | None = None) -> None:
+        self.settings = settings or HubSettings()
+        self.ingest: Ingest | None = None
+
+    def start(self, timeout: float = 10.0) -> Hub:
+        """Register the hub's login if asked, connect, subscribe; returns once messages flow."""
+        s = self.settings
+        password: str | None = None
+        if s.username:
+            password = hub_password(s)
+            if s.register_hub:
+                # the embedded broker checks logins against this registry
+                Registry(s.db).ensure(s.username, Role.HUB, password)
+        self.ingest = Ingest(s, password)
+        self.ingest.start(timeout)
+        log.info("hub started db=%s broker=%s client_id=%s", s.db, s.broker, s.mqtt_client_id)
+        return self
+
+    def stop(self) -> None:
+        """Commit and ack what is in hand, then disconnect."""
+        if self.ingest is not None:
+            self.ingest.stop()
+            log.info("hub stopped stats=%s", self.stats)
+            self.ingest = None
+
+    def add_hook(self, hook: BatchHook) -> None:
+        """Call ``hook(result)`` on the writer thread after each committed batch."""
+        assert self.ingest is not None, "start the hub first"
+        self.ingest.hooks.append(hook)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters since start: messages, readings, duplicates, gaps, skewed, dead letters per reason."""
+        if self.ingest is None or self.ingest.writer is None:
+            return {}
+        return self.ingest.writer.stats.snapshot()
+
+    def run(self, stop: threading.Event) -> None:
+        """Start, serve until ``stop`` is set, then stop."""
+        self.start()
+        try:
+            stop.wait()
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Hub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
