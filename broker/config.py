@@ -28,3 +28,9 @@ class BrokerSettings(BaseModel):
     keepalive_grace: float = Field(1.5, ge=1.0)
     """A client silent for keepalive x this factor is disconnected and its will fires (amqtt-notes #2)."""
     max_connections: int = -1
+    connect_timeout: float = Field(10.0, gt=0)
+    """Seconds a new connection has to send its CONNECT before it is closed."""
+    max_packet_bytes: int = Field(256 * 1024, ge=1024)
+    """A client announcing a bigger packet is disconnected before the packet is read (amqtt-notes #11)."""
+    max_queued_messages: int = Field(1000, ge=1)
+    """Messages queued per offline persistent session; beyond it the oldest is dropped and logged."""

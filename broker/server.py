@@ -1,6 +1,17 @@
 """The embedded broker: amqtt with the registry's authentication and topic rules.
 
 ``EmbeddedBroker`` is the one object to start and stop. It binds 127.0.0.1 by default.
+``FleetBroker`` is amqtt's ``Broker`` with the workarounds of ``/work/shared/amqtt-notes.md``
+mixed in, one module per concern:
+
+- :mod:`broker.login`: authenticate before touching sessions, clean take-over, nothing sent
+  on connect (#8, #6)
+- :mod:`broker.routing`: drain before disconnect, offline queue without RETAIN, QoS, retained
+  ACL, payload limit, checked wills (#1, #3, #5, #6, #11)
+- :mod:`broker.connection`: keep-alive enforcement and a packet size cap (#2, #11)
+- :mod:`broker.inflight`: redelivery of unacknowledged QoS 1 messages after a reconnect (#4)
+- :mod:`broker.access`: password hashes checked off the event loop (#9); :mod:`broker.acl`:
+  topic rules without wildcard escalation (#7)
 """
 
 from __future__ import annotations
@@ -14,18 +25,51 @@ from amqtt.broker import Broker
 
 from broker.access import AccessControl
 from broker.config import BrokerSettings
+from broker.connection import KeepAliveWatchdog
+from broker.login import LoginFirstMixin
 from broker.registry import Registry
+from broker.routing import RoutingMixin
 
 log = logging.getLogger("fleet.broker")
 
 
-class FleetBroker(Broker):
-    """amqtt's broker with the project's access control attached (plugins reach it as ``access``)."""
+class FleetBroker(LoginFirstMixin, RoutingMixin, Broker):
+    """amqtt's broker with the project's access control and defect workarounds (see module doc).
+
+    Plugins reach the access control as ``context._broker_instance.access``.
+    """
 
     def __init__(self, config: dict[str, Any], access: AccessControl, settings: BrokerSettings) -> None:
         self.access = access
         self.settings = settings
         super().__init__(config)
+        self.keepalive = KeepAliveWatchdog(lambda: self._sessions.values(), settings.keepalive_grace)
+
+    async def start(self) -> None:
+        await super().start()
+        self.keepalive.start()
+
+    async def shutdown(self) -> None:
+        await self.keepalive.stop()
+        await super().shutdown()
+
+    async def disconnect_user(self, username: str, *, discard_sessions: bool = False) -> list[str]:
+        """Close every live connection logged in as ``username``; returns their client ids.
+
+        The will of each closed connection is published (the client did not say goodbye). With
+        ``discard_sessions`` the sessions (subscriptions, offline queues) are deleted as well.
+        """
+        closed = []
+        for client_id, (session, handler) in list(self._sessions.items()):
+            if session.username != username:
+                continue
+            if session.transitions.is_connected():
+                log.info("disconnecting client_id=%s username=%s", client_id, username)
+                await self.close_connection(session, handler)
+                closed.append(client_id)
+            if discard_sessions:
+                await self._delete_session(client_id)
+        return closed
 
 
 def amqtt_config(settings: BrokerSettings) -> dict[str, Any]:
@@ -48,8 +92,8 @@ def amqtt_config(settings: BrokerSettings) -> dict[str, Any]:
     return {
         "listeners": listeners,
         "plugins": {
+            # topic rules are applied by FleetBroker directly (broker.routing), not by a plugin
             "broker.auth.RegistryAuthPlugin": {},
-            "broker.auth.RegistryTopicPlugin": {},
         },
     }
 
@@ -79,6 +123,27 @@ class EmbeddedBroker:
             await self._broker.shutdown()
             self._broker = None
         self.access.close()
+
+    async def disconnect_client(self, client_id: str) -> bool:
+        """Close the live connection of ``client_id`` now (its will is published). False when not connected."""
+        entry = self.amqtt._sessions.get(client_id)
+        if entry is None or not entry[0].transitions.is_connected():
+            return False
+        await self.amqtt.close_connection(*entry)
+        return True
+
+    async def revoke(self, principal_id: str) -> list[str]:
+        """Revoke ``principal_id`` in the registry and throw its live connections out at once.
+
+        Drops its cached login (:meth:`AccessControl.forget`), closes every connection logged in
+        under that name and deletes their sessions, so nothing queued for it survives. Returns the
+        client ids that were connected. ``fleet devices revoke`` only writes the registry: a
+        running broker refuses the next login, and this method is for a revoke that must also cut
+        a live connection.
+        """
+        self.registry.revoke(principal_id)
+        self.access.forget(principal_id)
+        return await self.amqtt.disconnect_user(principal_id, discard_sessions=True)
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

@@ -1,0 +1,108 @@
+"""Redelivery of unacknowledged QoS 1 messages to persistent sessions (amqtt-notes #4).
+
+amqtt 0.12.1 ``mqtt/protocol/handler.py`` ``ProtocolHandler._handle_qos1_message_flow`` removes an
+outgoing message from ``session.inflight_out`` in a ``finally`` block: on PUBACK, but also when
+the wait is cancelled because the connection closed (``_stop_waiters``) or after a fixed 5 s
+timeout. A persistent session therefore forgets every unacknowledged message the moment its
+subscriber drops, and ``_retry_deliveries`` at the next CONNECT has nothing to resend (upstream
+issue #401). It also registers the PUBACK waiter only after the PUBLISH is written, so a very fast
+PUBACK can be reported as "unknown" and the message then times out.
+
+:class:`FleetProtocolHandler` keeps an outgoing QoS 1 message in ``inflight_out`` until its PUBACK
+arrives; when the subscriber reconnects with the same client id and ``clean_session=0``, the
+retry resends it with DUP=1 (MQTT 3.1.1 section 4.4). A PUBACK that arrives after the broker
+stopped waiting still clears the message. The retry runs in the background: amqtt awaits it
+inside ``handler.start()``, which would stall the whole session for up to 10 s when the client is
+slow to acknowledge. QoS 2 flows are left to amqtt (the fleet protocol uses QoS 0 and 1 only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from amqtt.errors import AMQTTError
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.puback import PubackPacket
+from amqtt.session import OUTGOING, IncomingApplicationMessage, OutgoingApplicationMessage
+
+log = logging.getLogger("fleet.broker.inflight")
+
+PUBACK_TIMEOUT_S = 30.0
+"""How long one delivery attempt waits for its PUBACK; the message stays queued for redelivery after."""
+
+
+class FleetProtocolHandler(BrokerProtocolHandler):
+    """amqtt's broker-side protocol handler, keeping QoS 1 messages in flight until acknowledged."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._retries: set[asyncio.Task[None]] = set()
+
+    async def _handle_qos1_message_flow(self, app_message: OutgoingApplicationMessage | IncomingApplicationMessage) -> None:
+        if app_message.direction != OUTGOING or not isinstance(app_message, OutgoingApplicationMessage):
+            await super()._handle_qos1_message_flow(app_message)
+            return
+        session = self.session
+        packet_id = app_message.packet_id
+        if session is None or packet_id is None:
+            raise AMQTTError("outgoing QoS 1 message without a session or packet id")
+        if app_message.puback_packet is not None:
+            return  # acknowledged while a retry was being scheduled
+        session.inflight_out[packet_id] = app_message
+        packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
+        app_message.publish_packet = packet
+        waiter: asyncio.Future[PubackPacket] = asyncio.get_running_loop().create_future()
+        self._puback_waiters[packet_id] = waiter  # before writing: the PUBACK may come back at once
+        try:
+            await self._send_packet(packet)
+            app_message.puback_packet = await asyncio.wait_for(waiter, PUBACK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("no PUBACK client_id=%s packet_id=%s topic=%s; kept for redelivery",
+                        session.client_id, packet_id, app_message.topic)
+            return
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # the connection closed (amqtt cancels the waiters): keep the message for the next connect
+            return
+        finally:
+            if self._puback_waiters.get(packet_id) is waiter:
+                del self._puback_waiters[packet_id]
+        if session.inflight_out.get(packet_id) is app_message:
+            del session.inflight_out[packet_id]
+
+    async def handle_puback(self, puback: PubackPacket) -> None:
+        packet_id = puback.variable_header.packet_id if puback.variable_header else None
+        waiter = self._puback_waiters.get(packet_id) if packet_id is not None else None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(puback)
+            return
+        session = self.session
+        if session is not None and packet_id is not None:
+            message = session.inflight_out.pop(packet_id, None)
+            if message is not None:
+                message.puback_packet = puback  # a late PUBACK still settles the message
+                return
+        log.debug("PUBACK for unknown packet_id=%s", packet_id)
+
+    async def _retry_deliveries(self) -> None:
+        """Resend what is still in flight for this session, in the background (see module doc)."""
+        session = self.session
+        if session is None:
+            raise AMQTTError("session is not initialized")
+        pending = [*session.inflight_in.values(), *session.inflight_out.values()]
+        if pending:
+            log.info("redelivering client_id=%s messages=%d", session.client_id, len(pending))
+        for message in pending:
+            task = asyncio.create_task(self._retry_one(message))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _retry_one(self, message: IncomingApplicationMessage | OutgoingApplicationMessage) -> None:
+        try:
+            await self._handle_message_flow(message)
+        except (AMQTTError, TimeoutError, ConnectionError) as exc:
+            log.warning("redelivery failed client_id=%s packet_id=%s error=%r",
+                        self.session.client_id if self.session else None, message.packet_id, exc)

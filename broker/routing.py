@@ -1,0 +1,221 @@
+"""Message routing of the embedded broker: no acknowledged message lost, no retained leak, limits.
+
+Each override names the amqtt 0.12.1 ``broker.py`` method it replaces and the defect of
+``/work/shared/amqtt-notes.md`` it compensates for:
+
+- #1 ``Broker._client_message_loop`` stops at the client's DISCONNECT (or dropped socket) and
+  abandons whatever is still in ``session.delivered_message_queue``, although every one of those
+  QoS 1 messages was already PUBACKed (``mqtt/protocol/handler.py`` acks on enqueue). The loop
+  here drains that queue through the router before it handles the disconnect, so the messages
+  published before a DISCONNECT (or before the will) are all routed, in order.
+- #3 ``Broker._publish_session_retained_messages`` sends messages queued for an offline persistent
+  session with RETAIN=1; they are ordinary messages and go out with RETAIN=0 here. The offline
+  queue is bounded (``max_queued_messages``, oldest dropped and logged; #11).
+- #5 ``Broker._run_broadcast`` delivers with the subscription's QoS, so QoS 0 messages were queued
+  for offline sessions as QoS 1. Here the delivered QoS is min(publish QoS, subscription QoS), as
+  MQTT 3.1.1 section 3.8.4 says and Mosquitto does.
+- #6 ``Broker._publish_retained_messages_for_subscription`` sends retained messages without an
+  ACL check; here each one passes the RECEIVE rule first (retained on connect: :mod:`broker.login`).
+- #11 no payload limit: a PUBLISH larger than ``max_payload_bytes`` is dropped and logged with the
+  client id and size (it was already PUBACKed by amqtt; MQTT 3.1.1 has no negative ack).
+- The will is published only when the will topic passes the PUBLISH rule and the size limit
+  (amqtt sends any will topic unchecked, so a device could forge another device's status), and
+  not at all when the same client id took the connection over.
+- ACL decisions call :class:`~broker.access.AccessControl` directly and synchronously instead of
+  going through amqtt's plugin manager, which costs a task per plugin per check; the RECEIVE
+  check runs once per subscriber per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from amqtt.broker import RetainedApplicationMessage
+from amqtt.contexts import Action as AmqttAction
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
+
+from broker.acl import Action
+
+if TYPE_CHECKING:
+    from amqtt.broker import Broker as _Base
+
+    from broker.access import AccessControl
+    from broker.config import BrokerSettings
+else:
+    _Base = object
+
+log = logging.getLogger("fleet.broker.routing")
+
+_ACTIONS = {AmqttAction.PUBLISH: Action.PUBLISH, AmqttAction.SUBSCRIBE: Action.SUBSCRIBE,
+            AmqttAction.RECEIVE: Action.RECEIVE}
+
+
+class RoutingMixin(_Base):
+    """Message routing for :class:`~broker.server.FleetBroker` (see the module docstring)."""
+
+    if TYPE_CHECKING:
+        settings: BrokerSettings
+        access: AccessControl
+
+    async def _topic_filtering(self, session: Session, topic: str, action: AmqttAction) -> bool:
+        return self.access.authorize(session, _ACTIONS[action], topic)
+
+    async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
+        disconnect_waiter = asyncio.ensure_future(handler.wait_disconnect())
+        subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
+        unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
+        wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+        try:
+            while True:
+                await asyncio.wait([disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if subscribe_waiter.done():
+                    await self._handle_subscription(client_session, handler, subscribe_waiter)
+                    subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
+                if unsubscribe_waiter.done():
+                    await self._handle_unsubscription(client_session, handler, unsubscribe_waiter)
+                    unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
+                if wait_deliver.done():
+                    if not await self.route_publish(client_session, wait_deliver.result()):
+                        # a protocol violation: close like a dropped socket (amqtt left the socket open)
+                        await handler.handle_connection_closed()
+                    wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+                if disconnect_waiter.done():
+                    await self._drain_delivered(client_session)
+                    await self._handle_disconnect(client_session, handler, disconnect_waiter)
+                    return
+        finally:
+            waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _drain_delivered(self, session: Session) -> None:
+        """Route every publish the client sent (and was acknowledged) before it went away (#1)."""
+        queue = session.delivered_message_queue
+        drained = 0
+        while not queue.empty():
+            await self.route_publish(session, queue.get_nowait())
+            drained += 1
+        if drained:
+            log.debug("drained client_id=%s messages=%d", session.client_id, drained)
+
+    async def _handle_message_delivery(self, client_session: Session, handler: BrokerProtocolHandler,
+                                       wait_deliver: asyncio.Future[Any]) -> bool:
+        return await self.route_publish(client_session, wait_deliver.result())
+
+    async def route_publish(self, session: Session, message: ApplicationMessage | None) -> bool:
+        """Check one PUBLISH from ``session`` and queue it for its subscribers.
+
+        Returns False only for a protocol violation that must close the connection.
+        """
+        if message is None:
+            return True
+        await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
+                                              message=message)
+        topic = message.topic
+        if not topic or "#" in topic or "+" in topic:
+            log.warning("publish refused reason=invalid_topic client_id=%s topic=%r", session.client_id, (topic or "")[:120])
+            return False
+        if topic.startswith("$"):
+            log.warning("publish dropped reason=dollar_topic client_id=%s topic=%s", session.client_id, topic[:120])
+            return True
+        size = len(message.data)
+        if size > self.settings.max_payload_bytes:
+            log.warning("publish dropped reason=oversized client_id=%s topic=%s size=%d max=%d",
+                        session.client_id, topic[:120], size, self.settings.max_payload_bytes)
+            return True
+        if not self.access.authorize(session, Action.PUBLISH, topic):
+            return True  # AccessControl logged the denial
+        await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
+                                              message=message)
+        await self._broadcast_queue.put({"session": session, "topic": topic, "data": message.data,
+                                         "pub_qos": message.qos})
+        if message.publish_packet is not None and message.publish_packet.retain_flag:
+            await self.retain_message(session, topic, message.data, message.qos)
+        return True
+
+    async def _handle_disconnect(self, client_session: Session, handler: BrokerProtocolHandler,
+                                 disconnect_waiter: asyncio.Future[Any]) -> None:
+        abnormal = not isinstance(disconnect_waiter.result(), DisconnectPacket)
+        if abnormal and client_session.will_flag and not getattr(handler, "fleet_superseded", False):
+            await self._publish_will(client_session)
+        await self._stop_handler(handler)
+        client_session.transitions.disconnect()
+        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED, client_id=client_session.client_id,
+                                              client_session=client_session)
+
+    async def _publish_will(self, session: Session) -> None:
+        topic, data = session.will_topic, session.will_message or b""
+        if not topic or not self.access.authorize(session, Action.PUBLISH, topic):
+            log.warning("will dropped reason=denied client_id=%s topic=%s", session.client_id, topic)
+            return
+        if len(data) > self.settings.max_payload_bytes:
+            log.warning("will dropped reason=oversized client_id=%s size=%d", session.client_id, len(data))
+            return
+        log.info("will published client_id=%s topic=%s", session.client_id, topic)
+        await self._broadcast_message(session, topic, data, session.will_qos)
+        if session.will_retain:
+            await self.retain_message(session, topic, data, session.will_qos)
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        broadcast = await self._broadcast_queue.get()
+        topic: str = broadcast["topic"]
+        data: bytes = broadcast["data"]
+        pub_qos: int | None = broadcast.get("qos", broadcast.get("pub_qos"))
+        authorize = self.access.authorize
+        for topic_filter, subscriptions in self._subscriptions.items():
+            if not self._matches(topic, topic_filter):
+                continue
+            for target, sub_qos in subscriptions:
+                qos = sub_qos if pub_qos is None else min(pub_qos, sub_qos)
+                if not authorize(target, Action.RECEIVE, topic):
+                    continue
+                if target.transitions.state != "connected":
+                    if not target.clean_session and qos in (QOS_1, QOS_2) and not target.is_anonymous:
+                        await self._retain_broadcast_message(broadcast, qos, target)
+                    continue
+                handler = self._get_handler(target)
+                if handler is not None:
+                    running_tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False)))
+
+    async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
+        queue = target_session.retained_messages
+        if queue.qsize() >= self.settings.max_queued_messages:
+            dropped = queue.get_nowait()
+            log.warning("offline queue full client_id=%s max=%d dropped_topic=%s", target_session.client_id,
+                        self.settings.max_queued_messages, dropped.topic)
+        queue.put_nowait(RetainedApplicationMessage(broadcast["session"], broadcast["topic"], broadcast["data"], qos))
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        queue = session.retained_messages
+        if not queue.empty():
+            log.info("delivering offline queue client_id=%s messages=%d", session.client_id, queue.qsize())
+        while not queue.empty():
+            queued = queue.get_nowait()
+            # not awaited (amqtt waited for every PUBACK here, stalling the session); the
+            # broadcast loop reaps these tasks
+            self._tasks_queue.append(asyncio.ensure_future(
+                handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False)))
+
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
+        topic_filter, sub_qos = subscription
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter) or not self.access.authorize(session, Action.RECEIVE, topic):
+                continue
+            qos = sub_qos if retained.qos is None else min(sub_qos, retained.qos)
+            task: asyncio.Future[OutgoingApplicationMessage] = asyncio.ensure_future(
+                handler.mqtt_publish(topic, retained.data, qos, retain=True))
+            self._tasks_queue.append(task)
