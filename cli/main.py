@@ -10,7 +10,9 @@ import click
 from cli.broker_cmd import broker_command
 from cli.config import config_path, load_default_map
 from cli.devices_cmd import devices_group
+from cli.dashboard_cmd import dashboard_command, status_command
 from cli.runtime import setup_logging
+from cli.sim_cmd import sim_command
 from cli.send_cmd import commands_group, send_command
 from cli.up_cmd import up_command
 from protocol.errors import FleetError
@@ -37,6 +39,9 @@ cli.add_command(devices_group)
 cli.add_command(up_command)
 cli.add_command(send_command)
 cli.add_command(commands_group)
+cli.add_command(dashboard_command)
+cli.add_command(status_command)
+cli.add_command(sim_command)
 
 
 def main(argv: list[str] | None = None) -> None:
