@@ -1,0 +1,485 @@
+"""One simulated device: lifecycle, seq numbering, store-and-forward, commands, faults.
+
+A device speaks only ``firmware_protocol.md`` through :mod:`protocol`:
+
+* CONNECT with client id = username = device id, a persistent session
+  (clean_session=False) and a last will ``Status(offline)`` retained at QoS 1 on ``d/<id>/s``;
+* subscribe at QoS 1 to ``d/<id>/c`` (commands) and ``d/<id>/w`` (the hub's watermark);
+* birth ``Status(online, boot, fw, caps, enc, interval_s)`` retained at QoS 1;
+* ``Telemetry(boot, seq, ts, readings)`` at QoS 1 on ``d/<id>/t``; ``seq`` starts at 1 in
+  each boot and grows by one per message; ``boot`` grows by one per (re)boot (a reconnect
+  is not a reboot);
+* on a clean stop: ``Status(offline)`` then DISCONNECT.
+
+Store-and-forward: each telemetry message stays in a bounded per-device buffer after it
+is published. The hub's retained watermark ``Watermark(boot, seq)`` releases every message
+of that boot up to ``seq`` (and the PUBACKed messages of older boots: the hub has moved
+on). A PUBACK alone releases nothing, because a broker acknowledges on receipt and may
+still lose the message (amqtt-notes #1). After a reconnect the device re-sends, with the
+DUP flag, every buffered message the watermark does not cover; but until the device has
+seen any watermark (no hub running), it re-sends only what was never PUBACKed, so that a
+hub-less run does not replay its whole buffer on every reconnect. When the buffer is full
+the oldest PUBACKed message makes room first, else the oldest message is dropped (counted
+as ``dropped`` and written to the ledger as a ``buffer-overflow`` fault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+
+from device_sim.faults import FaultKind
+from device_sim.ledger import Ledger
+from device_sim.mqtt import ConnectRefused, MqttClient, MqttError, Will
+from device_sim.settings import Behaviour, SimSettings
+from device_sim.signals import Profile, Signal
+from protocol import (
+    LIMITS,
+    Command,
+    CommandReply,
+    CommandState,
+    MessageClass,
+    ProtocolError,
+    Reading,
+    Status,
+    StatusState,
+    Telemetry,
+    Watermark,
+    decode,
+    encode,
+    topic_for,
+)
+
+log = logging.getLogger("fleet.sim.device")
+fault_log = logging.getLogger("fleet.sim.fault")
+
+CAPABILITIES = ("reboot", "set_interval", "set_config", "ping")
+RECENT_COMMANDS = 64
+MALFORMED_PAYLOAD = b"\xff\x00 this is not a payload \x00\xfe"
+
+
+@dataclass
+class FleetStats:
+    """Counters shared by every device of a fleet (one event loop, so no locks)."""
+
+    connected: int = 0
+    connected_peak: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    refused: int = 0
+    births: int = 0
+    messages: int = 0
+    """Telemetry messages produced (each takes a seq)."""
+    publishes: int = 0
+    """Telemetry PUBLISH packets sent, re-sends and duplicates included."""
+    resent: int = 0
+    readings: int = 0
+    pubacks: int = 0
+    watermarked: int = 0
+    dropped: int = 0
+    errors: int = 0
+    commands: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+
+
+class _Sent:
+    """A telemetry message kept for store-and-forward."""
+
+    __slots__ = ("boot", "seq", "payload", "pubacked")
+
+    def __init__(self, boot: int, seq: int, payload: bytes) -> None:
+        self.boot = boot
+        self.seq = seq
+        self.payload = payload
+        self.pubacked = False
+
+
+class SimDevice:
+    """A simulated device; :meth:`run` is its whole life (cancel the task to switch it off)."""
+
+    def __init__(self, device_id: str, index: int, secret: str, profile: Profile, signal: Signal,
+                 settings: SimSettings, boot: int, stats: FleetStats, ledger: Ledger,
+                 connect_gate: asyncio.Semaphore, faults: frozenset[FaultKind] = frozenset()) -> None:
+        self.device_id = device_id
+        self.index = index
+        self.secret = secret
+        self.profile = profile
+        self.signal = signal
+        self.settings = settings
+        behaviour: Behaviour = settings.behaviour_for(profile)
+        self.encoding = behaviour.encoding
+        self.batch = behaviour.batch
+        self.deadband = behaviour.deadband
+        self.interval = 1.0 / settings.rate
+        self.boot = boot
+        self.seq = 0
+        self.stats = stats
+        self.ledger = ledger
+        self.gate = connect_gate
+        self.faults = faults
+        self.client: MqttClient | None = None
+        self.buffer: deque[_Sent] = deque()
+        self._by_pid: dict[int, _Sent] = {}
+        self._samples: list[tuple[int, list[tuple[str, float]]]] = []
+        self._last_sent: dict[str, float] = {}
+        self._last_message = 0.0
+        self._recent: OrderedDict[str, bytes | None] = OrderedDict()
+        self._seen_watermark = False
+        self._reboot_pending = False
+        self._dead = False
+        self._ticks = 0
+        self._first_online: float | None = None
+        self._next_storm = 0.0
+        self.online_count = 0
+        self._bytes_past = 0
+        self.topic_t = topic_for(device_id, MessageClass.TELEMETRY)
+        self.topic_s = topic_for(device_id, MessageClass.STATUS)
+        self.topic_r = topic_for(device_id, MessageClass.REPLY)
+        self.topic_c = topic_for(device_id, MessageClass.COMMAND)
+        self.topic_w = topic_for(device_id, MessageClass.WATERMARK)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Connect, report, reconnect after losses, until the task is cancelled."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if self._dead:
+                    await loop.create_future()  # silent death: stay dead until switched off
+                try:
+                    client = await self._connect()
+                except ConnectRefused as exc:
+                    self.stats.refused += 1
+                    bad = FaultKind.BAD_CREDENTIALS in self.faults
+                    if bad:
+                        self._fault(FaultKind.BAD_CREDENTIALS, f"login refused rc={exc.code}")
+                    else:
+                        log.warning("login refused device_id=%s rc=%s", self.device_id, exc.code)
+                    await asyncio.sleep(self.settings.bad_login_retry_s if bad else self.settings.reconnect_delay)
+                    continue
+                except (OSError, MqttError, TimeoutError) as exc:
+                    self.stats.errors += 1
+                    log.info("connect failed device_id=%s error=%s", self.device_id, exc)
+                    await asyncio.sleep(self.settings.reconnect_delay)
+                    continue
+                try:
+                    await self._online(client)
+                finally:
+                    self.stats.connected -= 1
+                    self._bytes_past += client.bytes_out
+                if self._reboot_pending:
+                    self._reboot()
+                    continue
+                if not self._dead:
+                    await asyncio.sleep(0.05 if FaultKind.DISCONNECT_STORM in self.faults else self.settings.reconnect_delay)
+        finally:
+            self._goodbye()
+
+    @property
+    def bytes_out(self) -> int:
+        """MQTT bytes this device has written, all connections together."""
+        client = self.client
+        return self._bytes_past + (client.bytes_out if client is not None else 0)
+
+    async def _connect(self) -> MqttClient:
+        password = self.secret
+        if FaultKind.BAD_CREDENTIALS in self.faults:
+            password = self.secret + "-wrong"
+        will = Will(self.topic_s, self._status(StatusState.OFFLINE), qos=1, retain=True)
+        async with self.gate:
+            client = MqttClient(self._on_message, self._on_puback)
+            try:
+                await client.connect(self.settings.host, self.settings.port, self.device_id,
+                                     username=self.device_id, password=password, will=will,
+                                     clean_session=False, keepalive=self.settings.keepalive,
+                                     timeout=self.settings.connect_timeout)
+                self.client = client
+                granted = await client.subscribe([(self.topic_c, 1), (self.topic_w, 1)],
+                                                 timeout=self.settings.connect_timeout)
+            except BaseException:
+                client.abort()
+                raise
+        if 0x80 in granted:
+            log.warning("subscription refused device_id=%s granted=%s", self.device_id, granted)
+        return client
+
+    async def _online(self, client: MqttClient) -> None:
+        """Serve one connection until it closes."""
+        loop = asyncio.get_running_loop()
+        stats = self.stats
+        stats.connected += 1
+        stats.connected_peak = max(stats.connected_peak, stats.connected)
+        stats.connects += 1
+        if self.online_count:
+            stats.reconnects += 1
+        self.online_count += 1
+        now = loop.time()
+        if self._first_online is None:
+            self._first_online = now
+            self._next_storm = now + self.settings.fault_start_s
+        self._by_pid.clear()
+        client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
+        stats.births += 1
+        self._resend(client)
+        # spread the fleet's ticks over the interval, reproducibly
+        next_tick = now + (self.index * 0.618034 % 1.0) * self.interval
+        self._last_message = self._last_message or time.monotonic()
+        while not client.closed.done():
+            delay = next_tick - loop.time()
+            if delay > 0:
+                await asyncio.wait((client.closed,), timeout=delay)
+                if client.closed.done():
+                    break
+            now = loop.time()
+            next_tick = max(next_tick + self.interval, now)
+            if self._fault_active(FaultKind.SILENT, now):
+                self._fault(FaultKind.SILENT, "going silent: socket stays open, nothing more is sent")
+                client.go_silent()
+                self._dead = True
+                await client.closed
+                break
+            if self._fault_active(FaultKind.DISCONNECT_STORM, now) and now >= self._next_storm:
+                self._next_storm = now + self.settings.storm_period_s
+                self._fault(FaultKind.DISCONNECT_STORM, "dropping the connection without DISCONNECT")
+                client.abort()
+                break
+            try:
+                self._tick(client, now)
+            except MqttError:
+                break  # lost between the wait and the write; the run loop reconnects
+            if self._reboot_pending:
+                self._goodbye()
+                break
+        self.client = None
+
+    def _reboot(self) -> None:
+        self._reboot_pending = False
+        self.boot += 1
+        self.seq = 0
+        self._samples.clear()
+        self._last_sent.clear()
+        log.info("rebooted device_id=%s boot=%s", self.device_id, self.boot)
+
+    def _goodbye(self) -> None:
+        """A clean stop: offline status, then DISCONNECT (the broker discards the will)."""
+        client, self.client = self.client, None
+        if client is None or not client.is_connected:
+            return
+        try:
+            client.publish(self.topic_s, self._status(StatusState.OFFLINE), qos=1, retain=True)
+        except MqttError:
+            pass
+        client.disconnect()
+
+    def _status(self, state: StatusState) -> bytes:
+        status = Status(state=state, boot=self.boot, fw=self.settings.fw, caps=list(CAPABILITIES),
+                        enc=self.encoding, interval_s=self.settings.heartbeat_s)
+        return encode(status, self.encoding)
+
+    # ------------------------------------------------------------------ telemetry
+
+    def _tick(self, client: MqttClient, now: float) -> None:
+        self._ticks += 1
+        if self._fault_active(FaultKind.MALFORMED, now) and self._ticks % self.settings.fault_every == 0:
+            self._fault(FaultKind.MALFORMED, f"{len(MALFORMED_PAYLOAD)} bytes of garbage on the telemetry topic")
+            client.publish(self.topic_t, MALFORMED_PAYLOAD, qos=1)
+        sample = self.signal.step(self.interval)
+        wall = time.monotonic()
+        heartbeat_due = wall - self._last_message >= self.settings.heartbeat_s
+        if self.deadband > 0 and not heartbeat_due:
+            sample = [(m, v) for m, v in sample
+                      if m not in self._last_sent or abs(v - self._last_sent[m]) > self.deadband]
+        if sample:
+            n_pending = sum(len(s) for _, s in self._samples)
+            if n_pending + len(sample) > LIMITS.max_readings_per_batch:
+                self._flush(client, now)
+            self._samples.append((self._now_ms(now), sample))
+        if self._samples and (len(self._samples) >= self.batch or heartbeat_due):
+            self._flush(client, now)
+
+    def _now_ms(self, now: float) -> int:
+        ms = int(time.time() * 1000)
+        if self._fault_active(FaultKind.CLOCK_SKEW, now):
+            ms += int(self.settings.clock_skew_h * 3_600_000)
+        return ms
+
+    def _flush(self, client: MqttClient, now: float) -> None:
+        """Turn the buffered samples into one Telemetry message and publish it."""
+        samples, self._samples = self._samples, []
+        ts = samples[0][0]
+        pairs = [(m, v) for _, sample in samples for m, v in sample]
+        readings = [Reading(dt=t - ts, metric=m, value=v) for t, sample in samples for m, v in sample]
+        for _, sample in samples:
+            self._last_sent.update(sample)
+        self.seq += 1
+        seq = self.seq
+        msg = Telemetry(boot=self.boot, seq=seq, ts=ts, readings=readings)
+        payload = encode(msg, self.encoding)
+        self._last_message = time.monotonic()
+        stats = self.stats
+        stats.messages += 1
+        stats.readings += len(readings)
+        every = self.settings.fault_every
+        if self._fault_active(FaultKind.PACKET_LOSS, now) and seq % every == 0:
+            self.ledger.produced(self.device_id, self.boot, seq, "lost", pairs, ts, FaultKind.PACKET_LOSS)
+            self._fault(FaultKind.PACKET_LOSS, "message never sent", seq)
+            return
+        if self._fault_active(FaultKind.OVERSIZED, now) and seq % every == 0:
+            pad = LIMITS.max_payload_bytes + 512 - len(payload)
+            payload += (b" " if self.encoding == "json" else b"\x00") * max(pad, 0)
+            self.ledger.produced(self.device_id, self.boot, seq, "oversized", pairs, ts, FaultKind.OVERSIZED)
+            self._fault(FaultKind.OVERSIZED, f"{len(payload)} bytes > {LIMITS.max_payload_bytes}", seq)
+            client.publish(self.topic_t, payload, qos=1)
+            stats.publishes += 1
+            self.ledger.sent(self.device_id, self.boot, seq)
+            return
+        duplicate = self._fault_active(FaultKind.DUPLICATE, now) and seq % every == 0
+        self.ledger.produced(self.device_id, self.boot, seq, "telemetry", pairs, ts,
+                             FaultKind.DUPLICATE if duplicate else None)
+        entry = self._keep(seq, payload)
+        self._send(client, entry)
+        if duplicate:
+            self._fault(FaultKind.DUPLICATE, "published twice", seq)
+            self._send(client, entry)
+
+    def _keep(self, seq: int, payload: bytes) -> _Sent:
+        entry = _Sent(self.boot, seq, payload)
+        buf = self.buffer
+        if len(buf) >= self.settings.buffer_size:
+            victim = next((e for e in buf if e.pubacked), None)
+            if victim is not None:
+                buf.remove(victim)
+            else:
+                victim = buf.popleft()
+                self.stats.dropped += 1
+                self.ledger.fault(self.device_id, victim.boot, victim.seq, "buffer-overflow", "dropped unacknowledged")
+        buf.append(entry)
+        return entry
+
+    def _send(self, client: MqttClient, entry: _Sent, dup: bool = False) -> None:
+        pid = client.publish(self.topic_t, entry.payload, qos=1, dup=dup)
+        assert pid is not None
+        self._by_pid[pid] = entry
+        self.stats.publishes += 1
+        self.ledger.sent(self.device_id, entry.boot, entry.seq)
+
+    def _resend(self, client: MqttClient) -> None:
+        """After a reconnect: re-send what the hub has not confirmed (see the module docstring)."""
+        for entry in list(self.buffer):
+            if self._seen_watermark or not entry.pubacked:
+                self._send(client, entry, dup=True)
+                self.stats.resent += 1
+
+    def _on_puback(self, pid: int) -> None:
+        entry = self._by_pid.pop(pid, None)
+        if entry is None:
+            return  # a birth or a reply
+        self.stats.pubacks += 1
+        if not entry.pubacked:
+            entry.pubacked = True
+            self.ledger.pubacked(self.device_id, entry.boot, entry.seq)
+
+    def _on_watermark(self, wm: Watermark) -> None:
+        self._seen_watermark = True
+        before = len(self.buffer)
+        self.buffer = deque(e for e in self.buffer
+                            if not ((e.boot == wm.boot and e.seq <= wm.seq) or (e.boot < wm.boot and e.pubacked)))
+        self.stats.watermarked += before - len(self.buffer)
+        self.ledger.watermarked(self.device_id, wm.boot, wm.seq)
+
+    # ------------------------------------------------------------------ inbound
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            if topic == self.topic_w:
+                if payload:  # an empty retained message clears the watermark
+                    wm = decode(MessageClass.WATERMARK, payload)
+                    assert isinstance(wm, Watermark)
+                    self._on_watermark(wm)
+            elif topic == self.topic_c:
+                cmd = decode(MessageClass.COMMAND, payload)
+                assert isinstance(cmd, Command)
+                self._on_command(cmd)
+            else:
+                log.warning("unexpected topic device_id=%s topic=%s", self.device_id, topic)
+        except ProtocolError as exc:
+            self.stats.errors += 1
+            log.warning("bad inbound message device_id=%s topic=%s reason=%s detail=%s",
+                        self.device_id, topic, exc.reason.value, exc.detail)
+        except MqttError:
+            pass  # the connection dropped while replying; the hub retries commands
+
+    def _reply(self, reply: CommandReply) -> bytes:
+        payload = encode(reply, self.encoding)
+        if self.client is not None:
+            self.client.publish(self.topic_r, payload, qos=1)
+        return payload
+
+    def _on_command(self, cmd: Command) -> None:
+        counts = self.stats.commands
+        if cmd.id in self._recent:
+            counts["duplicate"] += 1
+            log.info("duplicate command ignored device_id=%s command_id=%s", self.device_id, cmd.id)
+            final = self._recent[cmd.id]
+            if final is not None and self.client is not None:
+                self.client.publish(self.topic_r, final, qos=1)  # the hub may have missed the result
+            return
+        self._recent[cmd.id] = None
+        while len(self._recent) > RECENT_COMMANDS:
+            self._recent.popitem(last=False)
+        counts["received"] += 1
+        self._reply(CommandReply(id=cmd.id, state=CommandState.RECEIVED))
+        state, detail, result = self._execute(cmd)
+        counts[state.value] += 1
+        log.info("command device_id=%s command_id=%s name=%s state=%s", self.device_id, cmd.id, cmd.name, state.value)
+        self._recent[cmd.id] = self._reply(CommandReply(id=cmd.id, state=state, detail=detail, result=result))
+
+    def _execute(self, cmd: Command) -> tuple[CommandState, str, dict[str, str | bool | int | float]]:
+        now_ms = int(time.time() * 1000)
+        if cmd.expires < now_ms:
+            return CommandState.REJECTED, "expired", {}
+        if cmd.name == "ping":
+            return CommandState.SUCCEEDED, "", {"pong": now_ms}
+        if cmd.name == "reboot":
+            self._reboot_pending = True
+            return CommandState.SUCCEEDED, "rebooting", {"boot": self.boot + 1}
+        if cmd.name == "set_interval":
+            seconds = cmd.args.get("seconds")
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0.01 <= seconds <= 86_400:
+                return CommandState.FAILED, "args.seconds must be a number in 0.01..86400", {}
+            self.interval = float(seconds)
+            return CommandState.SUCCEEDED, "", {"seconds": seconds}
+        if cmd.name == "set_config":
+            return self._set_config(cmd.args)
+        return CommandState.REJECTED, f"unknown command {cmd.name!r}", {}
+
+    def _set_config(self, args: dict[str, str | bool | int | float]) -> tuple[CommandState, str, dict[str, str | bool | int | float]]:
+        """Apply ``deadband``, ``batch`` and ``encoding``; all or nothing."""
+        new = {"deadband": self.deadband, "batch": self.batch, "encoding": self.encoding}
+        for key, value in args.items():
+            if key == "deadband" and isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+                new["deadband"] = float(value)
+            elif key == "batch" and type(value) is int and 1 <= value <= LIMITS.max_readings_per_batch:
+                new["batch"] = value
+            elif key == "encoding" and value in ("json", "cbor"):
+                new["encoding"] = value
+            else:
+                return CommandState.FAILED, f"bad or unknown setting {key}={value!r}", {}
+        self.deadband, self.batch, self.encoding = float(new["deadband"]), int(new["batch"]), str(new["encoding"])
+        return CommandState.SUCCEEDED, "", new
+
+    # ------------------------------------------------------------------ faults
+
+    def _fault_active(self, kind: FaultKind, now: float) -> bool:
+        return (kind in self.faults and self._first_online is not None
+                and now >= self._first_online + self.settings.fault_start_s)
+
+    def _fault(self, kind: FaultKind, detail: str, seq: int | None = None) -> None:
+        seq = self.seq if seq is None else seq
+        self.stats.faults[kind.value] += 1
+        self.ledger.fault(self.device_id, self.boot, seq, kind.value, detail)
+        fault_log.info("fault kind=%s device_id=%s boot=%s seq=%s detail=%s", kind.value, self.device_id, self.boot, seq, detail)

@@ -1,0 +1,58 @@
+"""200 simulated devices against the real embedded broker: connect, birth, telemetry, ping."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from broker.background import BackgroundBroker
+from conftest import FleetThread, HubSubscriber, command, provision_fleet, settings_for
+from protocol import CommandState, MessageClass, Status, StatusState, decode_command_reply, decode_status, decode_telemetry
+from support import wait_for
+
+N = 200
+
+
+def test_200_devices_connect_birth_send_and_answer_ping(db_path: Path, embedded_broker: BackgroundBroker,
+                                                        hub: HubSubscriber) -> None:
+    creds = provision_fleet(db_path, N)
+    ids = [f"sim-{i:05d}" for i in range(1, N + 1)]
+    sim = FleetThread(settings_for(embedded_broker.port, N, rate=2.0, connect_concurrency=100), creds).start()
+    try:
+        assert wait_for(lambda: hub.devices(MessageClass.STATUS) >= set(ids), timeout=15), (
+            f"births from {len(hub.devices(MessageClass.STATUS))} of {N}")
+        assert wait_for(lambda: hub.devices(MessageClass.TELEMETRY) >= set(ids), timeout=10), (
+            f"telemetry from {len(hub.devices(MessageClass.TELEMETRY))} of {N}")
+        t0 = time.monotonic()
+        for dev in ids:
+            hub.command(dev, command(f"ping-{dev}", "ping"))
+
+        def answered() -> set[str]:
+            done = set()
+            for s in hub.of(MessageClass.REPLY):
+                if decode_command_reply(s.payload).state is CommandState.SUCCEEDED:
+                    done.add(s.device)
+            return done
+
+        assert wait_for(lambda: answered() >= set(ids), timeout=10), f"pongs from {len(answered())} of {N}"
+        ping_s = time.monotonic() - t0
+    finally:
+        summary = sim.stop()
+
+    # each device: a birth with boot >= 1, first telemetry seq 1, received before succeeded
+    for dev in ids[:20]:
+        birth = decode_status(hub.of(MessageClass.STATUS, dev)[0].payload)
+        assert isinstance(birth, Status) and birth.state is StatusState.ONLINE and "ping" in birth.caps
+        seqs = [decode_telemetry(s.payload).seq for s in hub.of(MessageClass.TELEMETRY, dev)]
+        assert seqs[:3] == [1, 2, 3][: len(seqs[:3])]
+        states = [decode_command_reply(s.payload).state for s in hub.of(MessageClass.REPLY, dev)]
+        assert states == [CommandState.RECEIVED, CommandState.SUCCEEDED]
+        pong = decode_command_reply(hub.of(MessageClass.REPLY, dev)[1].payload).result["pong"]
+        assert isinstance(pong, int) and abs(pong / 1000 - time.time()) < 60
+    assert summary.connected_peak == N
+    assert summary.connects == N and summary.refused == 0 and summary.errors == 0
+    assert summary.commands == {"received": N, "succeeded": N}
+    # a clean stop publishes a retained offline status for everyone
+    assert wait_for(lambda: all(decode_status(hub.of(MessageClass.STATUS, d)[-1].payload).state is StatusState.OFFLINE
+                                for d in ids), timeout=5)
+    assert ping_s < 10
