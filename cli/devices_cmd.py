@@ -6,6 +6,7 @@ import click
 
 from broker.registry import Registry, Role
 from cli.output import emit, fmt_time, json_option, stderr
+from hub.queries import devices_with_presence
 
 
 @click.group("devices")
@@ -37,14 +38,16 @@ def add(obj: dict, device_id: str, role: str, group: str | None, tags: tuple[str
 @json_option
 @click.pass_obj
 def list_(obj: dict, role: str | None, group: str | None, fmt: str) -> None:
-    """List registered devices and accounts."""
-    rows = [p.public() for p in Registry(obj["db"]).list(Role(role) if role else None, group)]
+    """List registered devices and accounts, with presence (online/offline, last seen, fw, boot) from the hub."""
+    rows = devices_with_presence(obj["db"], [p.public() for p in Registry(obj["db"]).list(Role(role) if role else None, group)])
     if fmt == "table":
         for row in rows:
             row["created_at"] = fmt_time(row["created_at"])  # type: ignore[arg-type]
             row["revoked_at"] = fmt_time(row["revoked_at"]) if row["revoked_at"] else None  # type: ignore[arg-type]
+            row["last_seen"] = fmt_time(row["last_seen"]) if row["last_seen"] else None  # type: ignore[arg-type]
             row["tags"] = ",".join(row["tags"]) or None  # type: ignore[arg-type]
-    emit(rows, fmt, ["id", "role", "group", "tags", "created_at", "revoked_at"], title="registry")
+    emit(rows, fmt, ["id", "role", "group", "tags", "state", "last_seen", "fw", "boot", "created_at", "revoked_at"],
+         title="registry")
 
 
 @devices_group.command("revoke")

@@ -15,6 +15,8 @@ from cli.runtime import setup_logging
 from cli.sim_cmd import sim_command
 from cli.send_cmd import commands_group, send_command
 from cli.up_cmd import up_command
+from cli.hub_cmd import hub_command
+from cli.readings_cmd import deadletters_command, readings_command
 from protocol.errors import FleetError
 
 CONTEXT = {"help_option_names": ["--help"], "auto_envvar_prefix": "FLEET", "show_default": True}
@@ -42,6 +44,9 @@ cli.add_command(commands_group)
 cli.add_command(dashboard_command)
 cli.add_command(status_command)
 cli.add_command(sim_command)
+cli.add_command(hub_command)
+cli.add_command(readings_command)
+cli.add_command(deadletters_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -106,7 +106,10 @@ class CommandBridge:
     def handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if kind == "reply":
-            self.on_reply_payload(event[1], event[2])
+            if isinstance(event[2], CommandReply):
+                self.on_reply(event[1], event[2])
+            else:
+                self.on_reply_payload(event[1], event[2])
         elif kind == "request":
             self.on_request_payload(event[1], event[2])
         elif kind == "presence":
@@ -216,6 +219,8 @@ class CommandBridge:
         link.online = online
         if encoding:
             link.encoding = encoding
+        elif online:
+            link.encoding = self._stored_encoding(device_id) or link.encoding
         if not online:
             return
         now = time.time() if now is None else now
@@ -240,6 +245,14 @@ class CommandBridge:
                     self._dispatch(rec, now)
 
     # ------------------------------------------------------------ internals
+
+    def _stored_encoding(self, device_id: str) -> str | None:
+        """The encoding the device asked for in its last birth, as the hub stored it."""
+        try:
+            row = self.store.db.execute("SELECT enc FROM devices WHERE device_id=?", [device_id]).fetchone()
+        except Exception:  # no presence table yet on a brand-new database
+            return None
+        return row[0] if row and row[0] else None
 
     def _dispatch(self, rec: CommandRecord, now: float, force: bool = False) -> None:
         link = self.links.get(rec.device_id)

@@ -411,7 +411,7 @@ def query_gaps(conn: sqlite3.Connection, device_id: str | None = None, open_only
 
 def query_presence(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     """Presence rows by device id (empty when the hub never ran on this db)."""
-    if not _has_table(conn, "devices"):
+    if not has_table(conn, "devices"):
         return {}
     return {r["device_id"]: r for r in _rows(conn, "SELECT * FROM devices")}
 
@@ -421,6 +421,6 @@ def query_presence_events(conn: sqlite3.Connection, device_id: str) -> list[dict
     return _rows(conn, "SELECT * FROM presence_events WHERE device_id = ? ORDER BY id", [device_id])
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
 

@@ -1,0 +1,57 @@
+"""``fleet hub``: run the hub service (telemetry ingest, presence, retention)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import click
+from pydantic import SecretStr
+
+from cli.output import stderr
+from cli.params import DURATION
+from cli.runtime import run_service
+from hub.config import HubSettings
+from hub.service import Hub
+
+
+@click.command("hub")
+@click.option("--broker", default="mqtt://127.0.0.1:1883", help="Broker URL: mqtt://host:port or mqtts://host:port.")
+@click.option("--cafile", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="CA certificate (PEM) to verify an mqtts:// broker.")
+@click.option("-u", "--username", default="hub", help="Login name, also the hub's registry id and client id.")
+@click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="File holding the password (env FLEET_HUB_PASSWORD also works). "
+                   "Default: <db>.hub-secret, created and registered on first start.")
+@click.option("--client-id", default=None, help="MQTT client id (default: the username).")
+@click.option("--retain-days", type=float, default=None, help="Delete readings older than this many days.")
+@click.option("--staleness-min", "staleness_min_s", type=DURATION, default=5.0,
+              help="A device silent for max(this, 2.5 x its interval) is marked offline.")
+@click.option("--queue-size", type=int, default=5000, help="Messages held between the network and the writer.")
+@click.option("--no-register", is_flag=True, help="Do not add or update the hub's login in the registry.")
+@click.pass_obj
+def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, password_file: Path | None,
+                client_id: str | None, retain_days: float | None, staleness_min_s: float, queue_size: int,
+                no_register: bool) -> None:
+    """Run the hub until Ctrl-C or SIGTERM: persist telemetry, track presence, keep retention."""
+    password = os.environ.get("FLEET_HUB_PASSWORD")
+    if password_file is not None:
+        password = password_file.read_text().strip()
+    settings = HubSettings(db=obj["db"], broker=broker, cafile=cafile, username=username or None,
+                           password=SecretStr(password) if password else None, client_id=client_id,
+                           retain_days=retain_days, staleness_min_s=staleness_min_s, queue_size=queue_size,
+                           register_hub=not no_register)
+    hub = Hub(settings)
+
+    async def main(stop: asyncio.Event) -> None:
+        await asyncio.to_thread(hub.start)
+        stderr.print(f"[green]hub up[/]: {settings.broker} -> {settings.db}"
+                     + (f", retention {retain_days} days" if retain_days else ""))
+        try:
+            await stop.wait()
+        finally:
+            stderr.print("stopping hub")
+            await asyncio.to_thread(hub.stop)
+
+    run_service(main)
