@@ -116,7 +116,7 @@ class CommandService:
         for device_id, reply in result.replies:
             self.bridge.post("reply", device_id, reply)
         for event in result.presence:
-            self.bridge.post("presence", event.device_id, event.state == "online", event.enc)
+            self.bridge.post("presence", event.device_id, event.state == "online")
 
     def submit(self, device_id: str, name: str, args: dict[str, Any] | None = None, ttl_s: float | None = None,
                operator: str | None = None) -> CommandRecord:

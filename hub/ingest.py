@@ -197,6 +197,14 @@ class Ingest:
             except Exception:  # a hook's bug must not stop ingest; it is logged with its traceback
                 log.exception("batch hook failed hook=%r", hook)
 
+    def lag_s(self) -> float:
+        """How long the oldest message waiting for the writer has waited (0 when none waits)."""
+        try:
+            oldest = self.queue.queue[0]  # a peek; the deque is only appended/popped by other threads
+        except IndexError:
+            return 0.0
+        return max(0.0, time.time() - oldest.received_at)
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 10.0) -> None:

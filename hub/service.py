@@ -13,6 +13,9 @@ from typing import Any
 
 from broker.registry import Registry, Role
 from hub.config import HubSettings, hub_password
+from hub.command_service import CommandService
+from hub.commands import CommandSettings
+from hub.heartbeat import Heartbeat
 from hub.ingest import BatchHook, Ingest
 
 log = logging.getLogger("fleet.hub")
@@ -21,9 +24,12 @@ log = logging.getLogger("fleet.hub")
 class Hub:
     """Ingest telemetry from a broker into the fleet database, with presence and retention."""
 
-    def __init__(self, settings: HubSettings | None = None) -> None:
+    def __init__(self, settings: HubSettings | None = None, command_settings: CommandSettings | None = None) -> None:
         self.settings = settings or HubSettings()
+        self.command_settings = command_settings
         self.ingest: Ingest | None = None
+        self.commands: CommandService | None = None
+        self._heartbeat: Heartbeat | None = None
 
     def start(self, timeout: float = 10.0) -> Hub:
         """Register the hub's login if asked, connect, subscribe; returns once messages flow."""
@@ -36,11 +42,24 @@ class Hub:
                 Registry(s.db).ensure(s.username, Role.HUB, password)
         self.ingest = Ingest(s, password)
         self.ingest.start(timeout)
+        self.commands = CommandService(s, password, self.command_settings)
+        self.commands.start(timeout)
+        self.ingest.hooks.append(self.commands.on_batch)
+        ingest = self.ingest
+        self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
+            "queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s()}, ingest.connected.is_set)
+        self._heartbeat.start()
         log.info("hub started db=%s broker=%s client_id=%s", s.db, s.broker, s.mqtt_client_id)
         return self
 
     def stop(self) -> None:
         """Commit and ack what is in hand, then disconnect."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        if self.commands is not None:
+            self.commands.stop()
+            self.commands = None
         if self.ingest is not None:
             self.ingest.stop()
             log.info("hub stopped stats=%s", self.stats)
