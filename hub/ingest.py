@@ -12,7 +12,6 @@ commits it in one transaction and only then acknowledges each message of the bat
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import ssl
 import threading
@@ -24,16 +23,12 @@ import paho.mqtt.client as mqtt
 from hub.config import HubSettings
 from hub.errors import HubError
 from hub.inbound import HUB_RECEIVES, Inbound
-from hub.status import write_heartbeat
 from hub.store import HubStore
 from hub.writer import BatchResult, BatchWriter
 from protocol.codec import encode
 from protocol.topics import MessageClass, subscription_for, topic_for
 
 log = logging.getLogger("fleet.hub.ingest")
-
-HEARTBEAT_S = 1.0
-"""How often the writer rewrites the hub's heartbeat row (hub/status.py)."""
 
 BatchHook = Callable[[BatchResult], None]
 """Called on the writer thread after each commit (the command bridge hooks replies here)."""
@@ -127,20 +122,13 @@ class Ingest:
         s = self.settings
         next_presence = time.monotonic() + s.presence_check_s
         next_retention = time.monotonic() + 1.0
-        next_heartbeat = 0.0
         retention_more = False
-        started_at = time.time()
         try:
             while not self._stop.is_set():
                 batch = self._collect(timeout=0.1)
                 if batch:
                     self._commit(batch)
                 now_m = time.monotonic()
-                if now_m >= next_heartbeat:
-                    next_heartbeat = now_m + HEARTBEAT_S
-                    stats = {**self.writer.stats.snapshot(), "queue": self.queue.qsize()}
-                    write_heartbeat(store.conn, s.mqtt_client_id, os.getpid(), started_at, s.broker,
-                                    self.connected.is_set(), stats)
                 if now_m >= next_presence:
                     next_presence = now_m + s.presence_check_s
                     self.writer.check_stale(time.time())

@@ -1,0 +1,126 @@
+"""SIGKILL the hub process in the middle of a stream, restart it: nothing lost, nothing duplicated."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub_helpers import publish_seqs, scalar, stop_client, stored_messages, stored_readings
+from support import add_device, connect, wait_for
+
+DEVICES = 4
+PER_DEVICE = 1200
+READINGS = 2
+
+
+class HubProcess:
+    """``fleet hub`` as a real subprocess, logs in ``tmp_path``."""
+
+    def __init__(self, db: Path, port: int, log: Path) -> None:
+        self.db, self.port, self.log = db, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
+                 "--broker", f"mqtt://127.0.0.1:{self.port}", "--staleness-min", "60s"],
+                stdout=log, stderr=log, env={**os.environ, "FLEET_LOG_FORMAT": "text"})
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def hub_process(tmp_path: Path, db_path: Path) -> Iterator[HubProcess]:
+    procs: list[HubProcess] = []
+
+    def make(port: int) -> HubProcess:
+        hp = HubProcess(db_path, port, tmp_path / "hub.log")
+        procs.append(hp)
+        return hp
+
+    yield make  # type: ignore[misc]
+    for hp in procs:
+        hp.stop()
+
+
+def crash_and_recover(port: int, clients: list, device_ids: list[str], hub: HubProcess, db: Path) -> None:  # type: ignore[type-arg]
+    hub.start()
+    # first contact: the hub's persistent session exists once seq 1 of every device is stored;
+    # seq 1 is re-sent until then (the hub subscribes a moment after it starts; repeats are de-duplicated)
+    deadline = time.monotonic() + 15
+    while stored_messages(db) < DEVICES and time.monotonic() < deadline:
+        for client, dev in zip(clients, device_ids):
+            publish_seqs(client, dev, [1], n=READINGS)
+        wait_for(lambda: stored_messages(db) == DEVICES, 0.5)
+    assert stored_messages(db) == DEVICES, hub.log.read_text()[-2000:]
+
+    def stream(client, dev):  # type: ignore[no-untyped-def]
+        for start in range(2, PER_DEVICE + 1, 100):
+            publish_seqs(client, dev, range(start, min(start + 100, PER_DEVICE + 1)), n=READINGS)
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=stream, args=(c, d)) for c, d in zip(clients, device_ids)]
+    for t in threads:
+        t.start()
+    total = DEVICES * PER_DEVICE
+    assert wait_for(lambda: stored_messages(db) >= total // 4, 15)
+    hub.kill()
+    killed_at = stored_messages(db)
+    assert killed_at < total, "the stream ended before the kill; make it longer"
+    time.sleep(0.3)
+    hub.start()
+    for t in threads:
+        t.join(30)
+    assert wait_for(lambda: stored_messages(db) == total, 10), (stored_messages(db), total)
+    assert stored_readings(db) == total * READINGS
+    assert scalar(db, "SELECT COUNT(*) FROM (SELECT 1 FROM readings GROUP BY device_id, boot, seq, idx"
+                      " HAVING COUNT(*) > 1)") == 0
+    for dev in device_ids:
+        assert scalar(db, "SELECT COUNT(DISTINCT seq) FROM messages WHERE device_id = ?", (dev,)) == PER_DEVICE
+    assert scalar(db, "SELECT COUNT(*) FROM gaps WHERE missing > 0") == 0
+
+
+def test_sigkill_mid_stream_loses_nothing_on_mosquitto(mosquitto, registry, db_path, hub_process):
+    device_ids = [f"crash-{i}" for i in range(DEVICES)]
+    for d in device_ids:
+        add_device(registry, d)  # the hub only takes telemetry from registered devices
+    clients = [connect(mosquitto.port, None, client_id=d) for d in device_ids]
+    try:
+        crash_and_recover(mosquitto.port, clients, device_ids, hub_process(mosquitto.port), db_path)
+    finally:
+        for c in clients:
+            stop_client(c)
+
+
+@pytest.mark.xfail(strict=False, reason="amqtt-notes #4 (and #3): amqtt 0.12.1 drops the unacked QoS1 of a "
+                                         "persistent session, and what was published while the hub was down; "
+                                         "being fixed in broker/")
+def test_sigkill_mid_stream_loses_nothing_on_embedded_broker(embedded_broker, registry, db_path, hub_process):
+    device_ids = [f"crash-{i}" for i in range(DEVICES)]
+    clients = [connect(embedded_broker.port, add_device(registry, d)) for d in device_ids]
+    try:
+        crash_and_recover(embedded_broker.port, clients, device_ids, hub_process(embedded_broker.port), db_path)
+    finally:
+        for c in clients:
+            stop_client(c)
