@@ -35,12 +35,14 @@ class HubStats:
     batches: int = 0
     deadletters: Counter[str] = field(default_factory=Counter)
     retention_deleted: int = 0
+    retention_chunks: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "messages": self.messages, "readings": self.readings, "duplicates": self.duplicates,
             "gaps": self.gaps, "skewed": self.skewed, "batches": self.batches,
             "deadletters": dict(self.deadletters), "retention_deleted": self.retention_deleted,
+            "retention_chunks": self.retention_chunks,
         }
 
 
@@ -220,4 +222,5 @@ class BatchWriter:
         """One retention chunk; returns the readings deleted."""
         n = self.store.delete_old_readings(cutoff, self.settings.retention_chunk)
         self.stats.retention_deleted += n
+        self.stats.retention_chunks += n > 0
         return n
