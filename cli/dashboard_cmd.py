@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 
 import click
@@ -18,7 +20,10 @@ from hub.health import check_health
 @click.pass_obj
 def dashboard_command(obj: dict, refresh: float) -> None:
     """Live view of the fleet (keys: s sort, / filter, c clear filter, q quit)."""
-    run_dashboard(str(obj["db"]), refresh)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_dashboard(str(obj["db"]), refresh, stop=stop)
 
 
 @click.command("status")

@@ -11,10 +11,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """Structured key=value logs on stderr (text on a terminal, JSON lines otherwise)."""
-    handler = logging.StreamHandler(sys.stderr)
-    if sys.stderr.isatty() or os.environ.get("FLEET_LOG_FORMAT") == "text":
+def setup_logging(level: str = "INFO", file: str | None = None) -> None:
+    """Structured logs on stderr, or appended to ``file`` (text on a terminal, JSON lines otherwise)."""
+    handler: logging.Handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
+    if (sys.stderr.isatty() and not file) or os.environ.get("FLEET_LOG_FORMAT") == "text":
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S"))
     else:
         handler.setFormatter(_JsonFormatter())

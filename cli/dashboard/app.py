@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from rich.console import Console
@@ -12,26 +13,25 @@ from cli.dashboard.render import render
 from hub.overview import OverviewLoader
 
 
-def run_dashboard(db: str, refresh_s: float = 0.5, console: Console | None = None, stop_after: float | None = None) -> None:
-    """Show the dashboard for ``db`` until the user presses q (or ``stop_after`` seconds pass)."""
+def run_dashboard(db: str, refresh_s: float = 0.5, console: Console | None = None,
+                  stop: threading.Event | None = None) -> None:
+    """Show the dashboard for ``db`` until the user presses q, Ctrl-C, or ``stop`` is set."""
     console = console or Console()
     loader = OverviewLoader(db)
     keys = KeyHandler()
-    started = time.monotonic()
+    stop = stop or threading.Event()
     with KeyReader() as reader, Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
-        while not keys.quit:
+        while not keys.quit and not stop.is_set():
             snapshot = loader.load()
             view = keys.view if keys.typing is None else keys.feed("")
             width, height = console.size
             live.update(render(snapshot, view, width, height), refresh=True)
             deadline = time.monotonic() + refresh_s
-            while not keys.quit and time.monotonic() < deadline:
+            while not keys.quit and not stop.is_set() and time.monotonic() < deadline:
                 pressed = reader.read(max(0.0, deadline - time.monotonic()))
                 if pressed:
                     keys.feed(pressed)
                     live.update(render(snapshot, keys.feed(""), width, height), refresh=True)
                 elif reader.fd is None:
                     time.sleep(max(0.0, deadline - time.monotonic()))
-            if stop_after is not None and time.monotonic() - started >= stop_after:
-                break
     loader.close()
