@@ -130,6 +130,7 @@ class SimDevice:
         self._seen_watermark = False
         self._reboot_pending = False
         self._dead = False
+        self._skew_logged = False
         self._ticks = 0
         self._first_online: float | None = None
         self._next_storm = 0.0
@@ -305,6 +306,9 @@ class SimDevice:
         ms = int(time.time() * 1000)
         if self._fault_active(FaultKind.CLOCK_SKEW, now):
             ms += int(self.settings.clock_skew_h * 3_600_000)
+            if not self._skew_logged:
+                self._skew_logged = True
+                self._fault(FaultKind.CLOCK_SKEW, f"clock {self.settings.clock_skew_h:+} h from seq {self.seq + 1}")
         return ms
 
     def _flush(self, client: MqttClient, now: float) -> None:

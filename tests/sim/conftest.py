@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -126,6 +127,18 @@ class HubSubscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage() -> Iterator[None]:
+    """Run finalizers at a safe point after each test (and after the broker fixture stopped).
+
+    amqtt leaves StreamWriters of cancelled handlers behind; collected at a random later
+    moment, their ResourceWarning can land inside an ``ast`` conversion of pytest's and trip
+    CPython 3.11's "AST constructor recursion depth mismatch" (gh-106905).
+    """
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from broker.background import BackgroundBroker
 from conftest import FleetThread, HubSubscriber, command, provision_fleet, settings_for
+from device_sim.fleet import credentials_path, device_id, provision
 from protocol import CommandState, MessageClass, Status, StatusState, decode_command_reply, decode_status, decode_telemetry
 from support import wait_for
 
 N = 200
+
+
+@pytest.fixture(scope="module")
+def provisioned_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fleet database with 200 provisioned devices, made once per session (hashing is slow)."""
+    db = tmp_path_factory.mktemp("sim-template") / "fleet.db"
+    provision(db, [device_id("sim", i) for i in range(1, N + 1)])
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return db
+
+
+@pytest.fixture
+def db_path(tmp_path: Path, provisioned_template: Path) -> Path:
+    """Each test gets its own copy of the provisioned database and its credentials file."""
+    db = tmp_path / "fleet.db"
+    shutil.copy(provisioned_template, db)
+    shutil.copy(credentials_path(provisioned_template), credentials_path(db))
+    return db
 
 
 def test_200_devices_connect_birth_send_and_answer_ping(db_path: Path, embedded_broker: BackgroundBroker,
