@@ -51,3 +51,20 @@ def close(*clients: mqtt.Client) -> None:
     for c in clients:
         c.disconnect()
         c.loop_stop()
+
+
+def connect_with_inbox(port: int, username: str, password: str, *, clean: bool = True,
+                       timeout: float = 5.0) -> tuple[mqtt.Client, Inbox]:
+    """A connected client whose inbox is attached *before* CONNECT, so nothing sent at once is missed."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username, clean_session=clean,
+                         protocol=mqtt.MQTTv311)
+    client.username_pw_set(username, password)
+    inbox = Inbox().attach(client)
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    if not connected.wait(timeout):
+        close(client)
+        raise ConnectionRefusedError(f"{username} could not connect")
+    return client, inbox
