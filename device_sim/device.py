@@ -195,7 +195,8 @@ class SimDevice:
             client = MqttClient(self._on_message, self._on_puback)
             try:
                 await client.connect(self.settings.host, self.settings.port, self.device_id,
-                                     username=self.device_id, password=password, will=will,
+                                     username=None if self.settings.anonymous else self.device_id,
+                                     password=None if self.settings.anonymous else password, will=will,
                                      clean_session=False, keepalive=self.settings.keepalive,
                                      timeout=self.settings.connect_timeout)
                 self.client = client

@@ -63,6 +63,8 @@ class SimSettings(BaseModel):
     clock_skew_h: float = 3.0
     bad_login_retry_s: float = Field(5.0, gt=0)
     ledger: Path | None = None
+    anonymous: bool = False
+    """Log in without username and password (benchmarks against brokers that allow anonymous access)."""
 
     def behaviour_for(self, profile: Profile) -> Behaviour:
         return self.behaviour.get(profile, Behaviour())
