@@ -32,5 +32,8 @@ class BrokerSettings(BaseModel):
     """Seconds a new connection has to send its CONNECT before it is closed."""
     max_packet_bytes: int = Field(256 * 1024, ge=1024)
     """A client announcing a bigger packet is disconnected before the packet is read (amqtt-notes #11)."""
-    max_queued_messages: int = Field(1000, ge=1)
-    """Messages queued per offline persistent session; beyond it the oldest is dropped and logged."""
+    max_queued_messages: int = Field(100_000, ge=1)
+    """Messages queued per offline persistent session; beyond it the oldest is dropped and logged.
+
+    Large by default: the hub's own persistent session queues the whole fleet's traffic while the
+    hub restarts (Mosquitto's default of 1000 would drop it)."""

@@ -58,6 +58,8 @@ class FleetProtocolHandler(BrokerProtocolHandler):
             await self._send_packet(packet)
             app_message.puback_packet = await asyncio.wait_for(waiter, PUBACK_TIMEOUT_S)
         except asyncio.TimeoutError:
+            if app_message.puback_packet is not None:
+                return  # settled by a retry on a newer connection of the same session
             log.warning("no PUBACK client_id=%s packet_id=%s topic=%s; kept for redelivery",
                         session.client_id, packet_id, app_message.topic)
             return

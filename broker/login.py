@@ -110,10 +110,12 @@ class LoginFirstMixin(_Base):
         if client_id is None:
             raise AMQTTError("client id was not set")
         await self._take_over(client_id)
-        if client_session.clean_session:
+        existing = self._sessions.get(client_id)
+        if client_session.clean_session or (existing is not None and existing[0].username != client_session.username):
+            # a persistent session belongs to the principal that made it; another one starts afresh
             await self._delete_session(client_id)
             client_session.parent = 0
-        elif (existing := self._sessions.get(client_id)) is not None:
+        elif existing is not None:
             resumed = existing[0]
             for name in _RENEWED:
                 setattr(resumed, name, getattr(client_session, name, None))

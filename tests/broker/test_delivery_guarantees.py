@@ -161,3 +161,28 @@ def test_huge_packet_closes_the_connection_before_it_is_read(embedded_broker, re
     assert wait_for(lambda: gone, timeout=5)
     assert inbox.items == []
     close(dev, hub)
+
+
+def test_persistent_session_is_not_inherited_by_another_principal(embedded_broker, registry):
+    """Another principal reusing a client id starts afresh: no queued messages, no subscriptions."""
+    hub_creds = add_device(registry, "hub", Role.HUB)
+    ops_creds = add_device(registry, "ops", Role.OPERATOR)
+    hub = connect(embedded_broker.port, hub_creds, client_id="shared-id", clean=False)
+    assert subscribe(hub, "d/+/t") == 1
+    close(hub)
+    dev = connect(embedded_broker.port, add_device(registry, "dev-s"))
+    dev.publish("d/dev-s/t", b"for-the-hub", qos=1).wait_for_publish(5)
+
+    ops = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="shared-id", clean_session=False,
+                      protocol=mqtt.MQTTv311)
+    ops.username_pw_set(ops_creds.username, ops_creds.password)
+    inbox = Inbox().attach(ops)
+    present: list[bool] = []
+    ops.on_connect = lambda c, u, flags, rc, p: present.append(flags.session_present)
+    ops.connect("127.0.0.1", embedded_broker.port)
+    ops.loop_start()
+    assert wait_for(lambda: present, timeout=5)
+    dev.publish("d/dev-s/t", b"later", qos=1).wait_for_publish(5)
+    wait_for(lambda: False, timeout=0.5)
+    assert present == [False] and inbox.items == []
+    close(ops, dev)
