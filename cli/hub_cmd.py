@@ -30,10 +30,12 @@ from hub.service import Hub
               help="A device silent for max(this, 2.5 x its interval) is marked offline.")
 @click.option("--queue-size", type=int, default=5000, help="Messages held between the network and the writer.")
 @click.option("--no-register", is_flag=True, help="Do not add or update the hub's login in the registry.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
 @click.pass_obj
 def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, password_file: Path | None,
                 client_id: str | None, retain_days: float | None, staleness_min_s: float, queue_size: int,
-                no_register: bool) -> None:
+                no_register: bool, metrics_port: int | None) -> None:
     """Run the hub until Ctrl-C or SIGTERM: persist telemetry, track presence, keep retention."""
     password = os.environ.get("FLEET_HUB_PASSWORD")
     if password_file is not None:
@@ -41,13 +43,14 @@ def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, pass
     settings = HubSettings(db=obj["db"], broker=broker, cafile=cafile, username=username or None,
                            password=SecretStr(password) if password else None, client_id=client_id,
                            retain_days=retain_days, staleness_min_s=staleness_min_s, queue_size=queue_size,
-                           register_hub=not no_register)
+                           register_hub=not no_register, metrics_port=metrics_port)
     hub = Hub(settings)
 
     async def main(stop: asyncio.Event) -> None:
         await asyncio.to_thread(hub.start)
         stderr.print(f"[green]hub up[/]: {settings.broker} -> {settings.db}"
-                     + (f", retention {retain_days} days" if retain_days else ""))
+                     + (f", retention {retain_days} days" if retain_days else "")
+                     + (f", metrics on http://127.0.0.1:{hub.metrics_port}/metrics" if hub.metrics_port else ""))
         try:
             await stop.wait()
         finally:

@@ -11,6 +11,7 @@ from cli.broker_cmd import broker_command
 from cli.config import config_path, load_default_map
 from cli.devices_cmd import devices_group
 from cli.dashboard_cmd import dashboard_command, status_command
+from cli.export_cmd import export_command
 from cli.runtime import setup_logging
 from cli.sim_cmd import sim_command
 from cli.send_cmd import commands_group, send_command
@@ -22,7 +23,17 @@ from protocol.errors import FleetError
 CONTEXT = {"help_option_names": ["--help"], "auto_envvar_prefix": "FLEET", "show_default": True}
 
 
-@click.group(context_settings=CONTEXT)
+class FleetGroup(click.Group):
+    """Turns every FleetError into click's one-line error and exit status 1, in scripts and tests alike."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except FleetError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=FleetGroup, context_settings=CONTEXT)
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("fleet.db"),
               help="The fleet database file (registry, readings, commands).")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -43,6 +54,7 @@ cli.add_command(send_command)
 cli.add_command(commands_group)
 cli.add_command(dashboard_command)
 cli.add_command(status_command)
+cli.add_command(export_command)
 cli.add_command(sim_command)
 cli.add_command(hub_command)
 cli.add_command(readings_command)

@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hub.metrics import COMMAND_BUCKETS, Buckets
 from hub.command_store import FINAL, CommandRecord, CommandStore, HubState
 from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
 from protocol.errors import FleetError, ProtocolError
@@ -77,6 +78,8 @@ class CommandBridge:
         self.active: dict[str, CommandRecord] = {}
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=100_000)
         self.counters: dict[str, int] = {"forged_replies": 0, "bad_requests": 0, "resends": 0}
+        self.latency = Buckets(COMMAND_BUCKETS)
+        """Seconds from creation to a final state, per command."""
 
     # ------------------------------------------------------------ thread plumbing
 
@@ -274,6 +277,7 @@ class CommandBridge:
         self.store.transition(rec, state, now=now, **kwargs)
         if rec.state in FINAL:
             self.active.pop(rec.id, None)
+            self.latency.observe(max(0.0, now - rec.created_at))
         log.info("command state command_id=%s device_id=%s state=%s", rec.id, rec.device_id, state.value)
         self._notify(rec)
 

@@ -57,6 +57,8 @@ class HubSettings(BaseModel):
     register_hub: bool = True
     """Make sure the hub's principal exists in the registry with this password (embedded broker)."""
     keepalive: int = Field(30, ge=5)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Serve Prometheus metrics on http://127.0.0.1:<port>/metrics (None: off)."""
 
     queue_size: int = Field(5_000, ge=10)
     """Messages between paho's thread and the writer; when full, paho waits and the broker holds the rest."""

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 
 from hub.config import HubSettings
 from hub.errors import HubError
+from hub.metrics import COMMIT_BUCKETS, Buckets
 from hub.inbound import HUB_RECEIVES, Inbound
 from hub.store import HubStore
 from hub.writer import BatchResult, BatchWriter
@@ -41,6 +42,7 @@ class Ingest:
         self.settings = settings
         self.queue: queue.Queue[Inbound] = queue.Queue(maxsize=settings.queue_size)
         self.hooks: list[BatchHook] = []
+        self.commit_seconds = Buckets(COMMIT_BUCKETS)
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.generation = 0
@@ -166,7 +168,9 @@ class Ingest:
         assert self.writer is not None
         while True:
             try:
+                started = time.perf_counter()
                 result = self.writer.write(batch)
+                self.commit_seconds.observe(time.perf_counter() - started)
                 break
             except Exception as exc:  # sqlite3.Error and friends: keep the batch, unacked, and retry
                 log.error("batch failed, retrying size=%s error=%r", len(batch), exc)

@@ -17,6 +17,7 @@ from hub.command_service import CommandService
 from hub.commands import CommandSettings
 from hub.heartbeat import Heartbeat
 from hub.ingest import BatchHook, Ingest
+from hub.metrics import HubCollector, serve_metrics
 
 log = logging.getLogger("fleet.hub")
 
@@ -30,6 +31,8 @@ class Hub:
         self.ingest: Ingest | None = None
         self.commands: CommandService | None = None
         self._heartbeat: Heartbeat | None = None
+        self._metrics_server: Any = None
+        self.metrics_port: int | None = None
 
     def start(self, timeout: float = 10.0) -> Hub:
         """Register the hub's login if asked, connect, subscribe; returns once messages flow."""
@@ -49,11 +52,37 @@ class Hub:
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
             "queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s()}, ingest.connected.is_set)
         self._heartbeat.start()
+        if s.metrics_port is not None:
+            self._serve_metrics(s.metrics_port)
         log.info("hub started db=%s broker=%s client_id=%s", s.db, s.broker, s.mqtt_client_id)
         return self
 
+    def _serve_metrics(self, port: int) -> None:
+        assert self.ingest is not None and self.commands is not None and self.commands.bridge is not None
+        ingest, bridge = self.ingest, self.commands.bridge
+
+        def stats() -> dict[str, Any]:
+            writer = ingest.writer
+            online = sum(1 for d in writer.presence.devices.values() if d.state == "online") if writer else 0
+            return self.stats | {"queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s(), "online": online}
+
+        def command_states() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for rec in list(bridge.active.values()):
+                counts[rec.state.value] = counts.get(rec.state.value, 0) + 1
+            return counts
+
+        collector = HubCollector(stats, ingest.commit_seconds, bridge.latency, command_states)
+        self._metrics_server, _ = serve_metrics(collector, port)
+        self.metrics_port = self._metrics_server.server_port
+        log.info("metrics http://127.0.0.1:%s/metrics", self.metrics_port)
+
     def stop(self) -> None:
         """Commit and ack what is in hand, then disconnect."""
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None

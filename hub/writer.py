@@ -35,6 +35,10 @@ class HubStats:
     batches: int = 0
     deadletters: Counter[str] = field(default_factory=Counter)
     retention_deleted: int = 0
+    received: Counter[str] = field(default_factory=Counter)
+    """Messages taken from the broker, by class (t, a, s, r; ``invalid`` for a bad topic)."""
+    persisted: Counter[str] = field(default_factory=Counter)
+    """Messages stored, by class (duplicates and dead letters are not)."""
     retention_chunks: int = 0
 
     def snapshot(self) -> dict[str, Any]:
@@ -43,6 +47,7 @@ class HubStats:
             "gaps": self.gaps, "skewed": self.skewed, "batches": self.batches,
             "deadletters": dict(self.deadletters), "retention_deleted": self.retention_deleted,
             "retention_chunks": self.retention_chunks,
+            "received": dict(self.received), "persisted": dict(self.persisted),
         }
 
 
@@ -95,6 +100,7 @@ class BatchWriter:
                 if isinstance(verdict, Accepted) and active is not None and verdict.device_id not in active:
                     verdict = Rejected(verdict.device_id, Reason.UNKNOWN_DEVICE,
                                        f"{verdict.device_id!r} is not an active device in the registry")
+                counts["received:" + (verdict.cls.value if isinstance(verdict, Accepted) else "invalid")] += 1
                 if isinstance(verdict, Rejected):
                     self._dead_letter(msg, verdict)
                     dead[verdict.reason.value] += 1
@@ -115,6 +121,12 @@ class BatchWriter:
         self.stats.gaps += counts["gap"]
         self.stats.skewed += counts["skewed"]
         self.stats.deadletters.update(dead)
+        for key, n in counts.items():  # after the commit, so a rolled-back batch counts nothing
+            what, _, cls = key.partition(":")
+            if what == "received":
+                self.stats.received[cls] += n
+            elif what == "persisted":
+                self.stats.persisted[cls] += n
         if self.settings.publish_watermarks:
             for device_id, (boot, tracker) in touched.items():
                 mark = (boot, tracker.watermark)
@@ -127,6 +139,8 @@ class BatchWriter:
                 counts: Counter[str], readings: list[tuple[Any, ...]],
                 latest: dict[tuple[str, str], tuple[str, str, float, float, float]]) -> None:
         device_id, message, now = verdict.device_id, verdict.message, msg.received_at
+        if not isinstance(message, (Telemetry, Alert)):
+            counts["persisted:" + verdict.cls.value] += 1
         if isinstance(message, Status):
             event = self.presence.on_status(device_id, message, now)
             if event:
@@ -147,6 +161,7 @@ class BatchWriter:
             log.debug("duplicate device_id=%s boot=%s seq=%s mid=%s", device_id, message.boot, message.seq, msg.mid)
             return
         counts["stored"] += 1
+        counts["persisted:" + kind] += 1
         if skewed:
             counts["skewed"] += 1
             log.info("clock skew device_id=%s seq=%s device_ts=%s hub_ts=%.3f", device_id, message.seq, message.ts, now)

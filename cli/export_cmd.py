@@ -1,0 +1,44 @@
+"""``fleet export``: stream readings to a file or stdout, with a progress bar on stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cli.output import stderr
+from cli.params import DURATION
+from hub.export import ExportFormat, count_readings, export_readings, require_format
+
+
+@click.command("export")
+@click.option("--since", type=DURATION, default=None, help="Only readings newer than this (e.g. 2h, 7d).")
+@click.option("--until", type=DURATION, default=None, help="Only readings older than this (e.g. 1h ago: 1h).")
+@click.option("--device", "device_id", default=None, help="Only this device.")
+@click.option("--format", "fmt", type=click.Choice([f.value for f in ExportFormat]), default="csv",
+              help="csv, jsonl, or parquet (needs pyarrow).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here instead of stdout.")
+@click.pass_obj
+def export_command(obj: dict, since: float | None, until: float | None, device_id: str | None, fmt: str,
+                   output: Path | None) -> None:
+    """Export readings in receive order without loading them all in memory."""
+    require_format(ExportFormat(fmt))
+    now = time.time()
+    lo = now - since if since is not None else None
+    hi = now - until if until is not None else None
+    total = count_readings(obj["db"], lo, hi, device_id)
+    out = output.open("wb") if output else sys.stdout.buffer
+    try:
+        with Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
+            task = progress.add_task("export", total=total)
+            written = export_readings(obj["db"], out, ExportFormat(fmt), lo, hi, device_id,
+                                      progress=lambda n: progress.advance(task, n))
+    finally:
+        if output:
+            out.close()
+    stderr.print(f"exported {written} readings" + (f" to {output}" if output else ""))
