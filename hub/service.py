@@ -43,11 +43,18 @@ class Hub:
             if s.register_hub:
                 # the embedded broker checks logins against this registry
                 Registry(s.db).ensure(s.username, Role.HUB, password)
-        self.ingest = Ingest(s, password)
-        self.ingest.start(timeout)
+        # the command side first, and hooked before ingest starts: no presence change or reply
+        # committed by ingest can slip past the bridge (a retained birth arrives at once)
         self.commands = CommandService(s, password, self.command_settings)
         self.commands.start(timeout)
+        self.ingest = Ingest(s, password)
         self.ingest.hooks.append(self.commands.on_batch)
+        try:
+            self.ingest.start(timeout)
+        except BaseException:
+            self.commands.stop()
+            self.commands = None
+            raise
         ingest = self.ingest
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
             "queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s()}, ingest.connected.is_set)

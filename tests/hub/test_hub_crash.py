@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,40 +10,11 @@ from pathlib import Path
 import pytest
 
 from hub_helpers import publish_seqs, scalar, stop_client, stored_messages, stored_readings
-from support import add_device, connect, wait_for
+from support import HubProcess, add_device, connect, wait_for
 
 DEVICES = 4
 PER_DEVICE = 1200
 READINGS = 2
-
-
-class HubProcess:
-    """``fleet hub`` as a real subprocess, logs in ``tmp_path``."""
-
-    def __init__(self, db: Path, port: int, log: Path) -> None:
-        self.db, self.port, self.log = db, port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
-                 "--broker", f"mqtt://127.0.0.1:{self.port}", "--staleness-min", "60s"],
-                stdout=log, stderr=log, env={**os.environ, "FLEET_LOG_FORMAT": "text"})
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture
