@@ -34,6 +34,6 @@ def test_fleet_sim_json_summary_and_reused_credentials(db_path: Path, embedded_b
 
 def test_fleet_sim_rejects_bad_flags(db_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--db", str(db_path), "sim", "--fault", "gremlins=0.1"])
-    assert result.exit_code != 0 and "unknown fault 'gremlins'" in str(result.exception or result.output)
+    assert result.exit_code != 0 and "unknown fault 'gremlins'" in result.output + str(result.exception)
     result = CliRunner().invoke(cli, ["--db", str(db_path), "sim", "--batch", "env=999"])
-    assert result.exit_code != 0 and "profile env" in str(result.exception or result.output)
+    assert result.exit_code != 0 and "profile env" in result.output + str(result.exception)
