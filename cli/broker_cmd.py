@@ -1,13 +1,17 @@
-"""``fleet broker``: run the embedded MQTT broker."""
+"""``fleet broker``: run the embedded MQTT broker (default), or export the registry for Mosquitto."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 import click
+from click_default_group import DefaultGroup
 
 from broker.config import BrokerSettings
+from broker.mosquitto_export import acl_text, password_text, plan_export, write_private
 from broker.server import EmbeddedBroker
 from cli.output import stderr
 from cli.runtime import run_service
@@ -15,7 +19,23 @@ from cli.runtime import run_service
 _DEFAULTS = BrokerSettings()
 
 
-@click.command("broker")
+class _BrokerRun(click.Command):
+    """``fleet broker run`` reads the ``[broker]`` TOML table and ``FLEET_BROKER_*``, as plain ``fleet broker`` did."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        if parent is not None and parent.default_map and "default_map" not in extra:
+            extra["default_map"] = {k: v for k, v in parent.default_map.items() if not isinstance(v, dict)}
+        extra.setdefault("auto_envvar_prefix", "FLEET_BROKER")
+        return super().make_context(info_name, args, parent, **extra)
+
+
+@click.group("broker", cls=DefaultGroup, default="run", default_if_no_args=True)
+def broker_command() -> None:
+    """Run the embedded MQTT broker (plain `fleet broker [OPTIONS]`), or export the registry for Mosquitto."""
+
+
+@broker_command.command("run", cls=_BrokerRun)
 @click.option("-h", "--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("-p", "--port", default=1883, show_default=True, type=int, help="MQTT TCP port.")
 @click.option("--ws-port", type=int, default=None, help="Also listen for MQTT over WebSocket on this port.")
@@ -30,10 +50,10 @@ _DEFAULTS = BrokerSettings()
 @click.option("--max-queued-messages", type=click.IntRange(min=1), default=_DEFAULTS.max_queued_messages,
               show_default=True, help="Messages queued per offline persistent session (oldest dropped beyond).")
 @click.pass_obj
-def broker_command(obj: dict, host: str, port: int, ws_port: int | None, tls_port: int | None,
-                   certfile: Path | None, keyfile: Path | None, allow_anonymous: bool, max_payload_bytes: int,
-                   keepalive_grace: float, max_queued_messages: int) -> None:
-    """Run the embedded MQTT broker until Ctrl-C or SIGTERM."""
+def run_command(obj: dict, host: str, port: int, ws_port: int | None, tls_port: int | None,
+                certfile: Path | None, keyfile: Path | None, allow_anonymous: bool, max_payload_bytes: int,
+                keepalive_grace: float, max_queued_messages: int) -> None:
+    """Run the embedded MQTT broker until Ctrl-C or SIGTERM (single hub worker: no shared subscriptions)."""
     settings = BrokerSettings(host=host, port=port, ws_port=ws_port, tls_port=tls_port, certfile=certfile,
                               keyfile=keyfile, db=obj["db"], allow_anonymous=allow_anonymous,
                               max_payload_bytes=max_payload_bytes, keepalive_grace=keepalive_grace,
@@ -47,3 +67,53 @@ def broker_command(obj: dict, host: str, port: int, ws_port: int | None, tls_por
             stderr.print("stopping broker")
 
     run_service(main)
+
+
+@broker_command.command("export-acl")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write mosquitto.passwd and mosquitto.acl into this folder.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write Mosquitto's password file (mode 0600).")
+@click.option("--acl-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write Mosquitto's ACL file.")
+@click.option("--secrets", "secrets_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="JSON with plaintext secrets you kept: {id: secret} or the list `fleet devices add --json` prints.")
+@click.option("--rotate", is_flag=True,
+              help="Issue a new secret to every active principal whose secret is not known here, and print "
+                   "them once on stdout as JSON (the old secrets stop working on the embedded broker too).")
+@click.pass_obj
+def export_acl_command(obj: dict, out_dir: Path | None, password_file: Path | None, acl_file: Path | None,
+                       secrets_file: Path | None, rotate: bool) -> None:
+    """Generate Mosquitto's password file and ACL file from the registry.
+
+    The registry keeps only scrypt hashes of secrets, which Mosquitto cannot check, so each
+    principal's plaintext secret must be known to export it: read from the files kept next to
+    the database (<db>.<id>-secret for the hub and the CLI's operator, <db>.sim-creds.json for
+    simulated devices), from --secrets, or newly issued with --rotate. Every secret is verified
+    against the registry before it is written; unknown ones are left out and named on stderr.
+    Secrets are never logged. Revoked principals are left out (they cannot log in).
+
+    Use the files in mosquitto.conf with `password_file`, `acl_file` and `allow_anonymous false`,
+    and regenerate them (then `kill -HUP` mosquitto) after adding or revoking devices.
+    """
+    if out_dir is not None:
+        password_file = password_file or out_dir / "mosquitto.passwd"
+        acl_file = acl_file or out_dir / "mosquitto.acl"
+    if password_file is None or acl_file is None:
+        raise click.UsageError("give --out-dir, or both --password-file and --acl-file")
+    db: Path = obj["db"]
+    if not db.exists():
+        raise click.ClickException(f"database {db} not found (give --db)")
+    plan = plan_export(db, extra=secrets_file, rotate=rotate)
+    write_private(password_file, password_text(plan.secrets))
+    write_private(acl_file, acl_text(plan.principals, source=db.name), mode=0o644)
+    if plan.rotated:
+        click.echo(json.dumps([{"id": pid, "secret": s} for pid, s in sorted(plan.rotated.items())], indent=1))
+    stderr.print(f"[green]exported[/] {len(plan.secrets)} logins to {password_file} and the ACL to {acl_file}"
+                 + (f"; [yellow]{len(plan.rotated)} new secrets printed above, shown only once[/]" if plan.rotated else ""))
+    if plan.mismatched:
+        stderr.print(f"[yellow]kept secret does not match the registry[/] for: {', '.join(plan.mismatched)}"
+                     + (" (rotated)" if rotate else " (left out; use --rotate or --secrets)"))
+    if plan.unknown:
+        stderr.print(f"[yellow]left out, no known secret[/] ({len(plan.unknown)}): {', '.join(plan.unknown[:20])}"
+                     + (" ..." if len(plan.unknown) > 20 else "") + " (use --secrets or --rotate)")

@@ -1,0 +1,81 @@
+"""Helpers of the scale-out tests: Mosquitto configured from the export, hub workers as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from click.testing import CliRunner
+
+from cli.main import cli
+from support import MosquittoProcess, start_mosquitto
+
+
+def fleet(db: Path, *args: str) -> str:
+    """Run ``fleet --db DB ARGS`` in-process; return stdout (asserts exit 0)."""
+    result = CliRunner().invoke(cli, ["--db", str(db), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def secured_mosquitto(tmp_path: Path, out_dir: Path) -> MosquittoProcess:
+    """Mosquitto loading the exported password and ACL files, anonymous access off."""
+    # `user root`: mosquitto started as root drops to user "mosquitto" before reading the
+    # 0600 password file; the tests run as whoever runs them (ignored when not root)
+    return start_mosquitto(tmp_path, f"allow_anonymous false\nuser root\n"
+                                     f"password_file {out_dir / 'mosquitto.passwd'}\n"
+                                     f"acl_file {out_dir / 'mosquitto.acl'}\n"
+                                     f"log_dest file {tmp_path / 'mosquitto.log'}\nlog_type all\n")
+
+
+def stop_mosquitto(m: MosquittoProcess) -> None:
+    m.proc.terminate()
+    try:
+        m.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        m.proc.kill()
+        m.proc.wait(5)
+
+
+def v5_client(port: int, username: str, password: str, client_id: str) -> mqtt.Client:
+    """A connected MQTT 5 paho client with its loop running (reason codes on refused publishes)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    return client
+
+
+class WorkerProcess:
+    """``fleet hub --worker-group G --client-id ID`` as a real subprocess, logging to a file."""
+
+    def __init__(self, db: Path, port: int, group: str, client_id: str, log: Path, *extra: str) -> None:
+        self.db, self.port, self.group, self.client_id, self.log, self.extra = db, port, group, client_id, log, extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
+                 "--broker", f"mqtt://127.0.0.1:{self.port}", "--worker-group", self.group,
+                 "--client-id", self.client_id, "--staleness-min", "60s", *self.extra],
+                stdout=log, stderr=log, env={**os.environ, "FLEET_LOG_FORMAT": "text"})
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
