@@ -24,7 +24,9 @@ class BrokerSettings(BaseModel):
     db: Path = Path("fleet.db")
     allow_anonymous: bool = False
     max_payload_bytes: int = Field(LIMITS.max_payload_bytes, ge=64)
-    """Larger PUBLISH packets are dropped (amqtt has no such limit; amqtt-notes #11)."""
+    """Larger PUBLISH payloads from devices are dropped (amqtt has no such limit; amqtt-notes #11)."""
+    max_service_payload_bytes: int = Field(128 * 1024, ge=64)
+    """The limit for the hub and operators, whose requests and answers name many devices at once."""
     keepalive_grace: float = Field(1.5, ge=1.0)
     """A client silent for keepalive x this factor is disconnected and its will fires (amqtt-notes #2)."""
     max_connections: int = -1

@@ -41,6 +41,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
 
 from broker.acl import Action
+from broker.registry import Role
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker as _Base
@@ -127,9 +128,10 @@ class RoutingMixin(_Base):
             log.warning("publish dropped reason=dollar_topic client_id=%s topic=%s", session.client_id, topic[:120])
             return True
         size = len(message.data)
-        if size > self.settings.max_payload_bytes:
+        limit = self._payload_limit(session)
+        if size > limit:
             log.warning("publish dropped reason=oversized client_id=%s topic=%s size=%d max=%d",
-                        session.client_id, topic[:120], size, self.settings.max_payload_bytes)
+                        session.client_id, topic[:120], size, limit)
             return True
         if not self.access.authorize(session, Action.PUBLISH, topic):
             return True  # AccessControl logged the denial
@@ -140,6 +142,13 @@ class RoutingMixin(_Base):
         if message.publish_packet is not None and message.publish_packet.retain_flag:
             await self.retain_message(session, topic, message.data, message.qos)
         return True
+
+    def _payload_limit(self, session: Session) -> int:
+        """The protocol's limit for devices (and anonymous demo clients); a larger one for services."""
+        role = getattr(session, "fleet_role", None)
+        if role in (Role.HUB, Role.OPERATOR):
+            return self.settings.max_service_payload_bytes
+        return self.settings.max_payload_bytes
 
     async def _handle_disconnect(self, client_session: Session, handler: BrokerProtocolHandler,
                                  disconnect_waiter: asyncio.Future[Any]) -> None:
@@ -156,7 +165,7 @@ class RoutingMixin(_Base):
         if not topic or not self.access.authorize(session, Action.PUBLISH, topic):
             log.warning("will dropped reason=denied client_id=%s topic=%s", session.client_id, topic)
             return
-        if len(data) > self.settings.max_payload_bytes:
+        if len(data) > self._payload_limit(session):
             log.warning("will dropped reason=oversized client_id=%s size=%d", session.client_id, len(data))
             return
         log.info("will published client_id=%s topic=%s", session.client_id, topic)

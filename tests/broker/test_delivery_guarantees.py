@@ -151,6 +151,16 @@ def test_oversized_publish_is_dropped_and_logged(embedded_broker, registry, capl
     close(dev, hub)
 
 
+def test_services_may_publish_beyond_the_device_limit(embedded_broker, registry):
+    """An operator's request naming a thousand devices is larger than any device message may be."""
+    hub, inbox = _hub(embedded_broker, registry, "fleet/ops/+/req")
+    ops = connect(embedded_broker.port, add_device(registry, "op-big", Role.OPERATOR), client_id="op-big-1")
+    big = b"x" * (embedded_broker.settings.max_payload_bytes * 4)
+    ops.publish("fleet/ops/op-big/req", big, qos=1).wait_for_publish(5)
+    assert wait_for(lambda: big in inbox.payloads(), timeout=5)
+    close(ops, hub)
+
+
 def test_huge_packet_closes_the_connection_before_it_is_read(embedded_broker, registry):
     """A PUBLISH over max_packet_bytes is never buffered: the broker hangs up (#11)."""
     hub, inbox = _hub(embedded_broker, registry, "d/+/t")

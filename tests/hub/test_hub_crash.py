@@ -80,10 +80,8 @@ def test_sigkill_mid_stream_loses_nothing_on_mosquitto(mosquitto, registry, db_p
             stop_client(c)
 
 
-@pytest.mark.xfail(strict=False, reason="amqtt-notes #4 (and #3): amqtt 0.12.1 drops the unacked QoS1 of a "
-                                         "persistent session, and what was published while the hub was down; "
-                                         "being fixed in broker/")
 def test_sigkill_mid_stream_loses_nothing_on_embedded_broker(embedded_broker, registry, db_path, hub_process):
+    """Holds because broker/ redelivers unacknowledged QoS1 and queues for the offline hub (amqtt-notes #3, #4)."""
     device_ids = [f"crash-{i}" for i in range(DEVICES)]
     clients = [connect(embedded_broker.port, add_device(registry, d)) for d in device_ids]
     try:

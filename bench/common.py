@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmark scripts: brokers and project processes on free loopback ports.
+
+Benchmarks print figures; they are not tests. Everything binds 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from broker.server import free_port  # noqa: E402
+
+FLEET = [sys.executable, "-c", "from cli.main import main; main()"]
+
+
+def raise_nofile() -> None:
+    """Lift the open-files limit to the hard limit (thousands of sockets per process)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened") from None
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout:.0f} s")
+
+
+def start_mosquitto(workdir: Path, extra: str = "allow_anonymous true\n") -> tuple[int, subprocess.Popen[bytes]]:
+    """Mosquitto 2 on a free port with unlimited queues (it drops QoS1 beyond 1000 queued by default)."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = workdir / f"mosquitto-{port}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nmax_connections -1\npersistence false\nmax_queued_messages 0\n"
+                    f"max_inflight_messages 0\n{extra}")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=raise_nofile)
+    wait_port(port, proc)
+    return port, proc
+
+
+def start_fleet(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``fleet ARGS`` as a subprocess of this interpreter, output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen([*FLEET, *args], stdout=out, stderr=out, cwd=ROOT, preexec_fn=raise_nofile,
+                                env={**os.environ, "FLEET_LOG_LEVEL": "WARNING", **(env or {})})
+
+
+def start_embedded(db: Path, log: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """``fleet broker`` (the embedded amqtt broker, registry-guarded) on a free port."""
+    port = free_port()
+    proc = start_fleet(["--db", str(db), "broker", "--port", str(port)], log)
+    wait_port(port, proc)
+    return port, proc
+
+
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0-100) by linear interpolation; nan for no values."""
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[min(998, max(0, int(p * 10) - 1))]
+
+
+def table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> str:
+    """A GitHub-markdown table of ``rows``."""
+    head = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
