@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import click
@@ -32,24 +33,34 @@ from hub.service import Hub
 @click.option("--no-register", is_flag=True, help="Do not add or update the hub's login in the registry.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+@click.option("--worker-group", default=None,
+              help="Share the load with the other hubs of this group through $share/NAME/... subscriptions "
+                   "(Mosquitto 2, EMQX; not the embedded broker). Needs --client-id, one per worker, kept across restarts.")
 @click.pass_obj
 def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, password_file: Path | None,
                 client_id: str | None, retain_days: float | None, staleness_min_s: float, queue_size: int,
-                no_register: bool, metrics_port: int | None) -> None:
+                no_register: bool, metrics_port: int | None, worker_group: str | None) -> None:
     """Run the hub until Ctrl-C or SIGTERM: persist telemetry, track presence, keep retention."""
+    if worker_group is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", worker_group):
+            raise click.BadParameter("1-32 letters, digits, '-' or '_'", param_hint="--worker-group")
+        if not client_id:
+            raise click.UsageError(f"--worker-group needs --client-id, one per worker and the same across its "
+                                   f"restarts (e.g. --client-id hub-{worker_group}-1)")
     password = os.environ.get("FLEET_HUB_PASSWORD")
     if password_file is not None:
         password = password_file.read_text().strip()
     settings = HubSettings(db=obj["db"], broker=broker, cafile=cafile, username=username or None,
                            password=SecretStr(password) if password else None, client_id=client_id,
                            retain_days=retain_days, staleness_min_s=staleness_min_s, queue_size=queue_size,
-                           register_hub=not no_register, metrics_port=metrics_port)
+                           register_hub=not no_register, metrics_port=metrics_port, worker_group=worker_group)
     hub = Hub(settings)
 
     async def main(stop: asyncio.Event) -> None:
         await asyncio.to_thread(hub.start)
         stderr.print(f"[green]hub up[/]: {settings.broker} -> {settings.db}"
                      + (f", retention {retain_days} days" if retain_days else "")
+                     + (f", worker {settings.mqtt_client_id} of group {worker_group}" if worker_group else "")
                      + (f", metrics on http://127.0.0.1:{hub.metrics_port}/metrics" if hub.metrics_port else ""))
         try:
             await stop.wait()

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from broker.registry import Registry, Role
 from hub.command_store import CommandRecord, CommandStore
 from hub.commands import CommandBridge, CommandSettings, DeviceLink
+from hub.transport import low_latency
 from hub.config import HubSettings
 from hub.errors import HubError
 from hub.writer import BatchResult
@@ -71,7 +72,8 @@ class CommandService:
             p = registry.get(device_id)
             return p is not None and p.active and p.role is Role.DEVICE
 
-        self.bridge = CommandBridge(store, self._publish, known_device, self.command_settings)
+        owner = self.settings.mqtt_client_id if self.settings.worker_group else None
+        self.bridge = CommandBridge(store, self._publish, known_device, self.command_settings, owner=owner)
         try:
             rows = store.db.execute("SELECT device_id, state, COALESCE(enc, 'json') FROM devices").fetchall()
         except Exception:  # the hub's tables may not exist yet on a new database
@@ -90,8 +92,10 @@ class CommandService:
             client.username_pw_set(s.username, self.password)
         if s.address.tls:
             client.tls_set(ca_certs=str(s.cafile) if s.cafile else None, cert_reqs=ssl.CERT_REQUIRED)
+        low_latency(client)
         client.reconnect_delay_set(0.2, 5)
-        client.on_connect = lambda c, u, f, rc, p: rc.is_failure or c.subscribe(f"{OPS_PREFIX}/+/req", qos=1)
+        # in a worker group each operator request reaches exactly one worker, which creates and owns the command
+        client.on_connect = lambda c, u, f, rc, p: rc.is_failure or c.subscribe(s.shared(f"{OPS_PREFIX}/+/req"), qos=1)
         client.on_subscribe = lambda c, u, mid, rcs, p: any(rc.is_failure for rc in rcs) or self._subscribed.set()
         client.on_message = self._on_message
         return client

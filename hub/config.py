@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from hub.errors import HubError
 
@@ -81,6 +81,17 @@ class HubSettings(BaseModel):
     publish_watermarks: bool = True
     max_deadletter_bytes: int = Field(65_536, ge=64)
     """Raw payload bytes kept per dead letter (the rest is cut, and the detail says so)."""
+    worker_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    """Share the load with the other hubs of this group (``$share/<group>/...`` subscriptions; needs a
+    broker that delivers shared subscriptions, e.g. Mosquitto 2 or EMQX, not the embedded one).
+    Each worker then needs its own ``client_id``, the same one across its restarts."""
+
+    @model_validator(mode="after")
+    def _worker_needs_client_id(self) -> HubSettings:
+        if self.worker_group and not self.client_id:
+            raise ValueError(f"a worker of group {self.worker_group!r} needs its own client id, the same across "
+                             f"restarts (e.g. --client-id hub-{self.worker_group}-1)")
+        return self
 
     @property
     def address(self) -> BrokerAddress:
@@ -89,6 +100,10 @@ class HubSettings(BaseModel):
     @property
     def mqtt_client_id(self) -> str:
         return self.client_id or self.username or "fleet-hub"
+
+    def shared(self, topic_filter: str) -> str:
+        """``topic_filter`` as this hub subscribes to it: through ``$share/<group>/`` in a worker group."""
+        return f"$share/{self.worker_group}/{topic_filter}" if self.worker_group else topic_filter
 
     @property
     def secret_file(self) -> Path:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
+from hub.transport import low_latency
 from hub.config import HubSettings
 from hub.errors import HubError
 from hub.metrics import COMMIT_BUCKETS, Buckets
@@ -51,6 +52,8 @@ class Ingest:
         self.writer: BatchWriter | None = None
         self._store_ready = threading.Event()
         self._store_error: BaseException | None = None
+        self._probe_topic = f"fleet/probe/{settings.mqtt_client_id}"
+        self._probe_seen = threading.Event()
         self.client = self._make_client(password)
 
     # ------------------------------------------------------------------ paho side (network thread)
@@ -63,6 +66,7 @@ class Ingest:
             client.username_pw_set(s.username, password)
         if s.address.tls:
             client.tls_set(ca_certs=str(s.cafile) if s.cafile else None, cert_reqs=ssl.CERT_REQUIRED)
+        low_latency(client)
         client.reconnect_delay_set(0.2, 5)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -78,7 +82,7 @@ class Ingest:
         self.generation += 1
         log.info("connected broker=%s session_present=%s generation=%s",
                  self.settings.broker, flags.session_present, self.generation)
-        client.subscribe([(subscription_for(c), 1) for c in HUB_RECEIVES])
+        client.subscribe([(self.settings.shared(subscription_for(c)), 1) for c in HUB_RECEIVES])
         self.connected.set()
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes: list[mqtt.ReasonCode],
@@ -99,6 +103,9 @@ class Ingest:
             topic = message.topic
         except UnicodeDecodeError:
             topic = message._topic.decode("utf-8", "replace")  # dead-lettered as bad_topic
+        if topic == self._probe_topic:
+            self._probe_seen.set()
+            return
         item = Inbound(topic, message.payload, message.mid, message.qos, bool(message.retain), time.time(),
                        self.generation)
         # Block while the writer is behind: the broker holds what we do not read (never drop).
@@ -133,6 +140,8 @@ class Ingest:
                 now_m = time.monotonic()
                 if now_m >= next_presence:
                     next_presence = now_m + s.presence_check_s
+                    if s.worker_group:
+                        self.writer.reset()  # last_seen comes from every worker: judge staleness on the db's
                     self.writer.check_stale(time.time())
                 if s.retain_days is not None and (retention_more or now_m >= next_retention):
                     if not retention_more:
@@ -169,6 +178,10 @@ class Ingest:
         while True:
             try:
                 started = time.perf_counter()
+                if self.settings.worker_group:
+                    # other workers wrote since our last batch: seq trackers reload from the db inside this
+                    # batch's write transaction (so gaps are judged on every worker's messages), presence too
+                    self.writer.reset()
                 result = self.writer.write(batch)
                 self.commit_seconds.observe(time.perf_counter() - started)
                 break
@@ -213,6 +226,23 @@ class Ingest:
             self.stop()
             raise HubError(f"hub could not connect and subscribe to {self.settings.broker} within {timeout:.0f} s "
                            f"(is the broker running, are the hub's credentials right?)")
+        if self.settings.worker_group:
+            self._probe_shared(min(timeout, 3.0))
+
+    def _probe_shared(self, timeout: float) -> None:
+        """Refuse to run as a worker on a broker that grants ``$share`` but delivers nothing (amqtt-notes #10)."""
+        shared = self.settings.shared(self._probe_topic)
+        self.client.subscribe(shared, qos=0)
+        deadline = time.monotonic() + timeout
+        while not self._probe_seen.is_set() and time.monotonic() < deadline:
+            self.client.publish(self._probe_topic, b"probe", qos=0)
+            self._probe_seen.wait(0.2)
+        self.client.unsubscribe(shared)
+        if not self._probe_seen.is_set():
+            self.stop()
+            raise HubError(f"broker {self.settings.broker} does not deliver shared subscriptions ($share/...), so "
+                           f"--worker-group cannot work there (the embedded broker is single-worker: run one hub "
+                           f"without --worker-group, or move to Mosquitto 2 / EMQX)")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Disconnect and let the writer commit what it holds; whatever is left stays unacked at the broker."""

@@ -1,0 +1,156 @@
+"""Several hub workers on one Mosquitto through a shared subscription: the load splits, nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.registry import Registry
+from hub.config import HubSettings
+from hub.errors import HubError
+from hub.service import Hub
+from protocol.codec import encode
+from protocol.models import Reading, Telemetry
+from protocol.topics import MessageClass, topic_for
+from scaleout_helpers import WorkerProcess
+from support import add_device, connect, wait_for
+
+pytestmark = pytest.mark.mosquitto
+
+DEVICES = [f"dev-{i}" for i in range(4)]
+
+
+def worker_settings(db: Path, port: int, n: int, **kw: object) -> HubSettings:
+    return HubSettings(db=db, broker=f"mqtt://127.0.0.1:{port}", worker_group="ingest", client_id=f"hub-ingest-{n}",
+                       presence_check_s=0.2, **kw)  # type: ignore[arg-type]
+
+
+def stored(db: Path) -> list[tuple[str, int]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT device_id, seq FROM messages ORDER BY device_id, seq").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+
+
+class Producer:
+    """Devices publishing QoS 1 telemetry from a thread until told to stop or ``count`` is reached."""
+
+    def __init__(self, port: int, registry: Registry, count: int, rate_hz: float = 0.0) -> None:
+        self.clients = {d: connect(port, add_device(registry, d)) for d in DEVICES}
+        self.count, self.rate_hz = count, rate_hz
+        self.sent: set[tuple[str, int]] = set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import time
+        for seq in range(1, self.count + 1):
+            infos = []
+            for d, c in self.clients.items():
+                msg = Telemetry(boot=1, seq=seq, ts=int(time.time() * 1000),
+                                readings=[Reading(dt=i, metric="temperature", value=20.0 + i) for i in range(5)])
+                infos.append((d, seq, c.publish(topic_for(d, MessageClass.TELEMETRY), encode(msg), qos=1)))
+            for d, s, info in infos:
+                info.wait_for_publish(10)
+                self.sent.add((d, s))
+            if self.rate_hz:
+                time.sleep(1.0 / self.rate_hz)
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.disconnect()
+            c.loop_stop()
+
+
+@pytest.fixture
+def hubs() -> Iterator[list[Hub]]:
+    started: list[Hub] = []
+    yield started
+    for h in started:
+        h.stop()
+
+
+def test_two_workers_split_the_load_exactly_once(mosquitto, registry, db_path, hubs) -> None:  # type: ignore[no-untyped-def]
+    for n in (1, 2):
+        hubs.append(Hub(worker_settings(db_path, mosquitto.port, n)).start())
+    producer = Producer(mosquitto.port, registry, count=300)
+    try:
+        producer.thread.start()
+        producer.thread.join(30)
+        expected = {(d, s) for d in DEVICES for s in range(1, 301)}
+        assert producer.sent == expected
+        assert wait_for(lambda: len(stored(db_path)) >= len(expected), 15)
+    finally:
+        producer.close()
+    rows = stored(db_path)
+    assert len(rows) == len(set(rows)) and set(rows) == expected
+    per_worker = [h.stats["messages"] for h in hubs]
+    assert all(n > 0 for n in per_worker) and sum(per_worker) == len(expected), per_worker
+    assert sum(h.stats["duplicates"] for h in hubs) == 0
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 5 * len(expected)
+        # every worker's messages count for gap detection: no gap stays open
+        assert conn.execute("SELECT COUNT(*) FROM gaps WHERE missing > 0").fetchone()[0] == 0
+        workers = {w for (w,) in conn.execute("SELECT worker FROM hub_status")}
+    finally:
+        conn.close()
+    assert workers == {"hub-ingest-1", "hub-ingest-2"}
+
+
+def test_worker_group_refused_on_a_broker_without_shared_subscriptions(embedded_broker, db_path) -> None:  # type: ignore[no-untyped-def]
+    hub = Hub(worker_settings(db_path, embedded_broker.port, 1))
+    with pytest.raises(HubError, match="does not deliver shared subscriptions"):
+        hub.start()
+    hub.stop()
+
+
+def test_sigkill_one_worker_mid_stream_loses_and_doubles_nothing(mosquitto, registry, db_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL a real `fleet hub --worker-group` process mid-stream, restart it with its client id: zero loss.
+
+    Mosquitto 2.0.11 keeps a dead member's persistent session in the group: the messages in flight
+    to it (unacked: the hub acks after commit), and its share of what arrives while it is down,
+    wait in that session until the same client id reconnects. So the restart is part of recovery.
+    """
+    workers = [WorkerProcess(db_path, mosquitto.port, "ingest", f"hub-ingest-{n}", tmp_path / f"w{n}.log").start()
+               for n in (1, 2)]
+    producer: Producer | None = None
+    try:
+        assert wait_for(lambda: _workers_up(db_path) == 2, 15), [w.log.read_text() for w in workers]
+        producer = Producer(mosquitto.port, registry, count=400, rate_hz=100)
+        producer.thread.start()
+        assert wait_for(lambda: len(stored(db_path)) > 300, 10)
+        workers[0].kill()
+        producer.thread.join(30)
+        expected = {(d, s) for d in DEVICES for s in range(1, 401)}
+        assert producer.sent == expected
+        wait_for(lambda: len(stored(db_path)) >= len(expected), 2)
+        while_down = len(stored(db_path))
+        workers[0].start()  # same client id: its session (and what waits in it) comes back
+        assert wait_for(lambda: len(stored(db_path)) >= len(expected), 15), (while_down, len(stored(db_path)))
+    finally:
+        if producer is not None:
+            producer.close()
+        for w in workers:
+            w.stop()
+    rows = stored(db_path)
+    assert len(rows) == len(set(rows)) and set(rows) == expected
+    print(f"stored while worker 1 was down: {while_down} of {len(expected)}")
+
+
+def _workers_up(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM hub_status WHERE connected = 1").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
