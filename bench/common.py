@@ -50,7 +50,7 @@ def start_mosquitto(workdir: Path, extra: str = "allow_anonymous true\n") -> tup
     port = free_port()
     conf = workdir / f"mosquitto-{port}.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nmax_connections -1\npersistence false\nmax_queued_messages 0\n"
-                    f"max_inflight_messages 0\n{extra}")
+                    f"max_inflight_messages 0\nset_tcp_nodelay true\n{extra}")
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=raise_nofile)
     wait_port(port, proc)

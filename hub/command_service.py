@@ -17,9 +17,9 @@ import paho.mqtt.client as mqtt
 from broker.registry import Registry, Role
 from hub.command_store import CommandRecord, CommandStore
 from hub.commands import CommandBridge, CommandSettings, DeviceLink
-from hub.transport import low_latency
 from hub.config import HubSettings
 from hub.errors import HubError
+from hub.transport import low_latency
 from hub.writer import BatchResult
 from protocol.ops import OPS_PREFIX, parse_ops_topic
 

@@ -20,12 +20,12 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-from hub.transport import low_latency
 from hub.config import HubSettings
 from hub.errors import HubError
-from hub.metrics import COMMIT_BUCKETS, Buckets
 from hub.inbound import HUB_RECEIVES, Inbound
+from hub.metrics import COMMIT_BUCKETS, Buckets
 from hub.store import HubStore
+from hub.transport import low_latency
 from hub.writer import BatchResult, BatchWriter
 from protocol.codec import encode
 from protocol.topics import MessageClass, subscription_for, topic_for

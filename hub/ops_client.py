@@ -17,7 +17,15 @@ import paho.mqtt.client as mqtt
 
 from hub.config import parse_broker_url
 from hub.errors import HubError
-from protocol.ops import CommandUpdate, SendRequest, SendResponse, parse_ops_topic, request_topic, updates_topic
+from hub.transport import low_latency
+from protocol.ops import (
+    CommandUpdate,
+    SendRequest,
+    SendResponse,
+    parse_ops_topic,
+    request_topic,
+    updates_topic,
+)
 
 FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "expired", "timed_out"})
 
@@ -52,6 +60,7 @@ class OpsClient:
         client_id = f"{self.username}-{secrets.token_hex(3)}"
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         client.username_pw_set(self.username, self.password)
+        low_latency(client)
         if addr.tls:
             client.tls_set(ca_certs=self.cafile, cert_reqs=ssl.CERT_REQUIRED)
         connected: queue.Queue[Any] = queue.Queue(1)

@@ -88,7 +88,7 @@ def start_mosquitto(tmp_path: Path, extra_conf: str = "allow_anonymous true\n") 
     port = free_port()
     conf = tmp_path / f"mosquitto-{port}.conf"
     conf.write_text(f"listener {port} 127.0.0.1\npersistence false\nmax_queued_messages 0\n"
-                    f"max_inflight_messages 0\n{extra_conf}")
+                    f"max_inflight_messages 0\nset_tcp_nodelay true\n{extra_conf}")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
