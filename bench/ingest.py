@@ -14,8 +14,7 @@ Not a test. Run:  .venv/bin/python bench/ingest.py [--messages 20000] [--brokers
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
+import json
 import sqlite3
 import subprocess
 import sys
@@ -27,9 +26,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psutil
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import (  # also puts the project on sys.path
+    start_fleet,
+    start_mosquitto,
+    stop,
+)
 
 from broker.background import BackgroundBroker  # noqa: E402
 from broker.config import BrokerSettings  # noqa: E402
@@ -170,11 +171,8 @@ def hub_phase(name: str, label: str, db: Path, hub: psutil.Process, pubs: list[t
 
 
 def start_hub(db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FLEET_LOG_FORMAT": "text"}
-    proc = subprocess.Popen([sys.executable, "-c", "from cli.main import main; main()", "--log-level", "WARNING",
-                             "--db", str(db), "hub", "--broker", f"mqtt://127.0.0.1:{port}"],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    return proc
+    return start_fleet(["--db", str(db), "hub", "--broker", f"mqtt://127.0.0.1:{port}"], log,
+                       {"FLEET_LOG_FORMAT": "text"})
 
 
 def wait_hub_ready(db: Path, pubs: list[tuple[str, mqtt.Client]], proc: subprocess.Popen[bytes]) -> None:
@@ -207,13 +205,7 @@ def bench_broker(name: str, workdir: Path, messages: int) -> list[Result]:
         pubs = [(d, client(port, d, (d, creds[d]))) for d in device_ids]
         sub_creds: tuple[str, str] | None = ("bench-sub", sub_secret)
     else:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        port = free_port()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "max_queued_messages 0\nmax_inflight_messages 0\n")
-        mosq = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        port, mosq = start_mosquitto(workdir)
         pubs = [(d, client(port, d, None)) for d in device_ids]
         sub_creds = None
     results: list[Result] = []
@@ -235,9 +227,7 @@ def bench_broker(name: str, workdir: Path, messages: int) -> list[Result]:
             c.loop_stop()
         if background is not None:
             background.stop()
-        if mosq is not None:
-            mosq.terminate()
-            mosq.wait(5)
+        stop(mosq)
     return results
 
 
@@ -245,6 +235,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=20_000, help="single-reading messages per phase")
     ap.add_argument("--brokers", default="embedded,mosquitto")
+    ap.add_argument("--json", action="store_true", help="end with one JSON line of the figures (for run_all.py)")
     args = ap.parse_args()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
@@ -261,6 +252,10 @@ def main() -> None:
         raw, b1 = by.get((broker, "(a) ")), by.get((broker, "(b1)"))
         if raw and b1 and raw.msg_rate:
             print(f"{broker}: hub / raw (single-reading messages) = {b1.msg_rate / raw.msg_rate:.2f}")
+    if args.json:
+        print(json.dumps([{"broker": r.broker, "phase": r.phase, "messages": r.messages, "readings": r.readings,
+                           "seconds": round(r.seconds, 3), "msg_per_s": round(r.msg_rate, 1),
+                           "readings_per_s": round(r.reading_rate, 1), "hub_rss_mb": r.hub_rss_mb} for r in results]))
 
 
 if __name__ == "__main__":

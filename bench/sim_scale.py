@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,8 +30,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, start_mosquitto  # also puts the project on sys.path
 
 from broker.server import free_port  # noqa: E402
 from device_sim.fleet import Credentials, DeviceCreds, Fleet, device_id  # noqa: E402
@@ -80,18 +78,6 @@ async def child(port: int, n: int, connect_bound: float, hold: float) -> dict[st
 
 
 # ---------------------------------------------------------------------------- parent
-
-
-def start_mosquitto(tmp: Path) -> tuple[int, subprocess.Popen[bytes]]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"
-                    "persistence false\nmax_queued_messages 0\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=raise_nofile)
-    time.sleep(0.5)
-    return port, proc
 
 
 EMBEDDED = """
