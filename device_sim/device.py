@@ -18,7 +18,11 @@ on). A PUBACK alone releases nothing, because a broker acknowledges on receipt a
 still lose the message (amqtt-notes #1). After a reconnect the device re-sends, with the
 DUP flag, every buffered message the watermark does not cover; but until the device has
 seen any watermark (no hub running), it re-sends only what was never PUBACKed, so that a
-hub-less run does not replay its whole buffer on every reconnect. When the buffer is full
+hub-less run does not replay its whole buffer on every reconnect. While connected, a
+buffered message that no watermark has covered ``resend_after_s`` after it was sent is sent
+again, with a back-off per message (x2 each time, at most ``resend_max_s``): the hub may have
+missed it without the link dropping (a broker restart that the hub noticed first, a hub that
+was not yet subscribed). When the buffer is full
 the oldest PUBACKed message makes room first, else the oldest message is dropped (counted
 as ``dropped`` and written to the ledger as a ``buffer-overflow`` fault).
 """
@@ -88,13 +92,18 @@ class FleetStats:
 class _Sent:
     """A telemetry message kept for store-and-forward."""
 
-    __slots__ = ("boot", "seq", "payload", "pubacked")
+    __slots__ = ("boot", "seq", "payload", "pubacked", "made_at", "resend_at", "backoff")
 
-    def __init__(self, boot: int, seq: int, payload: bytes) -> None:
+    def __init__(self, boot: int, seq: int, payload: bytes, made_at: float, backoff: float) -> None:
         self.boot = boot
         self.seq = seq
         self.payload = payload
         self.pubacked = False
+        self.made_at = made_at
+        """``time.monotonic()`` when the message was produced."""
+        self.resend_at = made_at + backoff
+        """When to send it again if no watermark has covered it by then."""
+        self.backoff = backoff
 
 
 class SimDevice:
@@ -134,6 +143,7 @@ class SimDevice:
         self._ticks = 0
         self._first_online: float | None = None
         self._next_storm = 0.0
+        self._next_resend_check = 0.0
         self.online_count = 0
         self._bytes_past = 0
         self.topic_t = topic_for(device_id, MessageClass.TELEMETRY)
@@ -251,6 +261,7 @@ class SimDevice:
                 break
             try:
                 self._tick(client, now)
+                self._resend_overdue(client)
             except MqttError:
                 break  # lost between the wait and the write; the run loop reconnects
             if self._reboot_pending:
@@ -352,7 +363,7 @@ class SimDevice:
             self._send(client, entry)
 
     def _keep(self, seq: int, payload: bytes) -> _Sent:
-        entry = _Sent(self.boot, seq, payload)
+        entry = _Sent(self.boot, seq, payload, time.monotonic(), self.settings.resend_after_s)
         buf = self.buffer
         if len(buf) >= self.settings.buffer_size:
             victim = next((e for e in buf if e.pubacked), None)
@@ -376,8 +387,27 @@ class SimDevice:
         """After a reconnect: re-send what the hub has not confirmed (see the module docstring)."""
         for entry in list(self.buffer):
             if self._seen_watermark or not entry.pubacked:
+                entry.resend_at = time.monotonic() + entry.backoff
                 self._send(client, entry, dup=True)
                 self.stats.resent += 1
+
+    def _resend_overdue(self, client: MqttClient) -> None:
+        """Send again the buffered messages no watermark covered in time (see the module docstring)."""
+        wall = time.monotonic()
+        if not self._seen_watermark or wall < self._next_resend_check:
+            return
+        self._next_resend_check = wall + min(1.0, self.settings.resend_after_s)
+        cap = self.settings.resend_max_s
+        for entry in list(self.buffer):
+            if entry.resend_at <= wall:
+                entry.backoff = min(entry.backoff * 2, cap)
+                entry.resend_at = wall + entry.backoff
+                self._send(client, entry, dup=True)
+                self.stats.resent += 1
+
+    def oldest_unconfirmed(self) -> float | None:
+        """``time.monotonic()`` at which the oldest message still waiting for a watermark was produced."""
+        return self.buffer[0].made_at if self.buffer else None
 
     def _on_puback(self, pid: int) -> None:
         entry = self._by_pid.pop(pid, None)

@@ -90,7 +90,15 @@ class SeqTracker:
 
     @property
     def watermark(self) -> int:
-        """Every seq from ``first_seq`` up to this one is stored."""
+        """Every seq from 1 up to this one is stored (0: not even seq 1).
+
+        Counted from seq 1, not from ``first_seq``: a boot first seen at seq 5 (seqs 1..4 lost
+        on the way, e.g. by a broker restart before the hub ever heard of that boot) must not
+        release 1..4 from the device's buffer. They are re-sent, and the watermark moves once
+        they are stored.
+        """
+        if self.first_seq > 1:
+            return 0
         if self.gaps:
             return min(g.from_seq for g in self.gaps) - 1
         return self.max_seq

@@ -32,6 +32,9 @@ from protocol.topics import MessageClass, subscription_for, topic_for
 
 log = logging.getLogger("fleet.hub.ingest")
 
+WRITE_RETRY_S = 1.0
+"""Pause between attempts to commit a batch the database refused (disk full, read-only file)."""
+
 BatchHook = Callable[[BatchResult], None]
 """Called on the writer thread after each commit (the command bridge hooks replies here)."""
 
@@ -44,6 +47,10 @@ class Ingest:
         self.queue: queue.Queue[Inbound] = queue.Queue(maxsize=settings.queue_size)
         self.hooks: list[BatchHook] = []
         self.commit_seconds = Buckets(COMMIT_BUCKETS)
+        self.write_failures = 0
+        """Batch commits the database refused (each retry counts)."""
+        self.store_failing: str | None = None
+        """The last database error while a batch cannot be committed; None when writes work."""
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.generation = 0
@@ -175,6 +182,7 @@ class Ingest:
 
     def _commit(self, batch: list[Inbound]) -> None:
         assert self.writer is not None
+        failures = 0
         while True:
             try:
                 started = time.perf_counter()
@@ -186,9 +194,18 @@ class Ingest:
                 self.commit_seconds.observe(time.perf_counter() - started)
                 break
             except Exception as exc:  # sqlite3.Error and friends: keep the batch, unacked, and retry
-                log.error("batch failed, retrying size=%s error=%r", len(batch), exc)
-                if self._stop.wait(1.0):
+                failures += 1
+                self.write_failures += 1
+                self.store_failing = repr(exc)
+                # loud at once, then on failures 2, 4, 8 ...: a full disk must not drown the log
+                if failures & (failures - 1) == 0:
+                    log.error("database write failed: nothing is acknowledged until it works again; retrying every "
+                              "%.0f s size=%s failures=%s error=%r", WRITE_RETRY_S, len(batch), failures, exc)
+                if self._stop.wait(WRITE_RETRY_S):
                     return
+        if failures:
+            log.warning("database write works again after failures=%s size=%s", failures, len(batch))
+            self.store_failing = None
         generation = self.generation
         for msg in batch:
             # a message from an older connection is redelivered on this one and acked then

@@ -73,6 +73,10 @@ class HubCollector(Collector):
         for reason, n in sorted(s.get("deadletters", {}).items()):
             dead.add_metric([reason], n)
         yield dead
+        yield CounterMetricFamily("fleet_hub_write_failures", "Batch commits the database refused (retried)",
+                                  value=s.get("write_failures", 0))
+        yield GaugeMetricFamily("fleet_hub_store_failing", "1 while the database refuses writes (nothing is acked)",
+                                value=s.get("store_failing", 0))
         yield GaugeMetricFamily("fleet_hub_queue_depth", "Messages waiting for the writer", value=s.get("queue_depth", 0))
         yield GaugeMetricFamily("fleet_hub_ingest_lag_seconds", "Age of the oldest message waiting for the writer",
                                 value=s.get("lag_s", 0.0))

@@ -57,7 +57,8 @@ class Hub:
             raise
         ingest = self.ingest
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
-            "queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s()}, ingest.connected.is_set)
+            "queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s(), "write_failures": ingest.write_failures,
+            "store_failing": ingest.store_failing}, ingest.connected.is_set)
         self._heartbeat.start()
         if s.metrics_port is not None:
             self._serve_metrics(s.metrics_port)
@@ -71,7 +72,8 @@ class Hub:
         def stats() -> dict[str, Any]:
             writer = ingest.writer
             online = sum(1 for d in writer.presence.devices.values() if d.state == "online") if writer else 0
-            return self.stats | {"queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s(), "online": online}
+            return self.stats | {"queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s(), "online": online,
+                                 "write_failures": ingest.write_failures, "store_failing": int(bool(ingest.store_failing))}
 
         def command_states() -> dict[str, int]:
             counts: dict[str, int] = {}

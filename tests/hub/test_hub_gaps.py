@@ -30,6 +30,6 @@ def test_gap_opens_splits_and_closes():
 def test_late_arrival_before_the_first_seen():
     t = SeqTracker.start(5)
     (gap,) = t.observe(2, 0.0)
-    assert (gap.from_seq, gap.to_seq) == (3, 4) and t.first_seq == 2 and t.watermark == 2
+    assert (gap.from_seq, gap.to_seq) == (3, 4) and t.first_seq == 2 and t.watermark == 0  # seq 1 is not stored
     t.observe(1, 0.0)
-    assert spans(t) == [(3, 4)]
+    assert spans(t) == [(3, 4)] and t.watermark == 2
