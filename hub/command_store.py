@@ -130,29 +130,46 @@ class CommandStore:
         return rec
 
     def transition(self, rec: CommandRecord, state: HubState, *, detail: str = "", result: dict[str, Any] | None = None,
-                   attempts: int | None = None, next_attempt_at: float | None = None, now: float | None = None) -> None:
-        """Move ``rec`` to ``state`` and append the change to its history (one transaction)."""
+                   attempts: int | None = None, next_attempt_at: float | None = None, now: float | None = None,
+                   expect: tuple[HubState, ...] | None = None) -> bool:
+        """Move ``rec`` to ``state`` and append the change to its history (one transaction).
+
+        With ``expect``, only if the row is still in one of those states (a conditional UPDATE:
+        several hub workers may act on one command); returns False, and leaves ``rec`` as it was,
+        when another writer moved it first.
+        """
         now = time.time() if now is None else now
-        rec.state = state
-        rec.updated_at = now
-        rec.detail = detail or rec.detail
-        if result is not None:
-            rec.result = result
-        if attempts is not None:
-            rec.attempts = attempts
-        rec.next_attempt_at = next_attempt_at
+        new_detail = detail or rec.detail
+        new_result = rec.result if result is None else result
+        new_attempts = rec.attempts if attempts is None else attempts
+        sql = "UPDATE commands SET state=?, updated_at=?, detail=?, result=?, attempts=?, next_attempt_at=? WHERE id=?"
+        params: list[Any] = [state.value, now, new_detail, json.dumps(new_result), new_attempts, next_attempt_at, rec.id]
+        if expect is not None:
+            sql += f" AND state IN ({','.join('?' * len(expect))})"
+            params += [s.value for s in expect]
         with self._tx():
-            self.db.execute(
-                "UPDATE commands SET state=?, updated_at=?, detail=?, result=?, attempts=?, next_attempt_at=? WHERE id=?",
-                [state.value, now, rec.detail, json.dumps(rec.result), rec.attempts, next_attempt_at, rec.id],
-            )
+            if self.db.execute(sql, params).rowcount != 1:
+                return False
             self.db.execute("INSERT INTO command_events VALUES (?,?,?,?)", [rec.id, state.value, now, detail])
+        rec.state, rec.updated_at, rec.detail, rec.result = state, now, new_detail, new_result
+        rec.attempts, rec.next_attempt_at = new_attempts, next_attempt_at
+        return True
 
     def claim(self, command_id: str, owner: str) -> bool:
         """Take ownership of a command for one hub worker; False when another worker owns it."""
         cur = self.db.execute("UPDATE commands SET owner=? WHERE id=? AND (owner IS NULL OR owner=?)",
                               [owner, command_id, owner])
         return cur.rowcount == 1
+
+    def get_many(self, command_ids: list[str]) -> list[CommandRecord]:
+        """The commands with these ids (in chunks, so any number of ids fits SQLite's variable limit)."""
+        found: list[CommandRecord] = []
+        for i in range(0, len(command_ids), 500):
+            chunk = command_ids[i:i + 500]
+            rows = self.db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id IN ({','.join('?' * len(chunk))})",
+                                   chunk).fetchall()
+            found += [_record(r) for r in rows]
+        return found
 
     def get(self, command_id: str) -> CommandRecord | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id=?", [command_id]).fetchone()

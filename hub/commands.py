@@ -13,6 +13,15 @@ Delivery rules (firmware_protocol.md, "Commands"):
   id, with exponential backoff and at most ``max_attempts`` sends (amqtt does not redeliver
   unacknowledged QoS 1 after a reconnect: amqtt-notes #4). Devices de-duplicate by id.
 * A reply is accepted only from the device the command was sent to.
+
+Several hub workers (``fleet hub --worker-group``): the worker that takes an operator request
+(a shared subscription hands each request to one worker) creates the command with itself as
+``owner``; only the owner publishes it, re-sends it and runs its timers. A device's reply may
+reach any worker (telemetry and replies are shared too): that worker applies it to the row with
+a conditional UPDATE (``... AND state IN (<the state it read>)``), so no transition is lost or
+applied twice. Every tick the owner re-reads its commands and the presence of their devices
+from the database (:meth:`CommandBridge.sync`), and its own moves are conditional as well: a
+re-send never goes out once another worker has recorded the device's acknowledgement.
 """
 
 from __future__ import annotations
@@ -136,8 +145,14 @@ class CommandBridge:
     # ------------------------------------------------------------ state
 
     def load(self) -> None:
-        """Reload every unfinished command from SQLite (after a restart)."""
-        self.active = {rec.id: rec for rec in self.store.active() if self.owner is None or rec.owner in (None, self.owner)}
+        """Reload every unfinished command from SQLite (after a restart); a worker claims unowned ones first."""
+        self.active = {}
+        for rec in self.store.active():
+            if self.owner is not None and rec.owner != self.owner:
+                if rec.owner is not None or not self.store.claim(rec.id, self.owner):
+                    continue  # another worker's command
+                rec.owner = self.owner
+            self.active[rec.id] = rec
         if self.active:
             log.info("resumed commands count=%d", len(self.active))
 
@@ -196,24 +211,37 @@ class CommandBridge:
         return self.on_reply(device_id, reply)
 
     def on_reply(self, device_id: str, reply: CommandReply, now: float | None = None) -> CommandRecord | None:
-        now = time.time() if now is None else now
-        rec = self.active.get(reply.id) or self.store.get(reply.id)
+        for _ in range(3):  # a conditional move lost to another worker is retried on the row as it is now
+            rec = self._apply_reply(device_id, reply, time.time() if now is None else now)
+            if rec is not False:
+                return rec
+        log.warning("reply not applied, the command kept moving command_id=%s device_id=%s", reply.id, device_id)
+        return None
+
+    def _apply_reply(self, device_id: str, reply: CommandReply, now: float) -> CommandRecord | None | bool:
+        # in a worker group the database is the truth: another worker may have moved the command
+        rec = self.store.get(reply.id) if self.owner is not None else (self.active.get(reply.id) or self.store.get(reply.id))
         if rec is None or rec.device_id != device_id:
             self.counters["forged_replies"] += 1
             log.warning("reply for a command not sent to this device device_id=%s command_id=%s", device_id, reply.id)
             return None
         if rec.final:
             return rec  # late or repeated reply; the first final state stands
+        now = max(now, rec.updated_at)  # another worker's clock may be a little ahead: history stays in order
         if reply.state is CommandState.RECEIVED:
             if rec.state in (HubState.QUEUED, HubState.SENT):
-                self._move(rec, HubState.DELIVERED, now, next_attempt_at=now + self.settings.result_timeout_s)
+                if not self._move(rec, HubState.DELIVERED, now, next_attempt_at=now + self.settings.result_timeout_s):
+                    return False
+                if rec.id in self.active:
+                    self.active[rec.id] = rec  # the owner keeps the fresh record (result timer)
             return rec
         state = {
             CommandState.SUCCEEDED: HubState.SUCCEEDED,
             CommandState.FAILED: HubState.FAILED,
             CommandState.REJECTED: HubState.EXPIRED if reply.detail == "expired" else HubState.REJECTED,
         }[reply.state]
-        self._move(rec, state, now, detail=reply.detail, result=dict(reply.result))
+        if not self._move(rec, state, now, detail=reply.detail, result=dict(reply.result)):
+            return False
         return rec
 
     def on_presence(self, device_id: str, online: bool, encoding: str | None = None, now: float | None = None) -> None:
@@ -231,8 +259,39 @@ class CommandBridge:
             if rec.device_id == device_id and rec.state in (HubState.QUEUED, HubState.SENT):
                 self._dispatch(rec, now, force=True)
 
+    def sync(self) -> None:
+        """Worker group: take the database's version of this worker's commands and of their devices' presence.
+
+        Another worker may have applied a device's reply (the command moved on or finished) or
+        stored a birth the owner never saw (the device is online: deliver what waits for it).
+        """
+        if not self.active:
+            return
+        for row in self.store.get_many(list(self.active)):
+            mine = self.active.get(row.id)
+            if mine is None:
+                continue
+            if row.final or row.owner not in (None, self.owner):
+                self.active.pop(row.id, None)
+            elif (row.state, row.updated_at) != (mine.state, mine.updated_at):
+                self.active[row.id] = row
+        devices = sorted({rec.device_id for rec in self.active.values()})
+        try:
+            rows = [r for i in range(0, len(devices), 500) for r in self.store.db.execute(
+                f"SELECT device_id, state, enc FROM devices WHERE device_id IN ({','.join('?' * len(devices[i:i + 500]))})",
+                devices[i:i + 500]).fetchall()]
+        except Exception:  # no presence table yet on a brand-new database
+            rows = []
+        for device_id, state, enc in rows:
+            online = state == "online"
+            link = self.links.get(device_id)
+            if link is None or link.online != online:
+                self.on_presence(device_id, online, enc)
+
     def tick(self, now: float | None = None) -> None:
         """Expire, retry and time out commands whose timers ran out."""
+        if self.owner is not None:
+            self.sync()
         now = time.time() if now is None else now
         for rec in list(self.active.values()):
             if rec.state in (HubState.QUEUED, HubState.SENT) and now >= rec.expires_at:
@@ -268,18 +327,31 @@ class CommandBridge:
         attempts = rec.attempts + 1
         wait = self.settings.ack_timeout_s * self.settings.backoff ** (attempts - 1)
         command = Command(id=rec.id, name=rec.name, args=rec.args, expires=int(rec.expires_at * 1000))
-        # commit "sent" first: a crash after this line re-sends the same id, which devices de-duplicate
-        self._move(rec, HubState.SENT, now, attempts=attempts, next_attempt_at=now + wait,
-                   detail="" if attempts == 1 else f"attempt {attempts}")
+        # commit "sent" first: a crash after this line re-sends the same id, which devices de-duplicate;
+        # the move is conditional, so nothing goes out once another worker recorded the acknowledgement
+        if not self._move(rec, HubState.SENT, now, attempts=attempts, next_attempt_at=now + wait,
+                          detail="" if attempts == 1 else f"attempt {attempts}"):
+            return
         self.publish(topic_for(rec.device_id, MessageClass.COMMAND), encode(command, link.encoding), 1, False)
 
-    def _move(self, rec: CommandRecord, state: HubState, now: float, **kwargs: Any) -> None:
-        self.store.transition(rec, state, now=now, **kwargs)
+    def _move(self, rec: CommandRecord, state: HubState, now: float, **kwargs: Any) -> bool:
+        """Commit ``rec``'s move to ``state`` if the row is still where ``rec`` says; False (and the row's
+        current version taken in) when another worker moved it first."""
+        if not self.store.transition(rec, state, now=now, expect=(rec.state,), **kwargs):
+            current = self.store.get(rec.id)
+            if current is None or current.final or rec.id not in self.active:
+                self.active.pop(rec.id, None)
+            else:
+                self.active[rec.id] = current
+            log.info("command moved by another worker command_id=%s device_id=%s state=%s",
+                     rec.id, rec.device_id, current.state.value if current else "gone")
+            return False
         if rec.state in FINAL:
             self.active.pop(rec.id, None)
             self.latency.observe(max(0.0, now - rec.created_at))
         log.info("command state command_id=%s device_id=%s state=%s", rec.id, rec.device_id, state.value)
         self._notify(rec)
+        return True
 
     def _notify(self, rec: CommandRecord) -> None:
         if not rec.operator:
