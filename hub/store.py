@@ -7,7 +7,8 @@ connection; WAL mode means they never block the writer.
 Tables
     messages        one row per stored telemetry/alert message; UNIQUE(device_id, boot, seq)
                     is what makes redelivery store nothing new
-    readings        one row per reading, UNIQUE(device_id, boot, seq, idx), INDEX(device_id, ts)
+    readings        one row per reading, INDEX(device_id, ts); written only in the transaction that
+                    inserted its message, so the messages key alone keeps readings exactly-once
     latest          latest value per (device_id, metric), upserted per batch
     alerts          alert messages
     streams         per (device_id, boot): first and highest seq seen
@@ -53,8 +54,7 @@ CREATE TABLE IF NOT EXISTS readings (
     value REAL NOT NULL,
     ts REAL NOT NULL,
     received_at REAL NOT NULL,
-    skewed INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (device_id, boot, seq, idx)
+    skewed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device_id, ts);
 CREATE TABLE IF NOT EXISTS latest (

@@ -191,11 +191,12 @@ def _readings_from_compact(value: Any) -> Any:
 
 def check_readings(message: Telemetry) -> None:
     """Refuse unknown metric names and values outside a metric's range."""
+    lookup = metric_by_name
     for reading in message.readings:
-        metric = metric_by_name(reading.metric)
+        metric = lookup(reading.metric)
         if metric is None:
             raise ProtocolError(Reason.UNKNOWN_METRIC, f"unknown metric {reading.metric!r}")
-        if not metric.accepts(reading.value):
+        if not metric.low <= reading.value <= metric.high:
             raise ProtocolError(
                 Reason.OUT_OF_RANGE, f"{reading.metric}={reading.value} outside [{metric.low}, {metric.high}]"
             )
