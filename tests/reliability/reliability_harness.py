@@ -1,0 +1,304 @@
+"""Harness of the reliability tests: a simulated fleet with a ledger, and the ledger-vs-hub audit.
+
+The audit is the delivery guarantee written as code (README "Delivery guarantee"): every
+telemetry message the simulator produced, kept in its buffer and did not drop on overflow is
+stored in the hub's ``messages`` table exactly once, with all its readings; a message that
+was never sent (packet loss) is not stored and sits inside an open gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device_sim.faults import FaultKind
+from device_sim.fleet import Credentials, Fleet, SimSummary, device_id, provision
+from device_sim.settings import SimSettings
+
+
+def provision_fleet(db: Path, n: int, prefix: str = "rel") -> Credentials:
+    """Register ``n`` devices ``<prefix>-00001``... in the registry of ``db``."""
+    return provision(db, [device_id(prefix, i) for i in range(1, n + 1)])
+
+
+def sim_settings(port: int, n: int, ledger: Path, **kw: Any) -> SimSettings:
+    """Fast, brisk settings: 10 messages/s per device, quick reconnects and re-sends."""
+    base: dict[str, Any] = dict(devices=n, port=port, prefix="rel", profile="env", rate=10.0, ledger=ledger,
+                                reconnect_delay=0.2, resend_after_s=1.0, resend_max_s=4.0, fault_start_s=0.5,
+                                fault_every=5, storm_period_s=1.0, keepalive=30)
+    base.update(kw)
+    return SimSettings(**base)
+
+
+class SimThread:
+    """A :class:`Fleet` on its own event loop thread; the test thread stays synchronous."""
+
+    def __init__(self, settings: SimSettings, creds: Credentials,
+                 fault_plan: dict[int, frozenset[FaultKind]] | None = None) -> None:
+        self.settings, self.creds, self.fault_plan = settings, creds, fault_plan
+        self.fleet: Fleet | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started: Future[None] = Future()
+        self._done: Future[SimSummary] = Future()
+        self._thread = threading.Thread(target=self._run, name="rel-sim", daemon=True)
+
+    def start(self) -> SimThread:
+        self._thread.start()
+        self._started.result(timeout=30)
+        return self
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self.fleet = Fleet(self.settings, self.creds, self.fault_plan)
+            await self.fleet.start()
+            self._started.set_result(None)
+            await self._stop.wait()
+            self._done.set_result(await self.fleet.stop())
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surface a crash to the test thread
+            for fut in (self._started, self._done):
+                if not fut.done():
+                    fut.set_exception(exc)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the fleet's loop and return its result."""
+        assert self.loop is not None
+        fut: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return fut.result(timeout=10)
+
+    def summary(self) -> SimSummary:
+        assert self.fleet is not None
+        return self.call(self.fleet.summary)
+
+    def abort_connections(self, ids: list[str]) -> int:
+        """Drop the sockets of these devices at once, without DISCONNECT; returns how many were open."""
+        assert self.fleet is not None
+        fleet = self.fleet
+
+        def drop() -> int:
+            n = 0
+            for dev in ids:
+                client = fleet.device(dev).client
+                if client is not None and client.is_connected:
+                    client.abort()
+                    n += 1
+            return n
+
+        return int(self.call(drop))
+
+    def stop(self) -> SimSummary:
+        if self.loop is not None and self._stop is not None and not self._done.done():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        summary = self._done.result(timeout=30)
+        self._thread.join(10)
+        return summary
+
+
+@dataclass
+class Audit:
+    """The ledger compared with the hub's database."""
+
+    produced: int = 0
+    """Telemetry messages the devices produced and kept (the guarantee covers those produced before the cutoff)."""
+    covered: int = 0
+    stored: int = 0
+    """Of the covered ones, stored exactly once with every reading."""
+    missing: list[tuple[str, int, int]] = field(default_factory=list)
+    duplicated: list[tuple[str, int, int]] = field(default_factory=list)
+    readings_mismatch: list[tuple[str, int, int]] = field(default_factory=list)
+    phantom: list[tuple[str, int, int]] = field(default_factory=list)
+    """Stored by the hub but never produced as telemetry by the simulator."""
+    lost: int = 0
+    """Messages the simulator never sent (packet loss): outside the guarantee."""
+    lost_trailing: int = 0
+    """Lost messages after which nothing was stored yet (a gap shows once a later seq arrives)."""
+    lost_stored: list[tuple[str, int, int]] = field(default_factory=list)
+    lost_not_in_gap: list[tuple[str, int, int]] = field(default_factory=list)
+    overflowed: int = 0
+    readings_covered: int = 0
+    readings_stored: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicated or self.readings_mismatch or self.phantom or self.lost_stored
+                    or self.lost_not_in_gap)
+
+    def line(self) -> str:
+        return (f"produced={self.produced} covered={self.covered} stored={self.stored} missing={len(self.missing)} "
+                f"duplicated={len(self.duplicated)} readings={self.readings_stored}/{self.readings_covered} "
+                f"readings_mismatch={len(self.readings_mismatch)} phantom={len(self.phantom)} lost={self.lost} "
+                f"lost_stored={len(self.lost_stored)} lost_not_in_gap={len(self.lost_not_in_gap)} "
+                f"overflowed={self.overflowed} first_missing={self.missing[:5]}")
+
+
+def audit(ledger: Path, hub_db: Path, cutoff: float | None = None) -> Audit:
+    """Compare the simulator's ledger with the hub's database.
+
+    The guarantee covers every telemetry message produced before ``cutoff`` (wall clock; None:
+    all of them) that the device did not drop from a full buffer. Messages produced later may
+    still be on their way and are checked only for duplicates.
+    """
+    led = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    hub = sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)
+    try:
+        overflow = set(led.execute("SELECT device, boot, seq FROM faults WHERE kind = 'buffer-overflow'"))
+        rows = led.execute("SELECT device, boot, seq, kind, n_readings, produced_at FROM messages").fetchall()
+        stored: dict[tuple[str, int, int], int] = {}
+        for dev, boot, seq, n in hub.execute("SELECT device_id, boot, seq, COUNT(*) FROM messages"
+                                             " GROUP BY device_id, boot, seq"):
+            stored[(dev, boot, seq)] = n
+        readings: dict[tuple[str, int, int], int] = {}
+        for dev, boot, seq, n in hub.execute("SELECT device_id, boot, seq, COUNT(*) FROM readings"
+                                             " GROUP BY device_id, boot, seq"):
+            readings[(dev, boot, seq)] = n
+        gaps = hub.execute("SELECT device_id, boot, from_seq, to_seq FROM gaps WHERE missing > 0").fetchall()
+    finally:
+        led.close()
+        hub.close()
+    a = Audit()
+    telemetry: set[tuple[str, int, int]] = set()
+    for dev, boot, seq, kind, n, produced_at in rows:
+        key = (dev, boot, seq)
+        if kind == "lost":
+            a.lost += 1
+            if key in stored:
+                a.lost_stored.append(key)
+            if not any(k[0] == dev and k[1] == boot and k[2] > seq for k in stored):
+                a.lost_trailing += 1  # nothing after it arrived yet: no gap can be seen
+            elif not any(g[0] == dev and g[1] == boot and g[2] <= seq <= g[3] for g in gaps):
+                a.lost_not_in_gap.append(key)
+            continue
+        if kind != "telemetry":
+            continue
+        telemetry.add(key)
+        a.produced += 1
+        if stored.get(key, 0) > 1 or readings.get(key, 0) > n:
+            a.duplicated.append(key)
+        if key in overflow:
+            a.overflowed += 1
+            continue
+        if cutoff is not None and produced_at > cutoff:
+            continue
+        a.covered += 1
+        a.readings_covered += n
+        if key not in stored:
+            a.missing.append(key)
+            continue
+        a.readings_stored += readings.get(key, 0)
+        if readings.get(key, 0) != n:
+            a.readings_mismatch.append(key)
+        elif stored[key] == 1:
+            a.stored += 1
+    a.phantom = sorted(k for k in stored if k not in telemetry and k[0].startswith("rel-"))
+    a.missing.sort()
+    return a
+
+
+def settle(ledger: Path, hub_db: Path, cutoff: float, timeout: float = 20.0) -> Audit:
+    """Poll the audit until nothing produced before ``cutoff`` is missing (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = audit(ledger, hub_db, cutoff)
+        if (result.covered and not result.missing) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.25)
+
+
+def stored_count(hub_db: Path) -> int:
+    """Messages in the hub's database (0 before the table exists)."""
+    try:
+        conn = sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+class HubSubprocess:
+    """``fleet hub`` as a real subprocess whose output is read through a pipe (and kept in ``lines``).
+
+    A pipe, not a file: the disk-full test caps the process's file size (RLIMIT_FSIZE), which
+    must not silence the log that reports the failure.
+    """
+
+    def __init__(self, db: Path, port: int, *extra: str) -> None:
+        self.db, self.port, self.extra = db, port, extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> HubSubprocess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
+             "--broker", f"mqtt://127.0.0.1:{self.port}", "--staleness-min", "60s", *self.extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "FLEET_LOG_FORMAT": "text"})
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            self.lines.append(raw.decode("utf-8", "replace").rstrip())
+
+    def log(self, last: int = 40) -> str:
+        return "\n".join(self.lines[-last:])
+
+    def wait_started(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any("hub started" in line for line in self.lines):
+            assert self.proc is not None
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"hub did not start:\n{self.log()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)
+
+
+def finish(sim: SimThread, ledger: Path, hub_db: Path, cutoff: float) -> tuple[Audit, SimSummary]:
+    """Wait until everything produced before ``cutoff`` is stored, stop the fleet, and audit the full ledger."""
+    try:
+        settle(ledger, hub_db, cutoff)
+    finally:
+        summary = sim.stop()
+    return audit(ledger, hub_db, cutoff), summary
