@@ -31,13 +31,18 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psutil
-from common import start_fleet, start_mosquitto, stop, table  # also puts the project on sys.path
+from common import (  # also puts the project on sys.path
+    start_fleet,
+    start_mosquitto,
+    stop,
+    table,
+)
 
-from broker.registry import Registry, Role  # noqa: E402
-from broker.server import free_port  # noqa: E402
-from protocol.codec import encode  # noqa: E402
-from protocol.models import Reading, Telemetry  # noqa: E402
-from protocol.topics import MessageClass, topic_for  # noqa: E402
+from broker.registry import Registry, Role
+from broker.server import free_port
+from protocol.codec import encode
+from protocol.models import Reading, Telemetry
+from protocol.topics import MessageClass, topic_for
 
 PUBLISHERS = 8
 PER_MSG = 20
@@ -79,8 +84,8 @@ def connected_workers(db: Path) -> int:
 def commit_seconds(metrics_port: int) -> tuple[float, float]:
     """(sum of batch commit seconds, batches) from one worker's /metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    total = re.search(r"^fleet_hub_batch_commit_seconds_sum (\S+)$", text, re.M)
-    count = re.search(r"^fleet_hub_batch_commit_seconds_count (\S+)$", text, re.M)
+    total = re.search(r"^fleet_hub_batch_commit_seconds_sum (\S+)$", text, re.MULTILINE)
+    count = re.search(r"^fleet_hub_batch_commit_seconds_count (\S+)$", text, re.MULTILINE)
     return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from click.testing import CliRunner
+from support import MosquittoProcess, start_mosquitto
 
 from cli.main import cli
-from support import MosquittoProcess, start_mosquitto
 
 
 def fleet(db: Path, *args: str) -> str:

@@ -6,13 +6,13 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-
 from command_device import CommandDevice
+from support import add_device, wait_for
+
 from hub.command_store import CommandStore
 from hub.config import HubSettings
 from hub.ops_client import OpsClient
 from hub.service import Hub
-from support import add_device, wait_for
 
 pytestmark = pytest.mark.mosquitto
 
@@ -54,7 +54,7 @@ def test_commands_exactly_once_with_two_workers(mosquitto, registry, db_path, wo
             assert sorted(dev.received) == sorted(mine) and sorted(dev.executed) == sorted(mine)
         for hub in workers:
             bridge = hub.commands.bridge  # type: ignore[union-attr]
-            assert wait_for(lambda: not bridge.active, 3), bridge.active  # the owner saw the final state
+            assert wait_for(lambda b=bridge: not b.active, 3), bridge.active  # the owner saw the final state
             assert bridge.counters["resends"] == 0 and bridge.counters["forged_replies"] == 0
         # each command went queued -> sent -> (delivered) -> succeeded, each state once, whichever worker
         # applied the replies; "received" and "succeeded" may be handled by two workers in either order,

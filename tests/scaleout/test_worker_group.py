@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scaleout_helpers import WorkerProcess
+from support import add_device, connect, wait_for
 
 from broker.registry import Registry
 from hub.config import HubSettings
@@ -16,8 +18,6 @@ from hub.service import Hub
 from protocol.codec import encode
 from protocol.models import Reading, Telemetry
 from protocol.topics import MessageClass, topic_for
-from scaleout_helpers import WorkerProcess
-from support import add_device, connect, wait_for
 
 pytestmark = pytest.mark.mosquitto
 
