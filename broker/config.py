@@ -34,6 +34,9 @@ class BrokerSettings(BaseModel):
     """Seconds a new connection has to send its CONNECT before it is closed."""
     max_packet_bytes: int = Field(256 * 1024, ge=1024)
     """A client announcing a bigger packet is disconnected before the packet is read (amqtt-notes #11)."""
+    revocation_check_s: float = Field(2.0, gt=0)
+    """How often the registry is read for principals revoked by another process (``fleet devices revoke``);
+    their live connections are closed then."""
     max_queued_messages: int = Field(100_000, ge=1)
     """Messages queued per offline persistent session; beyond it the oldest is dropped and logged.
 

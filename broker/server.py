@@ -28,6 +28,7 @@ from broker.config import BrokerSettings
 from broker.connection import KeepAliveWatchdog
 from broker.login import LoginFirstMixin
 from broker.registry import Registry
+from broker.revocation import RevocationWatch
 from broker.routing import RoutingMixin
 
 log = logging.getLogger("fleet.broker")
@@ -44,12 +45,17 @@ class FleetBroker(LoginFirstMixin, RoutingMixin, Broker):
         self.settings = settings
         super().__init__(config)
         self.keepalive = KeepAliveWatchdog(lambda: self._sessions.values(), settings.keepalive_grace)
+        self.revocations = RevocationWatch(access.registry, access,
+                                           lambda pid: self.disconnect_user(pid, discard_sessions=True),
+                                           settings.revocation_check_s)
 
     async def start(self) -> None:
         await super().start()
         self.keepalive.start()
+        self.revocations.start()
 
     async def shutdown(self) -> None:
+        await self.revocations.stop()
         await self.keepalive.stop()
         await super().shutdown()
 
@@ -137,9 +143,8 @@ class EmbeddedBroker:
 
         Drops its cached login (:meth:`AccessControl.forget`), closes every connection logged in
         under that name and deletes their sessions, so nothing queued for it survives. Returns the
-        client ids that were connected. ``fleet devices revoke`` only writes the registry: a
-        running broker refuses the next login, and this method is for a revoke that must also cut
-        a live connection.
+        client ids that were connected. ``fleet devices revoke`` only writes the registry; a
+        running broker notices it within ``revocation_check_s`` (:mod:`broker.revocation`).
         """
         self.registry.revoke(principal_id)
         self.access.forget(principal_id)
