@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 
 from hub.config import HubSettings
 from hub.service import Hub
+
+# the hand-built MQTT packets of tests/broker/raw_mqtt.py, shared rather than copied
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "broker"))
 
 
 @pytest.fixture(autouse=True)
