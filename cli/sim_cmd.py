@@ -11,14 +11,21 @@ from typing import Any
 import click
 from rich.console import Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
+from broker.url import parse_broker_url
 from cli.output import stderr, stdout
 from cli.runtime import run_service
 from device_sim.faults import FaultKind, parse_fault
 from device_sim.fleet import Fleet, SimSummary, device_id, provision
-from device_sim.settings import Behaviour, SimSettings, parse_broker_url
+from device_sim.settings import Behaviour, SimSettings
 from device_sim.signals import Profile
 from protocol.errors import FleetError
 
@@ -109,7 +116,10 @@ def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rat
     Devices are provisioned in the registry (--db) on first use; their secrets are kept in
     <db>.sim-creds.json (mode 0600) so reruns reuse them.
     """
-    host, port = parse_broker_url(broker)
+    addr = parse_broker_url(broker)
+    if addr.tls:
+        raise FleetError(f"broker URL {broker!r}: the simulator speaks plain MQTT over TCP only (mqtt://)")
+    host, port = addr.host, addr.port
     fault_map: dict[FaultKind, float] = dict(parse_fault(f) for f in faults)
     settings = SimSettings(
         devices=devices, prefix=prefix, host=host, port=port, profile=profile,  # type: ignore[arg-type]

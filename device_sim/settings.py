@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from device_sim.faults import FaultKind
 from device_sim.signals import Profile
-from protocol.errors import FleetError
 from protocol.limits import LIMITS
 
 
@@ -74,13 +72,3 @@ class SimSettings(BaseModel):
         return self.behaviour.get(profile, Behaviour())
 
 
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` (or ``host:port``) -> (host, port); the default port is 1883."""
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "tcp"):
-        raise FleetError(f"broker URL {url!r}: only mqtt://host:port is supported by the simulator")
-    try:
-        port = parsed.port or 1883
-    except ValueError:
-        raise FleetError(f"broker URL {url!r}: bad port") from None
-    return parsed.hostname or "127.0.0.1", port

@@ -8,36 +8,10 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from hub.errors import HubError
-
-
-class BrokerAddress(BaseModel):
-    """Where the hub connects: parsed from ``mqtt://host:port`` or ``mqtts://host:port``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse a broker URL; raise :class:`HubError` naming the problem when it is not one."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise HubError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
-    tls = parts.scheme in ("mqtts", "ssl")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise HubError(f"broker URL {url!r}: invalid port") from None
-    if not parts.hostname:
-        raise HubError(f"broker URL {url!r}: no host")
-    return BrokerAddress(host=parts.hostname, port=port, tls=tls)
+from broker.url import BrokerAddress, parse_broker_url
 
 
 class HubSettings(BaseModel):
