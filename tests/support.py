@@ -104,18 +104,19 @@ def start_mosquitto(tmp_path: Path, extra_conf: str = "allow_anonymous true\n") 
 
 
 class HubProcess:
-    """``fleet hub`` as a real subprocess, logs in ``tmp_path``."""
+    """``fleet hub`` as a real subprocess (so it can be SIGKILLed), logs appended to ``log``."""
 
-    def __init__(self, db: Path, port: int, log: Path) -> None:
-        self.db, self.port, self.log = db, port, log
+    def __init__(self, db: Path, port: int, log: Path, *extra: str) -> None:
+        self.db, self.port, self.log, self.extra = db, port, log, extra
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self) -> HubProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
-                 "--broker", f"mqtt://127.0.0.1:{self.port}", "--staleness-min", "60s"],
+                 "--broker", f"mqtt://127.0.0.1:{self.port}", "--staleness-min", "60s", *self.extra],
                 stdout=log, stderr=log, env={**os.environ, "FLEET_LOG_FORMAT": "text"})
+        return self
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from click.testing import CliRunner
-from support import MosquittoProcess, start_mosquitto
+from support import HubProcess, MosquittoProcess, start_mosquitto
 
 from cli.main import cli
 
@@ -50,32 +47,9 @@ def v5_client(port: int, username: str, password: str, client_id: str) -> mqtt.C
     return client
 
 
-class WorkerProcess:
+class WorkerProcess(HubProcess):
     """``fleet hub --worker-group G --client-id ID`` as a real subprocess, logging to a file."""
 
     def __init__(self, db: Path, port: int, group: str, client_id: str, log: Path, *extra: str) -> None:
-        self.db, self.port, self.group, self.client_id, self.log, self.extra = db, port, group, client_id, log, extra
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
-                 "--broker", f"mqtt://127.0.0.1:{self.port}", "--worker-group", self.group,
-                 "--client-id", self.client_id, "--staleness-min", "60s", *self.extra],
-                stdout=log, stderr=log, env={**os.environ, "FLEET_LOG_FORMAT": "text"})
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(db, port, log, "--worker-group", group, "--client-id", client_id, *extra)
+        self.group, self.client_id = group, client_id
