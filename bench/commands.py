@@ -21,7 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, percentile, start_embedded, start_fleet, start_mosquitto, stop, table
+from common import (
+    ROOT,
+    percentile,
+    start_embedded,
+    start_fleet,
+    start_mosquitto,
+    stop,
+    table,
+)
 
 sys.path.insert(0, str(ROOT))
 from broker.credentials import ensure_local_principal  # noqa: E402

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -98,3 +99,37 @@ def table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> str:
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body])
+
+
+def mqtt_client(port: int, client_id: str, creds: tuple[str, str] | None = None,
+                clean: bool = True) -> Any:
+    """A connected paho client (loop running) with a large in-flight window, for load generators."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=mqtt.MQTTv311)
+    if creds:
+        c.username_pw_set(*creds)
+    c.max_inflight_messages_set(1000)
+    connected = threading.Event()
+    c.on_connect = lambda *a: connected.set()
+    c.connect("127.0.0.1", port, keepalive=60)
+    c.loop_start()
+    if not connected.wait(10):
+        raise RuntimeError(f"{client_id} could not connect to port {port}")
+    return c
+
+
+def persisted_readings(db: Path) -> int:
+    """The highest readings id in ``db``: readings persisted so far (ids are assigned in commit order)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(db, timeout=10)
+        try:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0

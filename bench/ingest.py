@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psutil
 from common import (  # also puts the project on sys.path
+    mqtt_client,
+    persisted_readings,
     start_fleet,
     start_mosquitto,
     stop,
@@ -60,20 +61,6 @@ class Result:
     @property
     def reading_rate(self) -> float:
         return self.readings / self.seconds if self.seconds else 0.0
-
-
-def client(port: int, client_id: str, creds: tuple[str, str] | None, clean: bool = True) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=mqtt.MQTTv311)
-    if creds:
-        c.username_pw_set(*creds)
-    c.max_inflight_messages_set(1000)
-    connected = threading.Event()
-    c.on_connect = lambda *a: connected.set()
-    c.connect("127.0.0.1", port, keepalive=60)
-    c.loop_start()
-    if not connected.wait(10):
-        raise RuntimeError(f"{client_id} could not connect to port {port}")
-    return c
 
 
 def payloads(device: str, boot: int, count: int, per_msg: int) -> list[bytes]:
@@ -125,7 +112,7 @@ def raw_phase(name: str, port: int, pubs: list[tuple[str, mqtt.Client]], sub_cre
             count += 1
             last = time.perf_counter()
 
-    sub = client(port, "bench-sub", sub_creds)
+    sub = mqtt_client(port, "bench-sub", sub_creds)
     sub.on_message = on_message
     sub.subscribe("d/+/t", qos=1)
     time.sleep(0.3)
@@ -141,19 +128,9 @@ def raw_phase(name: str, port: int, pubs: list[tuple[str, mqtt.Client]], sub_cre
     return Result(name, "(a) raw delivery, 1 reading/msg", count, count, (last or time.perf_counter()) - start)
 
 
-def max_id(db: Path) -> int:
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        return conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
-
-
 def hub_phase(name: str, label: str, db: Path, hub: psutil.Process, pubs: list[tuple[str, mqtt.Client]], boot: int,
               total_msgs: int, per_msg: int) -> Result:
-    base = max_id(db)
+    base = persisted_readings(db)
     target = total_msgs * per_msg
     peak = 0
     start, _ = publish_all(pubs, boot=boot, total=total_msgs, per_msg=per_msg)
@@ -161,7 +138,7 @@ def hub_phase(name: str, label: str, db: Path, hub: psutil.Process, pubs: list[t
     done = 0
     while done < target and time.perf_counter() - start < PHASE_TIMEOUT_S:
         time.sleep(0.02)
-        done = max_id(db) - base
+        done = persisted_readings(db) - base
         peak = max(peak, hub.memory_info().rss)
         if time.perf_counter() >= next_print:
             next_print += 1
@@ -185,7 +162,7 @@ def wait_hub_ready(db: Path, pubs: list[tuple[str, mqtt.Client]], proc: subproce
         pubs[0][1].publish(topic_for(pubs[0][0], MessageClass.TELEMETRY), probe, qos=1).wait_for_publish(5)
         t = time.monotonic() + 0.5
         while time.monotonic() < t:
-            if max_id(db) > 0:
+            if persisted_readings(db) > 0:
                 return
             time.sleep(0.05)
     raise RuntimeError("the hub did not start storing within 20 s")
@@ -202,11 +179,11 @@ def bench_broker(name: str, workdir: Path, messages: int) -> list[Result]:
     if name == "embedded":
         background = BackgroundBroker(BrokerSettings(port=free_port(), db=db)).start()
         port = background.port
-        pubs = [(d, client(port, d, (d, creds[d]))) for d in device_ids]
+        pubs = [(d, mqtt_client(port, d, (d, creds[d]))) for d in device_ids]
         sub_creds: tuple[str, str] | None = ("bench-sub", sub_secret)
     else:
         port, mosq = start_mosquitto(workdir)
-        pubs = [(d, client(port, d, None)) for d in device_ids]
+        pubs = [(d, mqtt_client(port, d, None)) for d in device_ids]
         sub_creds = None
     results: list[Result] = []
     proc: subprocess.Popen[bytes] | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import statistics
 import tempfile
 import threading
@@ -22,7 +21,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psutil
-from common import start_embedded, start_fleet, start_mosquitto, stop
+from common import (
+    persisted_readings,
+    start_embedded,
+    start_fleet,
+    start_mosquitto,
+    stop,
+)
 
 from broker.registry import Registry, Role
 from protocol import Reading, Telemetry, encode
@@ -30,17 +35,6 @@ from protocol.topics import MessageClass, topic_for
 
 PUBLISHERS = 4
 PER_MSG = 20
-
-
-def persisted(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(db, timeout=10)
-        try:
-            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
 
 
 def publisher(port: int, dev: str, secret: str | None, until: float, sent: list[int], idx: int) -> None:
@@ -88,9 +82,9 @@ def run(kind: str, workdir: Path, seconds: float) -> dict[str, object]:
             rss = proc.memory_info().rss / 2**20
             samples.append(rss)
             print(f"  [{kind}] {time.monotonic() - start:5.1f}s  published {sum(sent) * PER_MSG:>9} readings  "
-                  f"persisted {persisted(db):>9}  hub RSS {rss:6.1f} MB", flush=True)
+                  f"persisted {persisted_readings(db):>9}  hub RSS {rss:6.1f} MB", flush=True)
         published = sum(sent) * PER_MSG
-        done = persisted(db)
+        done = persisted_readings(db)
         elapsed = time.monotonic() - start
         third = max(1, len(samples) // 3)
         return {

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from common import ROOT, start_mosquitto  # also puts the project on sys.path
 
 from broker.server import free_port  # noqa: E402

@@ -32,6 +32,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psutil
 from common import (  # also puts the project on sys.path
+    mqtt_client,
+    persisted_readings,
     start_fleet,
     start_mosquitto,
     stop,
@@ -47,28 +49,6 @@ from protocol.topics import MessageClass, topic_for
 PUBLISHERS = 8
 PER_MSG = 20
 STEP_TIMEOUT_S = 35.0
-
-
-def connect(port: int, client_id: str) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    c.max_inflight_messages_set(1000)
-    ok = threading.Event()
-    c.on_connect = lambda *a: ok.set()
-    c.connect("127.0.0.1", port, keepalive=60)
-    c.loop_start()
-    if not ok.wait(10):
-        raise RuntimeError(f"{client_id} could not connect")
-    return c
-
-
-def max_id(db: Path) -> int:
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        return conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
 
 
 def connected_workers(db: Path) -> int:
@@ -122,7 +102,7 @@ def step(workers: int, messages: int, workdir: Path) -> dict[str, object]:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"workers did not start; see {workdir}/hub-w{workers}-*.log")
             time.sleep(0.1)
-        pubs = {d: connect(port, d) for d in devices}
+        pubs = {d: mqtt_client(port, d) for d in devices}
         each = messages // PUBLISHERS
         ts = int(time.time() * 1000)
         data = {d: [encode(Telemetry(boot=1, seq=s, ts=ts, readings=[Reading(dt=i, metric="temperature", value=20.0 + i)
@@ -148,7 +128,7 @@ def step(workers: int, messages: int, workdir: Path) -> dict[str, object]:
         done, next_print = 0, start + 1
         while done < target and time.perf_counter() - start < STEP_TIMEOUT_S:
             time.sleep(0.05)
-            done = max_id(db)
+            done = persisted_readings(db)
             if time.perf_counter() >= next_print:
                 next_print += 1
                 el = time.perf_counter() - start
