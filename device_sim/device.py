@@ -397,6 +397,8 @@ class SimDevice:
         if not self._seen_watermark or wall < self._next_resend_check:
             return
         self._next_resend_check = wall + min(1.0, self.settings.resend_after_s)
+        if not self.buffer or self.buffer[0].made_at + self.settings.resend_after_s > wall:
+            return  # the usual case: the hub keeps up, nothing buffered is old enough to look at
         cap = self.settings.resend_max_s
         for entry in list(self.buffer):
             if entry.resend_at <= wall:

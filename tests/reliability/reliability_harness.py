@@ -88,7 +88,7 @@ class SimThread:
                 fut.set_exception(exc)
 
         self.loop.call_soon_threadsafe(run)
-        return fut.result(timeout=10)
+        return fut.result(timeout=30)  # generous: a loaded 2-core box can stall the loop for seconds
 
     def summary(self) -> SimSummary:
         assert self.fleet is not None
