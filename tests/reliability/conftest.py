@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from reliability_harness import HubSubprocess
 
 from hub.config import HubSettings
 from hub.service import Hub
-from reliability_harness import HubSubprocess
 
 
 @pytest.fixture(autouse=True)

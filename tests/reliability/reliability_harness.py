@@ -8,7 +8,6 @@ was never sent (packet loss) is not stored and sits inside an open gap.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sqlite3
@@ -16,14 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_sim.faults import FaultKind
-from device_sim.fleet import Credentials, Fleet, SimSummary, device_id, provision
+from device_sim.background import BackgroundFleet
+from device_sim.fleet import Credentials, SimSummary, device_id, provision
 from device_sim.settings import SimSettings
 
 
@@ -39,83 +36,6 @@ def sim_settings(port: int, n: int, ledger: Path, **kw: Any) -> SimSettings:
                                 fault_every=5, storm_period_s=1.0, keepalive=30)
     base.update(kw)
     return SimSettings(**base)
-
-
-class SimThread:
-    """A :class:`Fleet` on its own event loop thread; the test thread stays synchronous."""
-
-    def __init__(self, settings: SimSettings, creds: Credentials,
-                 fault_plan: dict[int, frozenset[FaultKind]] | None = None) -> None:
-        self.settings, self.creds, self.fault_plan = settings, creds, fault_plan
-        self.fleet: Fleet | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started: Future[None] = Future()
-        self._done: Future[SimSummary] = Future()
-        self._thread = threading.Thread(target=self._run, name="rel-sim", daemon=True)
-
-    def start(self) -> SimThread:
-        self._thread.start()
-        self._started.result(timeout=30)
-        return self
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            self.fleet = Fleet(self.settings, self.creds, self.fault_plan)
-            await self.fleet.start()
-            self._started.set_result(None)
-            await self._stop.wait()
-            self._done.set_result(await self.fleet.stop())
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # surface a crash to the test thread
-            for fut in (self._started, self._done):
-                if not fut.done():
-                    fut.set_exception(exc)
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on the fleet's loop and return its result."""
-        assert self.loop is not None
-        fut: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(run)
-        return fut.result(timeout=30)  # generous: a loaded 2-core box can stall the loop for seconds
-
-    def summary(self) -> SimSummary:
-        assert self.fleet is not None
-        return self.call(self.fleet.summary)
-
-    def abort_connections(self, ids: list[str]) -> int:
-        """Drop the sockets of these devices at once, without DISCONNECT; returns how many were open."""
-        assert self.fleet is not None
-        fleet = self.fleet
-
-        def drop() -> int:
-            n = 0
-            for dev in ids:
-                client = fleet.device(dev).client
-                if client is not None and client.is_connected:
-                    client.abort()
-                    n += 1
-            return n
-
-        return int(self.call(drop))
-
-    def stop(self) -> SimSummary:
-        if self.loop is not None and self._stop is not None and not self._done.done():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        summary = self._done.result(timeout=30)
-        self._thread.join(10)
-        return summary
 
 
 @dataclass
@@ -295,7 +215,7 @@ class HubSubprocess:
             self._reader.join(5)
 
 
-def finish(sim: SimThread, ledger: Path, hub_db: Path, cutoff: float) -> tuple[Audit, SimSummary]:
+def finish(sim: BackgroundFleet, ledger: Path, hub_db: Path, cutoff: float) -> tuple[Audit, SimSummary]:
     """Wait until everything produced before ``cutoff`` is stored, stop the fleet, and audit the full ledger."""
     try:
         settle(ledger, hub_db, cutoff)

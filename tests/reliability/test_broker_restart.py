@@ -9,11 +9,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from reliability_harness import finish, provision_fleet, sim_settings, stored_count
+from support import MOSQUITTO, start_mosquitto, wait_for
+
 from broker.background import BackgroundBroker
 from broker.config import BrokerSettings
 from broker.server import free_port
-from reliability_harness import SimThread, finish, provision_fleet, sim_settings, stored_count
-from support import MOSQUITTO, start_mosquitto, wait_for
+from device_sim.background import BackgroundFleet
 
 DEVICES = 20
 DOWN_S = 1.5
@@ -26,7 +28,7 @@ def test_embedded_broker_restart_loses_nothing(tmp_path: Path, db_path: Path, st
     ledger = tmp_path / "ledger.db"
     try:
         start_hub(settings.port)
-        sim = SimThread(sim_settings(settings.port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
+        sim = BackgroundFleet(sim_settings(settings.port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
         try:
             assert wait_for(lambda: stored_count(db_path) >= DEVICES * 20, 20)
             for _ in range(2):
@@ -51,7 +53,7 @@ def test_mosquitto_restart_loses_nothing(tmp_path: Path, db_path: Path, registry
     procs: list[subprocess.Popen[bytes]] = [mosq.proc]
     try:
         start_hub(mosq.port)
-        sim = SimThread(sim_settings(mosq.port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
+        sim = BackgroundFleet(sim_settings(mosq.port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
         try:
             assert wait_for(lambda: stored_count(db_path) >= DEVICES * 20, 20)
             for _ in range(2):

@@ -15,10 +15,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from reliability_harness import finish, provision_fleet, sim_settings, stored_count
+from support import wait_for
+
 from broker.background import BackgroundBroker
 from broker.server import free_port
-from reliability_harness import SimThread, finish, provision_fleet, sim_settings, stored_count
-from support import wait_for
+from device_sim.background import BackgroundFleet
 
 DEVICES = 10
 QUEUE = 200
@@ -41,7 +43,7 @@ def test_disk_full_stops_acks_and_resumes_without_loss(tmp_path: Path, db_path: 
     assert hub.proc is not None
     pid = hub.proc.pid
     ledger = tmp_path / "ledger.db"
-    sim = SimThread(sim_settings(port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
+    sim = BackgroundFleet(sim_settings(port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
     try:
         assert wait_for(lambda: stored_count(db_path) >= DEVICES * 15, 20), hub.log()
         soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)

@@ -10,10 +10,12 @@ import sqlite3
 import time
 from pathlib import Path
 
-from broker.background import BackgroundBroker
-from device_sim.faults import FaultKind
-from reliability_harness import SimThread, finish, provision_fleet, sim_settings
+from reliability_harness import finish, provision_fleet, sim_settings
 from support import wait_for
+
+from broker.background import BackgroundBroker
+from device_sim.background import BackgroundFleet
+from device_sim.faults import FaultKind
 
 DEVICES = 12
 
@@ -26,7 +28,7 @@ def test_packet_loss_shows_as_gaps_and_duplicates_are_stored_once(tmp_path: Path
     ledger = tmp_path / "ledger.db"
     plan = {i: frozenset({FaultKind.PACKET_LOSS}) for i in range(0, 4)}
     plan |= {i: frozenset({FaultKind.DUPLICATE}) for i in range(4, 8)}
-    sim = SimThread(sim_settings(port, DEVICES, ledger), provision_fleet(db_path, DEVICES), fault_plan=plan).start()
+    sim = BackgroundFleet(sim_settings(port, DEVICES, ledger), provision_fleet(db_path, DEVICES), fault_plan=plan).start()
     try:
         assert wait_for(lambda: sim.summary().faults.get("packet-loss", 0) >= 20
                         and sim.summary().faults.get("duplicate", 0) >= 20, 20)

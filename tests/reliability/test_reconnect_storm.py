@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from broker.background import BackgroundBroker
-from device_sim.faults import FaultKind
-from reliability_harness import SimThread, finish, provision_fleet, sim_settings, stored_count
+from reliability_harness import finish, provision_fleet, sim_settings, stored_count
 from support import wait_for
+
+from broker.background import BackgroundBroker
+from device_sim.background import BackgroundFleet
+from device_sim.faults import FaultKind
 
 DEVICES = 30
 STORMS = 3
@@ -19,7 +21,7 @@ def test_thirty_percent_dropped_at_once_lose_nothing(tmp_path: Path, db_path: Pa
     port = embedded_broker.port
     start_hub(port)
     ledger = tmp_path / "ledger.db"
-    sim = SimThread(sim_settings(port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
+    sim = BackgroundFleet(sim_settings(port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
     try:
         assert wait_for(lambda: stored_count(db_path) >= DEVICES * 10, 20)
         victims = sim.fleet.ids()[: int(DEVICES * 0.3)]  # type: ignore[union-attr]
@@ -47,7 +49,7 @@ def test_disconnect_storm_fault_loses_nothing(tmp_path: Path, db_path: Path, emb
     start_hub(port)
     ledger = tmp_path / "ledger.db"
     settings = sim_settings(port, DEVICES, ledger, faults={FaultKind.DISCONNECT_STORM: 0.3})
-    sim = SimThread(settings, provision_fleet(db_path, DEVICES)).start()
+    sim = BackgroundFleet(settings, provision_fleet(db_path, DEVICES)).start()
     try:
         assert wait_for(lambda: sim.summary().faults.get("disconnect-storm", 0) >= 3 * 9, 20)
     finally:

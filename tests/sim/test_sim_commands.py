@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker.background import BackgroundBroker
-from conftest import FleetThread, HubSubscriber, command, provision_fleet, settings_for
-from protocol import CommandReply, CommandState, MessageClass, decode_command_reply, decode_status, decode_telemetry
+from sim_helpers import HubSubscriber, command, provision_fleet, settings_for
 from support import wait_for
+
+from broker.background import BackgroundBroker
+from device_sim.background import BackgroundFleet
+from protocol import (
+    CommandReply,
+    CommandState,
+    MessageClass,
+    decode_command_reply,
+    decode_status,
+    decode_telemetry,
+)
 
 DEV = "sim-00001"
 
@@ -24,7 +33,7 @@ def final(hub: HubSubscriber, cmd_id: str) -> CommandReply | None:
 
 def test_commands_are_acknowledged_executed_and_answered(db_path: Path, embedded_broker: BackgroundBroker,
                                                          hub: HubSubscriber) -> None:
-    sim = FleetThread(settings_for(embedded_broker.port, 1, rate=5.0, profile="env"), provision_fleet(db_path, 1)).start()
+    sim = BackgroundFleet(settings_for(embedded_broker.port, 1, rate=5.0, profile="env"), provision_fleet(db_path, 1)).start()
     try:
         assert wait_for(lambda: hub.of(MessageClass.TELEMETRY, DEV), timeout=10)
         hub.command(DEV, command("c-ping", "ping"))
@@ -78,7 +87,7 @@ def test_commands_are_acknowledged_executed_and_answered(db_path: Path, embedded
 
 def test_a_command_id_delivered_twice_executes_once(db_path: Path, embedded_broker: BackgroundBroker,
                                                     hub: HubSubscriber) -> None:
-    sim = FleetThread(settings_for(embedded_broker.port, 1, rate=5.0), provision_fleet(db_path, 1)).start()
+    sim = BackgroundFleet(settings_for(embedded_broker.port, 1, rate=5.0), provision_fleet(db_path, 1)).start()
     try:
         assert wait_for(lambda: hub.of(MessageClass.TELEMETRY, DEV), timeout=10)
         boot0 = decode_status(hub.of(MessageClass.STATUS, DEV)[-1].payload).boot

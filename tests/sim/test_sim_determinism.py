@@ -6,11 +6,13 @@ import json
 import sqlite3
 from pathlib import Path
 
+from sim_helpers import HubSubscriber, provision_fleet, settings_for
+from support import wait_for
+
 from broker.background import BackgroundBroker
-from conftest import FleetThread, HubSubscriber, provision_fleet, settings_for
+from device_sim.background import BackgroundFleet
 from device_sim.signals import Profile, make_signal
 from protocol import MessageClass, metric_by_name
-from support import wait_for
 
 
 def series(profile: Profile, seed: int, index: int, steps: int = 500, dt: float = 60.0) -> list[list[tuple[str, float]]]:
@@ -55,7 +57,7 @@ def test_same_seed_same_ledger(tmp_path: Path, db_path: Path, embedded_broker: B
     runs = []
     for run in range(2):
         ledger = tmp_path / f"ledger-{run}.db"
-        sim = FleetThread(settings_for(embedded_broker.port, 3, seed=99, rate=10.0, ledger=ledger), creds).start()
+        sim = BackgroundFleet(settings_for(embedded_broker.port, 3, seed=99, rate=10.0, ledger=ledger), creds).start()
         before = len(hub.of(MessageClass.TELEMETRY))
         assert wait_for(lambda: len(hub.of(MessageClass.TELEMETRY)) - before >= 30, timeout=10)
         sim.stop()
@@ -66,7 +68,7 @@ def test_same_seed_same_ledger(tmp_path: Path, db_path: Path, embedded_broker: B
     assert all(json.loads(v) for v in runs[0].values())
     # a different seed gives different readings
     ledger = tmp_path / "ledger-other.db"
-    sim = FleetThread(settings_for(embedded_broker.port, 3, seed=100, rate=10.0, ledger=ledger), creds).start()
+    sim = BackgroundFleet(settings_for(embedded_broker.port, 3, seed=100, rate=10.0, ledger=ledger), creds).start()
     before = len(hub.of(MessageClass.TELEMETRY))
     assert wait_for(lambda: len(hub.of(MessageClass.TELEMETRY)) - before >= 15, timeout=10)
     sim.stop()

@@ -6,13 +6,21 @@ import sqlite3
 import time
 from pathlib import Path
 
-from broker.background import BackgroundBroker
-from conftest import FleetThread, HubSubscriber, provision_fleet, settings_for
-from device_sim.faults import FaultKind, assign_faults, parse_fault
-from protocol import LIMITS, MessageClass, ProtocolError, StatusState, decode_status, decode_telemetry
+import pytest
+from sim_helpers import HubSubscriber, provision_fleet, settings_for
 from support import wait_for
 
-import pytest
+from broker.background import BackgroundBroker
+from device_sim.background import BackgroundFleet
+from device_sim.faults import FaultKind, assign_faults, parse_fault
+from protocol import (
+    LIMITS,
+    MessageClass,
+    ProtocolError,
+    StatusState,
+    decode_status,
+    decode_telemetry,
+)
 
 KINDS = list(FaultKind)
 PLAN = {i: frozenset({k}) for i, k in enumerate(KINDS)}  # device index -> its one fault; the last device is clean
@@ -35,7 +43,7 @@ def test_every_fault_kind_is_observable(tmp_path: Path, db_path: Path, embedded_
     n = len(KINDS) + 1
     ledger = tmp_path / "ledger.db"
     settings = settings_for(embedded_broker.port, n, profile="env", ledger=ledger)
-    sim = FleetThread(settings, provision_fleet(db_path, n), fault_plan=PLAN).start()
+    sim = BackgroundFleet(settings, provision_fleet(db_path, n), fault_plan=PLAN).start()
     try:
         assert wait_for(lambda: len(telemetry_seqs(hub, CLEAN)) >= 15, timeout=15)
         assert wait_for(lambda: len(hub.of(MessageClass.STATUS, DEV[FaultKind.DISCONNECT_STORM])) >= 4, timeout=10)

@@ -8,12 +8,21 @@ import time
 from pathlib import Path
 
 import pytest
+from sim_helpers import HubSubscriber, command, provision_fleet, settings_for
+from support import wait_for
 
 from broker.background import BackgroundBroker
-from conftest import FleetThread, HubSubscriber, command, provision_fleet, settings_for
+from device_sim.background import BackgroundFleet
 from device_sim.fleet import credentials_path, device_id, provision
-from protocol import CommandState, MessageClass, Status, StatusState, decode_command_reply, decode_status, decode_telemetry
-from support import wait_for
+from protocol import (
+    CommandState,
+    MessageClass,
+    Status,
+    StatusState,
+    decode_command_reply,
+    decode_status,
+    decode_telemetry,
+)
 
 N = 200
 
@@ -42,7 +51,7 @@ def test_200_devices_connect_birth_send_and_answer_ping(db_path: Path, embedded_
                                                         hub: HubSubscriber) -> None:
     creds = provision_fleet(db_path, N)
     ids = [f"sim-{i:05d}" for i in range(1, N + 1)]
-    sim = FleetThread(settings_for(embedded_broker.port, N, rate=2.0, connect_concurrency=100), creds).start()
+    sim = BackgroundFleet(settings_for(embedded_broker.port, N, rate=2.0, connect_concurrency=100), creds).start()
     try:
         assert wait_for(lambda: hub.devices(MessageClass.STATUS) >= set(ids), timeout=15), (
             f"births from {len(hub.devices(MessageClass.STATUS))} of {N}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from broker.background import BackgroundBroker
-from reliability_harness import SimThread, finish, provision_fleet, sim_settings, stored_count
+from reliability_harness import finish, provision_fleet, sim_settings, stored_count
 from support import wait_for
+
+from broker.background import BackgroundBroker
+from device_sim.background import BackgroundFleet
 
 DEVICES = 20
 
@@ -18,7 +20,7 @@ def test_hub_sigkill_mid_stream_loses_nothing(tmp_path: Path, db_path: Path, emb
     hub = hub_subprocess(port).start()
     hub.wait_started()
     ledger = tmp_path / "ledger.db"
-    sim = SimThread(sim_settings(port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
+    sim = BackgroundFleet(sim_settings(port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
     try:
         assert wait_for(lambda: stored_count(db_path) >= DEVICES * 20, 20), hub.log()
         hub.kill()
