@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hub.metrics import COMMAND_BUCKETS, Buckets
 from hub.command_store import FINAL, CommandRecord, CommandStore, HubState
 from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
-from protocol.errors import FleetError, ProtocolError
+from protocol.errors import FleetError
 from protocol.ops import CommandUpdate, CreatedCommand, RefusedDevice, SendRequest, SendResponse, response_topic, updates_topic
 
 log = logging.getLogger("fleet.hub.commands")
@@ -117,15 +117,12 @@ class CommandBridge:
 
     def handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
-        if kind == "reply":
-            if isinstance(event[2], CommandReply):
-                self.on_reply(event[1], event[2])
-            else:
-                self.on_reply_payload(event[1], event[2])
+        if kind == "reply":  # already decoded and committed by ingest
+            self.on_reply(event[1], event[2])
         elif kind == "request":
             self.on_request_payload(event[1], event[2])
         elif kind == "presence":
-            self.on_presence(event[1], event[2], event[3] if len(event) > 3 else None)
+            self.on_presence(event[1], event[2])
         elif kind == "call":
             fn, done = event[1], event[2]
             try:
@@ -197,18 +194,6 @@ class CommandBridge:
         resp = SendResponse(req_id=req.req_id, ok=bool(created), commands=created, refused=refused,
                             error="" if created else "no command created")
         self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
-
-    def on_reply_payload(self, device_id: str, payload: bytes) -> CommandRecord | None:
-        """A device's reply from ``d/<device>/r``."""
-        from protocol.codec import decode
-
-        try:
-            reply = decode(MessageClass.REPLY, payload)
-        except ProtocolError as exc:
-            log.warning("bad command reply device_id=%s error=%s", device_id, exc)
-            return None
-        assert isinstance(reply, CommandReply)
-        return self.on_reply(device_id, reply)
 
     def on_reply(self, device_id: str, reply: CommandReply, now: float | None = None) -> CommandRecord | None:
         for _ in range(3):  # a conditional move lost to another worker is retried on the row as it is now
