@@ -36,10 +36,12 @@ from hub.service import Hub
 @click.option("--worker-group", default=None,
               help="Share the load with the other hubs of this group through $share/NAME/... subscriptions "
                    "(Mosquitto 2, EMQX; not the embedded broker). Needs --client-id, one per worker, kept across restarts.")
+@click.option("--adopt-after", "adopt_after_s", type=DURATION, default=15.0,
+              help="Worker group: take over the broker session of a peer silent this long, until it returns.")
 @click.pass_obj
 def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, password_file: Path | None,
                 client_id: str | None, retain_days: float | None, staleness_min_s: float, queue_size: int,
-                no_register: bool, metrics_port: int | None, worker_group: str | None) -> None:
+                no_register: bool, metrics_port: int | None, worker_group: str | None, adopt_after_s: float) -> None:
     """Run the hub until Ctrl-C or SIGTERM: persist telemetry, track presence, keep retention."""
     if worker_group is not None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", worker_group):
@@ -53,7 +55,8 @@ def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, pass
     settings = HubSettings(db=obj["db"], broker=broker, cafile=cafile, username=username or None,
                            password=SecretStr(password) if password else None, client_id=client_id,
                            retain_days=retain_days, staleness_min_s=staleness_min_s, queue_size=queue_size,
-                           register_hub=not no_register, metrics_port=metrics_port, worker_group=worker_group)
+                           register_hub=not no_register, metrics_port=metrics_port, worker_group=worker_group,
+                           adopt_after_s=adopt_after_s)
     hub = Hub(settings)
 
     async def main(stop: asyncio.Event) -> None:

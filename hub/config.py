@@ -59,6 +59,8 @@ class HubSettings(BaseModel):
     """Share the load with the other hubs of this group (``$share/<group>/...`` subscriptions; needs a
     broker that delivers shared subscriptions, e.g. Mosquitto 2 or EMQX, not the embedded one).
     Each worker then needs its own ``client_id``, the same one across its restarts."""
+    adopt_after_s: float = Field(15.0, ge=2.0)
+    """Worker group: a peer whose heartbeat is older than this has its broker session adopted."""
 
     @model_validator(mode="after")
     def _worker_needs_client_id(self) -> HubSettings:

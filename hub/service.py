@@ -12,9 +12,10 @@ import threading
 from typing import Any
 
 from broker.registry import Registry, Role
-from hub.config import HubSettings, hub_password
+from hub.adoption import Adopter
 from hub.command_service import CommandService
 from hub.commands import CommandSettings
+from hub.config import HubSettings, hub_password
 from hub.heartbeat import Heartbeat
 from hub.ingest import BatchHook, Ingest
 from hub.metrics import HubCollector, serve_metrics
@@ -31,6 +32,7 @@ class Hub:
         self.ingest: Ingest | None = None
         self.commands: CommandService | None = None
         self._heartbeat: Heartbeat | None = None
+        self._adopter: Adopter | None = None
         self._metrics_server: Any = None
         self.metrics_port: int | None = None
 
@@ -58,8 +60,11 @@ class Hub:
         ingest = self.ingest
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
             "queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s(), "write_failures": ingest.write_failures,
-            "store_failing": ingest.store_failing}, ingest.connected.is_set)
+            "store_failing": ingest.store_failing, "worker_group": s.worker_group}, ingest.connected.is_set)
         self._heartbeat.start()
+        if s.worker_group:
+            self._adopter = Adopter(s, password, self.commands)
+            self._adopter.start()
         if s.metrics_port is not None:
             self._serve_metrics(s.metrics_port)
         log.info("hub started db=%s broker=%s client_id=%s", s.db, s.broker, s.mqtt_client_id)
@@ -88,6 +93,9 @@ class Hub:
 
     def stop(self) -> None:
         """Commit and ack what is in hand, then disconnect."""
+        if self._adopter is not None:
+            self._adopter.stop()
+            self._adopter = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -1,0 +1,149 @@
+"""Worker groups: a surviving worker takes over the broker session of a worker that died.
+
+On Mosquitto 2 a shared subscription keeps serving a member's persistent session after the
+member dies: its share of new messages, and its unacknowledged ones, wait in that session
+until a client with the same id connects again. So a dead worker's share would only move when
+a supervisor restarts it. Here the other workers watch the heartbeats of their group; when one
+is silent for ``adopt_after_s``, exactly one of them (claimed in ``hub_adoptions``) connects
+with the dead worker's client id, drains and keeps serving its session, and takes over its
+unfinished commands. When the worker comes back, the broker hands the session back to it
+(a newer connection with the same client id wins) and the adopter steps aside.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+from broker.registry import open_db
+from hub.command_service import CommandService
+from hub.config import HubSettings
+from hub.ingest import Ingest
+from hub.status import read_heartbeats
+
+log = logging.getLogger("fleet.hub.adoption")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS hub_adoptions (
+    worker TEXT PRIMARY KEY,
+    adopter TEXT NOT NULL,
+    since REAL NOT NULL
+)
+"""
+
+
+class AdoptedIngest(Ingest):
+    """An ingest on a dead worker's session that never reconnects: losing the session means its owner is back."""
+
+    def __init__(self, settings: HubSettings, password: str | None) -> None:
+        super().__init__(settings, password)
+        self.lost = threading.Event()
+        # paho would otherwise reconnect at once and snatch the session back from its returning owner
+        self.client.reconnect_delay_set(3600, 3600)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: mqtt.ReasonCode,
+                       properties: object) -> None:
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+        self.lost.set()
+
+
+class Adopter:
+    """The watcher thread of one worker: adopts dead peers of its group and lets them go when they return."""
+
+    def __init__(self, settings: HubSettings, password: str | None, commands: CommandService) -> None:
+        assert settings.worker_group, "adoption is for worker groups"
+        self.settings = settings
+        self.password = password
+        self.commands = commands
+        self.me = settings.mqtt_client_id
+        self.adopted: dict[str, AdoptedIngest] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-hub-adopter", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        conn = open_db(self.settings.db).conn
+        conn.execute(SCHEMA)
+        check_s = min(2.0, self.settings.adopt_after_s / 2)
+        try:
+            while not self._stop.wait(check_s):
+                try:
+                    self._check(conn)
+                except Exception:  # a locked database or a broker hiccup: try again next round, with the trace logged
+                    log.exception("adoption check failed worker=%s", self.me)
+        finally:
+            for worker in list(self.adopted):
+                self._release(conn, worker, "stopping")
+            conn.close()
+
+    def _check(self, conn) -> None:  # type: ignore[no-untyped-def]
+        now = time.time()
+        beats = {b["worker"]: b for b in read_heartbeats(conn)
+                 if b["stats"].get("worker_group") == self.settings.worker_group}
+        for worker, ingest in list(self.adopted.items()):
+            beat = beats.get(worker)
+            if ingest.lost.is_set() or (beat is not None and now - beat["updated_at"] < self.settings.adopt_after_s):
+                self._release(conn, worker, "the worker is back")
+        for worker, beat in beats.items():
+            if worker == self.me or worker in self.adopted or now - beat["updated_at"] < self.settings.adopt_after_s:
+                continue
+            if self._claim(conn, worker, beats, now):
+                self._adopt(conn, worker)
+
+    def _claim(self, conn, worker: str, beats: dict[str, dict], now: float) -> bool:  # type: ignore[no-untyped-def,type-arg]
+        """Exactly one live worker adopts: the first to insert the row, or anyone whose adopter died too."""
+        conn.execute("INSERT OR IGNORE INTO hub_adoptions (worker, adopter, since) VALUES (?, ?, ?)", (worker, self.me, now))
+        row = conn.execute("SELECT adopter FROM hub_adoptions WHERE worker = ?", (worker,)).fetchone()
+        if row and row[0] == self.me:
+            return True
+        adopter = beats.get(row[0]) if row else None
+        if adopter is not None and now - adopter["updated_at"] < self.settings.adopt_after_s:
+            return False  # a live peer has it
+        cur = conn.execute("UPDATE hub_adoptions SET adopter = ?, since = ? WHERE worker = ? AND adopter = ?",
+                           (self.me, now, worker, row[0] if row else None))
+        return cur.rowcount == 1
+
+    def _adopt(self, conn, worker: str) -> None:  # type: ignore[no-untyped-def]
+        log.warning("adopting the session of silent worker=%s adopter=%s", worker, self.me)
+        ingest = AdoptedIngest(self.settings.model_copy(update={"client_id": worker}), self.password)
+        ingest.hooks.append(self.commands.on_batch)
+        try:
+            ingest.start(timeout=10)
+        except Exception as exc:  # the worker may have come back in the meantime; retried next round
+            log.warning("adoption failed worker=%s error=%r", worker, exc)
+            conn.execute("DELETE FROM hub_adoptions WHERE worker = ? AND adopter = ?", (worker, self.me))
+            return
+        self.adopted[worker] = ingest
+        moved = conn.execute("UPDATE commands SET owner = ? WHERE owner = ? AND state IN ('queued', 'sent', 'delivered')",
+                             (self.me, worker)).rowcount if _has_commands(conn) else 0
+        if moved and self.commands.bridge is not None:
+            bridge = self.commands.bridge
+            bridge.post("call", bridge.load, _Discard())
+        log.warning("adopted worker=%s adopter=%s commands=%d", worker, self.me, moved)
+
+    def _release(self, conn, worker: str, why: str) -> None:  # type: ignore[no-untyped-def]
+        ingest = self.adopted.pop(worker)
+        ingest.stop()
+        conn.execute("DELETE FROM hub_adoptions WHERE worker = ? AND adopter = ?", (worker, self.me))
+        log.warning("released worker=%s adopter=%s reason=%s stats=%s", worker, self.me, why,
+                    ingest.writer.stats.snapshot() if ingest.writer else {})
+
+
+class _Discard:
+    """A result sink for bridge calls nobody waits for."""
+
+    def put(self, item: object) -> None:
+        pass
+
+
+def _has_commands(conn) -> bool:  # type: ignore[no-untyped-def]
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='commands'").fetchone() is not None
