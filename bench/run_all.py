@@ -69,7 +69,7 @@ def median_rows(runs: list[list[dict[str, Any]]], key: tuple[str, ...]) -> list[
 
 def fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) < 1000 else f"{v:,.0f}"
+        return f"{v:.2f}" if abs(v) < 10 else f"{v:,.1f}" if abs(v) < 1000 else f"{v:,.0f}"
     if isinstance(v, int):
         return f"{v:,}"
     return "-" if v is None else str(v)
