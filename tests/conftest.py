@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import MosquittoProcess, start_mosquitto
 
 from broker.background import BackgroundBroker
 from broker.config import BrokerSettings
 from broker.registry import Registry
 from broker.server import free_port
-from support import MosquittoProcess, start_mosquitto
+from hub.config import HubSettings
+from hub.service import Hub
 
 
 @pytest.fixture
@@ -41,3 +44,32 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
         m.proc.wait(5)
     except subprocess.TimeoutExpired:
         m.proc.kill()
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage() -> Iterator[None]:
+    """Run finalizers at a safe point after each test.
+
+    amqtt leaves StreamWriters of cancelled handlers behind; collected at a random later moment,
+    their ResourceWarning can land inside an ``ast`` conversion of pytest's and trip CPython
+    3.11's "AST constructor recursion depth mismatch" (gh-106905).
+    """
+    yield
+    gc.collect()
+
+
+@pytest.fixture
+def start_hub(db_path: Path) -> Iterator[Callable[..., Hub]]:
+    """Start an in-process hub against a broker port (settings overridable); stopped after the test."""
+    hubs: list[Hub] = []
+
+    def start(port: int, **kw: object) -> Hub:
+        base: dict[str, object] = {"presence_check_s": 0.5, "staleness_min_s": 60.0}
+        settings = HubSettings(db=db_path, broker=f"mqtt://127.0.0.1:{port}", **(base | kw))  # type: ignore[arg-type]
+        hub = Hub(settings).start(timeout=15)
+        hubs.append(hub)
+        return hub
+
+    yield start
+    for hub in hubs:
+        hub.stop()
