@@ -105,12 +105,13 @@ def render(summary: SimSummary, target: int) -> Table:
               help="SQLite file recording every message and its acknowledgement.")
 @click.option("--prefix", default="sim", help="Device ids are PREFIX-00001 ...")
 @click.option("--connect-concurrency", type=click.IntRange(1), default=64, help="CONNECTs in flight at once.")
+@click.option("--alerts", is_flag=True, help="Send alerts when readings cross their profile's thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout.")
 @click.pass_context
 def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rate: float, duration: float | None,
                 seed: int, encoding: str | None, batch: str | None, deadband: str | None, heartbeat: int,
                 faults: tuple[str, ...], ledger: Path | None, prefix: str, connect_concurrency: int,
-                as_json: bool) -> None:
+                alerts: bool, as_json: bool) -> None:
     """Simulate DEVICES devices on one event loop against a broker, with faults on demand.
 
     Devices are provisioned in the registry (--db) on first use; their secrets are kept in
@@ -124,7 +125,8 @@ def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rat
     settings = SimSettings(
         devices=devices, prefix=prefix, host=host, port=port, profile=profile,  # type: ignore[arg-type]
         rate=rate, duration=duration, seed=seed, behaviour=behaviours(encoding, batch, deadband),
-        heartbeat_s=heartbeat, faults=fault_map, ledger=ledger, connect_concurrency=connect_concurrency)
+        heartbeat_s=heartbeat, faults=fault_map, ledger=ledger, connect_concurrency=connect_concurrency,
+        alerts=alerts)
     db: Path = ctx.obj["db"]
     fleet_ids = [device_id(prefix, settings.first_index + i) for i in range(devices)]
 

@@ -94,7 +94,7 @@ class Stack:
         from device_sim.fleet import Credentials, credentials_path
 
         settings = SimSettings(devices=self.devices, port=self.broker.port, rate=self.rate, seed=self.seed,
-                               heartbeat_s=30)
+                               heartbeat_s=30, alerts=True)
         self.fleet = Fleet(settings, Credentials(credentials_path(self.db)))
         await self.fleet.start()
 

@@ -42,6 +42,7 @@ from device_sim.settings import Behaviour, SimSettings
 from device_sim.signals import Profile, Signal
 from protocol import (
     LIMITS,
+    Alert,
     Command,
     CommandReply,
     CommandState,
@@ -90,12 +91,13 @@ class FleetStats:
 
 
 class _Sent:
-    """A telemetry message kept for store-and-forward."""
+    """A telemetry or alert message kept for store-and-forward (both share the seq counter)."""
 
-    __slots__ = ("boot", "seq", "payload", "pubacked", "made_at", "resend_at", "backoff")
+    __slots__ = ("boot", "seq", "payload", "topic", "pubacked", "made_at", "resend_at", "backoff")
 
-    def __init__(self, boot: int, seq: int, payload: bytes, made_at: float, backoff: float) -> None:
+    def __init__(self, boot: int, seq: int, payload: bytes, topic: str, made_at: float, backoff: float) -> None:
         self.boot = boot
+        self.topic = topic
         self.seq = seq
         self.payload = payload
         self.pubacked = False
@@ -147,6 +149,7 @@ class SimDevice:
         self.online_count = 0
         self._bytes_past = 0
         self.topic_t = topic_for(device_id, MessageClass.TELEMETRY)
+        self.topic_a = topic_for(device_id, MessageClass.ALERT)
         self.topic_s = topic_for(device_id, MessageClass.STATUS)
         self.topic_r = topic_for(device_id, MessageClass.REPLY)
         self.topic_c = topic_for(device_id, MessageClass.COMMAND)
@@ -301,6 +304,9 @@ class SimDevice:
             self._fault(FaultKind.MALFORMED, f"{len(MALFORMED_PAYLOAD)} bytes of garbage on the telemetry topic")
             client.publish(self.topic_t, MALFORMED_PAYLOAD, qos=1)
         sample = self.signal.step(self.interval)
+        if self.settings.alerts:
+            for code, severity, text in self.signal.alerts(sample):
+                self._alert(client, now, code, severity, text)
         wall = time.monotonic()
         heartbeat_due = wall - self._last_message >= self.settings.heartbeat_s
         if self.deadband > 0 and not heartbeat_due:
@@ -362,8 +368,19 @@ class SimDevice:
             self._fault(FaultKind.DUPLICATE, "published twice", seq)
             self._send(client, entry)
 
-    def _keep(self, seq: int, payload: bytes) -> _Sent:
-        entry = _Sent(self.boot, seq, payload, time.monotonic(), self.settings.resend_after_s)
+    def _alert(self, client: MqttClient, now: float, code: str, severity: str, text: str) -> None:
+        """Publish an alert: the next seq, kept and re-sent like telemetry until the watermark covers it."""
+        self.seq += 1
+        ts = self._now_ms(now)
+        payload = encode(Alert(boot=self.boot, seq=self.seq, ts=ts, code=code, severity=severity, message=text),
+                         self.encoding)
+        self.ledger.produced(self.device_id, self.boot, self.seq, "alert", [], ts, None)
+        self._last_message = time.monotonic()
+        self.stats.messages += 1
+        self._send(client, self._keep(self.seq, payload, self.topic_a))
+
+    def _keep(self, seq: int, payload: bytes, topic: str | None = None) -> _Sent:
+        entry = _Sent(self.boot, seq, payload, topic or self.topic_t, time.monotonic(), self.settings.resend_after_s)
         buf = self.buffer
         if len(buf) >= self.settings.buffer_size:
             victim = next((e for e in buf if e.pubacked), None)
@@ -377,7 +394,7 @@ class SimDevice:
         return entry
 
     def _send(self, client: MqttClient, entry: _Sent, dup: bool = False) -> None:
-        pid = client.publish(self.topic_t, entry.payload, qos=1, dup=dup)
+        pid = client.publish(entry.topic, entry.payload, qos=1, dup=dup)
         assert pid is not None
         self._by_pid[pid] = entry
         self.stats.publishes += 1

@@ -65,6 +65,8 @@ class SimSettings(BaseModel):
     clock_skew_h: float = 3.0
     bad_login_retry_s: float = Field(5.0, gt=0)
     ledger: Path | None = None
+    alerts: bool = False
+    """Send an alert when a reading crosses its profile's thresholds (battery low, overload, overspeed)."""
     anonymous: bool = False
     """Log in without username and password (benchmarks against brokers that allow anonymous access)."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from enum import StrEnum
 
 DAY_S = 86_400.0
@@ -33,6 +34,26 @@ def device_rng(seed: int, index: int) -> random.Random:
     return random.Random(f"fleet-sim:{seed}:{index}")
 
 
+@dataclass(frozen=True)
+class AlertRule:
+    """Alert once when ``metric`` crosses ``trigger``; again only after it came back past ``rearm``."""
+
+    code: str
+    metric: str
+    trigger: float
+    rearm: float
+    severity: str = "warning"
+
+    def trips(self, value: float) -> bool:
+        return value > self.trigger if self.trigger > self.rearm else value < self.trigger
+
+    def rearms(self, value: float) -> bool:
+        return value < self.rearm if self.trigger > self.rearm else value > self.rearm
+
+    def describe(self) -> str:
+        return f"{'above' if self.trigger > self.rearm else 'below'} {self.trigger:g}"
+
+
 class Signal:
     """A profile's state; :meth:`step` advances simulated time and returns ``(metric, value)`` pairs."""
 
@@ -42,14 +63,37 @@ class Signal:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.t = rng.uniform(0, DAY_S)  # simulated time of day at start, seconds
+        self._armed = {r.code: True for r in self.alert_rules}
 
     def step(self, dt_s: float) -> list[tuple[str, float]]:
         raise NotImplementedError
+
+    alert_rules: tuple[AlertRule, ...] = ()
+
+    def alerts(self, sample: list[tuple[str, float]]) -> list[tuple[str, str, str]]:
+        """(code, severity, message) for each rule this sample trips; a rule re-arms past its hysteresis."""
+        if not self.alert_rules:
+            return []
+        values = dict(sample)
+        armed = self._armed
+        out = []
+        for rule in self.alert_rules:
+            value = values.get(rule.metric)
+            if value is None:
+                continue
+            if armed[rule.code] and rule.trips(value):
+                armed[rule.code] = False
+                out.append((rule.code, rule.severity, f"{rule.metric} {value:g} {rule.describe()}"))
+            elif not armed[rule.code] and rule.rearms(value):
+                armed[rule.code] = True
+        return out
 
 
 class EnvSignal(Signal):
     profile = Profile.ENV
     metrics = ("temperature", "humidity", "battery_v")
+    alert_rules = (AlertRule("battery_low", "battery_v", 3.45, 3.6),
+                   AlertRule("too_warm", "temperature", 28.0, 26.0, "info"))
 
     def __init__(self, rng: random.Random) -> None:
         super().__init__(rng)
@@ -84,6 +128,7 @@ class EnvSignal(Signal):
 class PowerSignal(Signal):
     profile = Profile.POWER
     metrics = ("power_w", "energy_wh", "voltage_v")
+    alert_rules = (AlertRule("overload", "power_w", 8000.0, 6000.0, "critical"),)
 
     def __init__(self, rng: random.Random) -> None:
         super().__init__(rng)
@@ -112,6 +157,7 @@ class PowerSignal(Signal):
 class GpsSignal(Signal):
     profile = Profile.GPS
     metrics = ("lat", "lon", "speed_kmh", "heading_deg")
+    alert_rules = (AlertRule("overspeed", "speed_kmh", 90.0, 80.0),)
 
     def __init__(self, rng: random.Random) -> None:
         super().__init__(rng)
