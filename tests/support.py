@@ -110,12 +110,14 @@ class HubProcess:
         self.db, self.port, self.log, self.extra = db, port, log, extra
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
+                "--broker", f"mqtt://127.0.0.1:{self.port}", "--staleness-min", "60s", *self.extra]
+
     def start(self) -> HubProcess:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
-                 "--broker", f"mqtt://127.0.0.1:{self.port}", "--staleness-min", "60s", *self.extra],
-                stdout=log, stderr=log, env={**os.environ, "FLEET_LOG_FORMAT": "text"})
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log,
+                                         env={**os.environ, "FLEET_LOG_FORMAT": "text"})
         return self
 
     def kill(self) -> None:

@@ -9,15 +9,15 @@ was never sent (packet loss) is not stored and sits inside an open gap.
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from support import HubProcess
 
 from device_sim.background import BackgroundFleet
 from device_sim.fleet import Credentials, SimSummary, device_id, provision
@@ -160,7 +160,7 @@ def stored_count(hub_db: Path) -> int:
         return 0
 
 
-class HubSubprocess:
+class HubSubprocess(HubProcess):
     """``fleet hub`` as a real subprocess whose output is read through a pipe (and kept in ``lines``).
 
     A pipe, not a file: the disk-full test caps the process's file size (RLIMIT_FSIZE), which
@@ -168,16 +168,13 @@ class HubSubprocess:
     """
 
     def __init__(self, db: Path, port: int, *extra: str) -> None:
-        self.db, self.port, self.extra = db, port, extra
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(db, port, Path(os.devnull), *extra)
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
 
     def start(self) -> HubSubprocess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
-             "--broker", f"mqtt://127.0.0.1:{self.port}", "--staleness-min", "60s", *self.extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "FLEET_LOG_FORMAT": "text"})
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "FLEET_LOG_FORMAT": "text"})
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         return self
@@ -187,7 +184,7 @@ class HubSubprocess:
         for raw in proc.stdout:
             self.lines.append(raw.decode("utf-8", "replace").rstrip())
 
-    def log(self, last: int = 40) -> str:
+    def log(self, last: int = 40) -> str:  # type: ignore[override]
         return "\n".join(self.lines[-last:])
 
     def wait_started(self, timeout: float = 20.0) -> None:
@@ -198,19 +195,8 @@ class HubSubprocess:
                 raise AssertionError(f"hub did not start:\n{self.log()}")
             time.sleep(0.05)
 
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(5)
-
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().stop()
         if self._reader is not None:
             self._reader.join(5)
 
