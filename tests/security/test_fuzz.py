@@ -16,41 +16,32 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from raw_mqtt import (  # tests/broker/raw_mqtt.py (see conftest.py)
+    _remaining_length,
+    _str,
+)
+from security_helpers import GoodDevice, stored_seqs
+from support import add_device, connect, wait_for
 
 from broker.background import BackgroundBroker
 from broker.registry import Registry
-from security_helpers import GoodDevice, stored_seqs
-from support import add_device, connect, wait_for
 
 FUZZ_S = 8.0
 FUZZ_THREADS = 3
 
 
-def _rl(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _s(b: bytes) -> bytes:
-    return struct.pack("!H", len(b)) + b
-
-
 def _connect(client_id: bytes, user: bytes | None, password: bytes | None, *, proto: bytes = b"MQTT",
              level: int = 4, flags: int | None = None) -> bytes:
     f = 0x02 if flags is None else flags
-    payload = _s(client_id)
+    payload = _str(client_id)
     if user is not None and flags is None:
         f |= 0x80
-        payload += _s(user)
+        payload += _str(user)
         if password is not None:
             f |= 0x40
-            payload += _s(password)
-    body = _s(proto) + bytes([level, f]) + struct.pack("!H", 30) + payload
-    return b"\x10" + _rl(len(body)) + body
+            payload += _str(password)
+    body = _str(proto) + bytes([level, f]) + struct.pack("!H", 30) + payload
+    return b"\x10" + _remaining_length(len(body)) + body
 
 
 def hostile_packets(rng: random.Random, dev: str, secret: str) -> tuple[bool, bytes]:
@@ -72,20 +63,20 @@ def hostile_packets(rng: random.Random, dev: str, secret: str) -> tuple[bool, by
         return False, _connect(d, d, b"wrong") + rng.randbytes(20)
     # the rest come after a valid login as the fuzzing device
     if kind == 6:  # QoS 3 PUBLISH
-        body = _s(f"d/{dev}/t".encode()) + b"\x00\x01" + b"{}"
-        return True, bytes([0x36]) + _rl(len(body)) + body
+        body = _str(f"d/{dev}/t".encode()) + b"\x00\x01" + b"{}"
+        return True, bytes([0x36]) + _remaining_length(len(body)) + body
     if kind == 7:  # invalid UTF-8 topic
-        body = _s(b"d/\xff\xfe/t") + b"\x00\x02" + b"x"
-        return True, b"\x32" + _rl(len(body)) + body
+        body = _str(b"d/\xff\xfe/t") + b"\x00\x02" + b"x"
+        return True, b"\x32" + _remaining_length(len(body)) + body
     if kind == 8:  # PUBLISH whose topic length exceeds the packet
         body = b"\xff\xff" + b"d/x"
-        return True, b"\x32" + _rl(len(body)) + body
+        return True, b"\x32" + _remaining_length(len(body)) + body
     if kind == 9:  # SUBSCRIBE with QoS 3 and a wildcard in the middle
-        body = b"\x00\x05" + _s(b"d/#/t") + b"\x03"
-        return True, b"\x82" + _rl(len(body)) + body
+        body = b"\x00\x05" + _str(b"d/#/t") + b"\x03"
+        return True, b"\x82" + _remaining_length(len(body)) + body
     if kind == 10:  # a second CONNECT on the same connection
         return True, _connect(d, d, sec)
-    return True, bytes([rng.randrange(256)]) + _rl(rng.randrange(0, 100)) + rng.randbytes(rng.randrange(0, 100))
+    return True, bytes([rng.randrange(256)]) + _remaining_length(rng.randrange(0, 100)) + rng.randbytes(rng.randrange(0, 100))
 
 
 def fuzz_worker(port: int, dev: str, secret: str, seed: int, until: float, counts: list[int]) -> None:
