@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from support import wait_for
+from click.testing import CliRunner
+from command_device import CommandDevice
+from scaleout_helpers import WorkerProcess
+from support import add_device, wait_for
 from test_worker_group import DEVICES, Producer, _workers_up, stored
 
-from scaleout_helpers import WorkerProcess
+from cli.main import cli
+from hub.command_store import CommandStore, HubState
 
 pytestmark = pytest.mark.mosquitto
 
@@ -40,3 +46,36 @@ def test_dead_workers_share_moves_to_the_survivor_and_back(mosquitto, registry, 
             producer.close()
         for w in workers:
             w.stop()
+
+
+def test_dead_workers_commands_move_to_the_adopter(mosquitto, registry, db_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"mqtt://127.0.0.1:{mosquitto.port}"
+    a = WorkerProcess(db_path, mosquitto.port, "ops", "hub-ops-1", tmp_path / "a.log", "--adopt-after", "3s").start()
+    b: WorkerProcess | None = None
+    try:
+        assert wait_for(lambda: _workers_up(db_path) == 1, 15), a.log.read_text()
+        creds = add_device(registry, "dev-late")  # offline: the command waits, owned by worker 1
+        res = None
+        for _ in range(30):
+            res = CliRunner().invoke(cli, ["--db", str(db_path), "send", "dev-late", "ping", "--no-wait", "--json",
+                                           "--ttl", "2m", "--broker", url])
+            if res.exit_code == 0:
+                break
+        assert res is not None and res.exit_code == 0, res.output if res else ""
+        cid = json.loads(res.stdout)[0]["id"]
+        store = CommandStore(str(db_path))
+        assert store.get(cid).owner == "hub-ops-1" and store.get(cid).state is HubState.QUEUED
+        b = WorkerProcess(db_path, mosquitto.port, "ops", "hub-ops-2", tmp_path / "b.log", "--adopt-after", "3s").start()
+        assert wait_for(lambda: _workers_up(db_path) == 2, 15), b.log.read_text()
+        a.kill()
+        assert wait_for(lambda: store.get(cid).owner == "hub-ops-2", 20), b.log.read_text()[-3000:]
+        device = CommandDevice(mosquitto.port, creds).connect()
+        try:
+            assert wait_for(lambda: store.get(cid).state is HubState.SUCCEEDED, 20), b.log.read_text()[-3000:]
+            assert device.executed == [cid]
+        finally:
+            device.disconnect()
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
