@@ -38,11 +38,11 @@ class CommandDevice:
         c.on_subscribe = lambda *a: self.subscribed.set()
         c.on_message = self._on_message
         self.subscribed.clear()
+        self.client = c  # before connecting: a queued command may arrive the moment the subscription is granted
         c.connect("127.0.0.1", self.port, keepalive=30)
         c.loop_start()
         if not self.subscribed.wait(10):
             raise TimeoutError(f"device {self.id} did not subscribe")
-        self.client = c
         return self
 
     def _on_connect(self, c, userdata, flags, rc, props):  # type: ignore[no-untyped-def]
