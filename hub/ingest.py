@@ -219,6 +219,10 @@ class Ingest:
             except Exception:  # a hook's bug must not stop ingest; it is logged with its traceback
                 log.exception("batch hook failed hook=%r", hook)
 
+    def gauges(self) -> dict[str, float | int]:
+        """Live figures for the heartbeat and the metrics: queue depth, ingest lag, failed writes."""
+        return {"queue_depth": self.queue.qsize(), "lag_s": self.lag_s(), "write_failures": self.write_failures}
+
     def lag_s(self) -> float:
         """How long the oldest message waiting for the writer has waited (0 when none waits)."""
         try:

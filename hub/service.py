@@ -59,8 +59,8 @@ class Hub:
             raise
         ingest = self.ingest
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
-            "queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s(), "write_failures": ingest.write_failures,
-            "store_failing": ingest.store_failing, "worker_group": s.worker_group}, ingest.connected.is_set)
+            **ingest.gauges(), "store_failing": ingest.store_failing, "worker_group": s.worker_group},
+            ingest.connected.is_set)
         self._heartbeat.start()
         if s.worker_group:
             self._adopter = Adopter(s, password, self.commands)
@@ -77,8 +77,7 @@ class Hub:
         def stats() -> dict[str, Any]:
             writer = ingest.writer
             online = sum(1 for d in writer.presence.devices.values() if d.state == "online") if writer else 0
-            return self.stats | {"queue_depth": ingest.queue.qsize(), "lag_s": ingest.lag_s(), "online": online,
-                                 "write_failures": ingest.write_failures, "store_failing": int(bool(ingest.store_failing))}
+            return self.stats | ingest.gauges() | {"online": online, "store_failing": int(bool(ingest.store_failing))}
 
         def command_states() -> dict[str, int]:
             counts: dict[str, int] = {}

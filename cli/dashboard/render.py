@@ -159,9 +159,11 @@ def _footer(view: ViewState) -> RenderableType:
 
 def render_text(snapshot: Snapshot, view: ViewState | None = None, width: int = 80, height: int = 24) -> str:
     """The dashboard as plain text, the way a terminal of that size would show it (for tests)."""
+    import io
+
     from rich.console import Console
 
-    console = Console(width=width, height=height, record=True, file=open("/dev/null", "w"), color_system=None)
+    console = Console(width=width, height=height, record=True, file=io.StringIO(), color_system=None)
     console.print(render(snapshot, view, width, height), height=height)
     return console.export_text()
 
