@@ -90,6 +90,17 @@ class Registry:
             )"""
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS principals_grp ON principals(grp)")
+        # publish quotas (broker.quota): one row per principal id or per "role:<role>"; NULL = default
+        self.db.execute(
+            """CREATE TABLE IF NOT EXISTS quotas (
+                subject TEXT PRIMARY KEY,
+                msgs_per_s REAL,
+                burst_msgs REAL,
+                bytes_per_s REAL,
+                burst_bytes REAL,
+                hard_limit_s REAL
+            )"""
+        )
 
     def add(
         self,
@@ -148,6 +159,22 @@ class Registry:
         assert principal is not None
         return principal
 
+    def set_quota(self, subject: str, **fields: float | None) -> None:
+        """Override the publish quota of a principal id, or of a role with ``role_subject(role)``.
+
+        Fields are those of :class:`broker.quota.Quota`; a field left out (NULL) keeps the
+        broker's default. A rate of 0 means unlimited. Replaces any earlier override.
+        """
+        _set_quota(self, subject, fields)
+
+    def clear_quota(self, subject: str) -> None:
+        """Remove the quota override of ``subject`` (back to the role's or the broker's default)."""
+        self.db.execute("DELETE FROM quotas WHERE subject = ?", [subject])
+
+    def quota_override(self, principal_id: str, role: Role) -> dict[str, float | None]:
+        """The quota fields set for ``role`` and then for ``principal_id`` (the latter wins)."""
+        return _quota_rows(self, principal_id, role)
+
     def ensure(self, principal_id: str, role: Role, secret: str) -> None:
         """Make sure ``principal_id`` exists with ``secret`` (used for the hub's own login)."""
         from broker.secrets import verify_secret
@@ -156,6 +183,36 @@ class Registry:
         if existing and existing.active and existing.role is Role(role) and verify_secret(secret, existing.secret_hash):
             return
         self.add(principal_id, role, secret=secret, replace=True)
+
+
+QUOTA_FIELDS = ("msgs_per_s", "burst_msgs", "bytes_per_s", "burst_bytes", "hard_limit_s")
+
+
+def role_subject(role: Role) -> str:
+    """The quota subject that stands for every principal of ``role``."""
+    return f"role:{Role(role).value}"
+
+
+def _set_quota(registry: Registry, subject: str, fields: dict[str, float | None]) -> None:
+    unknown = set(fields) - set(QUOTA_FIELDS)
+    if unknown:
+        raise RegistryError(f"unknown quota field(s) {sorted(unknown)}: use {', '.join(QUOTA_FIELDS)}")
+    values = [fields.get(name) for name in QUOTA_FIELDS]
+    registry.db.execute(
+        f"INSERT OR REPLACE INTO quotas (subject, {', '.join(QUOTA_FIELDS)}) VALUES (?, ?, ?, ?, ?, ?)",
+        [subject, *values],
+    )
+
+
+def _quota_rows(registry: Registry, principal_id: str, role: Role) -> dict[str, float | None]:
+    merged: dict[str, float | None] = {}
+    for subject in (role_subject(role), principal_id):  # the principal's own row wins
+        row = registry.db.execute(
+            f"SELECT {', '.join(QUOTA_FIELDS)} FROM quotas WHERE subject = ?", [subject]
+        ).fetchone()
+        if row:
+            merged |= {k: v for k, v in zip(QUOTA_FIELDS, row, strict=True) if v is not None}
+    return merged
 
 
 def _principal(row: tuple) -> Principal:
