@@ -18,9 +18,8 @@ slow to acknowledge.
 QoS 2 had the same defect (``_handle_qos2_message_flow`` pops the message from ``inflight_out`` in
 ``finally`` after a 5 s wait or a closed connection): here an outgoing QoS 2 message stays in
 flight until its PUBCOMP; a reconnect resends the PUBLISH (DUP=1) when no PUBREC came, or the
-PUBREL when it did (MQTT 3.1.1 section 4.4). A PUBREL for a packet id the broker does not know
-(``handle_pubrel`` only logged "unknown") is answered with PUBCOMP, as section 4.3.3 requires of
-a receiver that already released the message.
+PUBREL when it did (MQTT 3.1.1 section 4.4). Incoming QoS 2 (PUBREC, PUBREL, PUBCOMP) is handled
+by :mod:`broker.reader`.
 """
 
 from __future__ import annotations
@@ -166,20 +165,13 @@ class FleetProtocolHandler(StrictReaderHandler):
             return
         log.debug("PUBCOMP for unknown packet_id=%s", packet_id)
 
-    async def handle_pubrel(self, pubrel: PubrelPacket) -> None:
-        waiter = self._pubrel_waiters.get(pubrel.packet_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(pubrel)
-            return
-        # already released (or never known): the sender must still get its PUBCOMP [MQTT-4.3.3]
-        await self._send_packet(PubcompPacket.build(pubrel.packet_id))
-
     async def _retry_deliveries(self) -> None:
         """Resend what is still in flight for this session, in the background (see module doc)."""
         session = self.session
         if session is None:
             raise AMQTTError("session is not initialized")
-        pending = [*session.inflight_in.values(), *session.inflight_out.values()]
+        # incoming QoS 2 messages wait for the client to resend its PUBREL (broker.reader)
+        pending = list(session.inflight_out.values())
         if pending:
             log.info("redelivering client_id=%s messages=%d", session.client_id, len(pending))
         for message in pending:

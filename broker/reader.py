@@ -18,16 +18,16 @@ strictly, and closes the connection on the first violation: nothing after a bad 
 parsed. Before the body of a PUBLISH, SUBSCRIBE, UNSUBSCRIBE or PINGREQ is read, the packet is
 charged to the sender's :class:`~broker.quota.ClientQuota`; when it is over quota the reader
 sleeps, which is the backpressure (the socket is not read, PUBACKs come later). QoS 0 and 1
-PUBLISHes, acknowledgements, SUBSCRIBE and PINGREQ are handled inline, in order; only a QoS 2
-PUBLISH (which waits for its PUBREL) runs as a task, and at most ``max_inflight_in`` of those per
-client. amqtt's ``PACKET_RECEIVED`` plugin event is not fired (no plugin of ours listens; it cost
+PUBLISHes, acknowledgements, SUBSCRIBE and PINGREQ are handled inline, in order, without a task
+per packet. A QoS 2 PUBLISH is stored and answered with PUBREC inline, and routed when its PUBREL
+arrives; at most ``max_inflight_in`` may await their PUBREL per client (one more closes the
+connection). amqtt's ``PACKET_RECEIVED`` plugin event is not fired (no plugin of ours listens; it cost
 a task per packet).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -58,6 +58,8 @@ from amqtt.mqtt.publish import PublishPacket, PublishPayload, PublishVariableHea
 from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.mqtt.subscribe import SubscribePacket, SubscribePayload
+from amqtt.session import IncomingApplicationMessage
+from amqtt.mqtt.constants import QOS_2
 from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from amqtt.mqtt.unsubscribe import UnubscribePayload as UnsubscribePayload  # sic, amqtt 0.12.1
 
@@ -216,12 +218,9 @@ class StrictReaderHandler(BrokerProtocolHandler):
             raise AMQTTError("handler is not attached")
         reader = self.reader
         client_id = self.session.client_id
-        running: collections.deque[asyncio.Task[None]] = collections.deque()
         self._reader_ready.set()
         try:
             while True:
-                while running and running[0].done():
-                    running.popleft()
                 header = await read_fixed_header(reader)
                 if header is None:
                     break
@@ -231,7 +230,7 @@ class StrictReaderHandler(BrokerProtocolHandler):
                 if ptype in _CHARGED:
                     await self._hold_back(len(raw) + length)
                 body = await read_or_raise(reader, length) if length else b""
-                await self._dispatch(ptype, flags, length, body, running)
+                await self._dispatch(ptype, flags, length, body)
                 if ptype == DISCONNECT:
                     break
         except InflightExceeded as exc:
@@ -247,8 +246,6 @@ class StrictReaderHandler(BrokerProtocolHandler):
             pass  # the client went away
         except asyncio.CancelledError:
             pass  # stop() cancels the reader; it cleans up below, as amqtt's loop does
-        while running:
-            running.popleft().cancel()
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
@@ -283,13 +280,11 @@ class StrictReaderHandler(BrokerProtocolHandler):
         if isinstance(self.reader, ActivityReader):
             self.reader.last_read = time.monotonic()  # held back by us, not silent
 
-    async def _dispatch(self, ptype: int, flags: int, length: int, body: bytes,
-                        running: collections.deque[asyncio.Task[None]]) -> None:
+    async def _dispatch(self, ptype: int, flags: int, length: int, body: bytes) -> None:
         if ptype == PUBLISH:
             packet = decode_publish(flags, length, body)
             if packet.qos == 2:
-                self._check_inflight_in(packet.packet_id)
-                running.append(asyncio.create_task(self.handle_publish(packet)))
+                await self._receive_qos2(packet)
             else:
                 await self.handle_publish(packet)
         elif ptype in _ACKS:
@@ -318,10 +313,34 @@ class StrictReaderHandler(BrokerProtocolHandler):
         else:
             raise ProtocolViolation(f"packet type {ptype} is not allowed from a client")  # incl. a 2nd CONNECT
 
-    def _check_inflight_in(self, packet_id: int | None) -> None:
-        policy = self.fleet_policy
+    async def _receive_qos2(self, packet: PublishPacket) -> None:
+        """Store a QoS 2 PUBLISH and answer PUBREC; it is routed when its PUBREL comes (:meth:`handle_pubrel`).
+
+        Inline instead of amqtt's task per message that waits for the PUBREL: a PUBREL read before
+        that task ran was taken for "unknown", and the message then waited forever.
+        """
+        session, policy = self.session, self.fleet_policy
+        packet_id = packet.packet_id
+        if session is None or packet_id is None:
+            raise AMQTTError("QoS 2 PUBLISH without a session or packet id")
+        if packet_id not in session.inflight_in:  # a re-sent PUBLISH (DUP) keeps the first copy
+            if policy is not None and len(session.inflight_in) >= policy.max_inflight_in:
+                raise InflightExceeded(f"more than max_inflight_in={policy.max_inflight_in} QoS 2 messages "
+                                       "awaiting PUBREL")
+            message = IncomingApplicationMessage(packet_id, packet.topic_name, QOS_2, packet.data, packet.retain_flag)
+            message.publish_packet = packet
+            session.inflight_in[packet_id] = message
+        pubrec = PubrecPacket.build(packet_id)
+        await self._send_packet(pubrec)
+        session.inflight_in[packet_id].pubrec_packet = pubrec
+
+    async def handle_pubrel(self, pubrel: PubrelPacket) -> None:
+        """Route the stored QoS 2 message and answer PUBCOMP; an unknown id gets PUBCOMP too [MQTT-4.3.3]."""
+        packet_id = pubrel.packet_id
         session = self.session
-        if policy is None or session is None or packet_id in session.inflight_in:
-            return  # a re-sent QoS 2 PUBLISH replaces its own entry
-        if len(session.inflight_in) >= policy.max_inflight_in:
-            raise InflightExceeded(f"more than max_inflight_in={policy.max_inflight_in} QoS 2 messages awaiting PUBREL")
+        message = session.inflight_in.pop(packet_id, None) if session is not None else None
+        if session is not None and message is not None:
+            message.pubrel_packet = pubrel
+            await session.delivered_message_queue.put(message)
+        # amqtt only logged "unknown" for an id it had already released; the sender waits for PUBCOMP
+        await self._send_packet(PubcompPacket.build(packet_id))
