@@ -50,9 +50,14 @@ def raw_connect(port: int, client_id: str, timeout: float = 5.0, **kwargs) -> tu
     return sock, connack[3]
 
 
-def raw_session(port: int, client_id: str, timeout: float = 5.0, **kwargs) -> tuple[socket.socket, int, int]:  # type: ignore[no-untyped-def]
-    """Like :func:`raw_connect`, returning (socket, session-present flag, CONNACK return code)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def raw_session(port: int, client_id: str, timeout: float = 5.0, source: str | None = None,
+                **kwargs) -> tuple[socket.socket, int, int]:  # type: ignore[no-untyped-def]
+    """Like :func:`raw_connect`, returning (socket, session-present flag, CONNACK return code).
+
+    ``source``: the local address to connect from (any 127.x.y.z on Linux), to look like another host.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
     sock.sendall(connect_packet(client_id, **kwargs))
     connack = _read_exactly(sock, 4)
     assert connack[0] == 0x20, f"expected CONNACK, got {connack!r}"

@@ -74,7 +74,9 @@ def test_brute_force_does_not_slow_other_devices_and_leaves_no_sessions(embedded
     p50, base50 = statistics.median(under_attack), statistics.median(baseline)
     print(f"brute force: {sum(refused)} refused logins in {ATTACK_S} s; QoS1 round trip p50 {base50 * 1000:.1f} ms "
           f"-> {p50 * 1000:.1f} ms under attack ({len(under_attack)} samples)")
-    assert sum(refused) >= ATTACKERS * 5
+    # the back-off answers a guesser late (broker.login_throttle), so 8 sequential guessers get
+    # only a few answers each in 4 s: the attack ran, and was slowed down
+    assert sum(refused) >= ATTACKERS * 2
     assert len(under_attack) >= 20
     assert p50 < max(0.1, base50 * 10), f"round trip p50 {p50 * 1000:.0f} ms under attack"
     assert dev.is_connected()
