@@ -73,6 +73,10 @@ class TokenBucket:
         self.tokens -= amount
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def rested(self) -> bool:
+        """True when at least half the burst is available (the sender paused long enough)."""
+        return self.rate <= 0 or self.tokens >= self.burst / 2
+
 
 class ClientQuota:
     """The buckets of one principal, shared by all its connections (see the module docstring)."""
@@ -92,12 +96,14 @@ class ClientQuota:
         now = self.clock()
         self.last_used = now
         wait = max(self.msgs.charge(1, now), self.bytes.charge(nbytes, now))
-        if wait <= 0:
-            self.held_since = None
-        else:
+        if wait > 0:
             self.held_s += wait
             if self.held_since is None:
                 self.held_since = now
+        elif self.msgs.rested() and self.bytes.rested():
+            # a packet that merely slipped through between two waits (a late wake-up refills a
+            # little) does not end the hold; a sender that paused until half its burst is back does
+            self.held_since = None
         return wait
 
     def over_hard_limit(self) -> bool:

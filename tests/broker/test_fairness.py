@@ -292,3 +292,23 @@ def test_one_device_flooding_keeps_every_other_devices_watermark_lag_under_2s(em
     assert rss_peak - rss_before < 50, "memory grew with the flood"
     for p in probes:
         close(p.client)
+
+
+def test_hold_ends_only_when_the_sender_pauses_and_a_steady_flood_reaches_the_hard_limit() -> None:
+    from broker.quota import ClientQuota
+
+    now = [0.0]
+    quota = ClientQuota(Quota(msgs_per_s=10, burst_msgs=10, hard_limit_s=5), clock=lambda: now[0])
+    # an honest device re-sending 30 buffered messages, then quiet: held a while, never disconnected
+    for _ in range(30):
+        now[0] += quota.charge(100) * 1.5  # the reader wakes up late, as on a busy machine
+    assert quota.held_since is not None and not quota.over_hard_limit()
+    now[0] += 1.0  # quiet for a second: half the burst is back
+    assert quota.charge(100) == 0 and quota.held_since is None
+    # a flood: every packet waits (late wake-ups let a few slip through), disconnected after 5 s
+    flood_began = now[0]
+    while not quota.over_hard_limit():
+        assert now[0] < 10, "a steady flood never reached the hard limit"
+        wait = quota.charge(100)
+        now[0] += wait * 1.5 if wait else 0.001
+    assert 5.0 <= now[0] - flood_began <= 7.0
