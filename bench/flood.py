@@ -210,7 +210,8 @@ def run_flood(qos: int, seconds: float, honest: int, period: float, workdir: Pat
             time.sleep(0.2)
         if not probe.lags:
             raise RuntimeError(f"no watermark from the hub within 60 s (see {log})")
-        time.sleep(5)  # noqa: a baseline period, not a wait for an event
+        baseline_started = time.monotonic()  # the hub is up and publishing watermarks
+        time.sleep(10)  # noqa: a baseline period, not a wait for an event
         rss_before = rss_mb(broker.pid)
         flood_started = time.monotonic()
         flooder = subprocess.Popen([sys.executable, __file__, "--flooder", str(port), "flooder", flood_secret,
@@ -235,7 +236,7 @@ def run_flood(qos: int, seconds: float, honest: int, period: float, workdir: Pat
         rss_after = rss_mb(broker.pid)
         # by the time each message was sent: during the flood, or in the baseline before it
         during = [lag for t, lag in probe.lags if flood_started <= t <= flood_ended]
-        before = [lag for t, lag in probe.lags if t < flood_started]
+        before = [lag for t, lag in probe.lags if baseline_started <= t < flood_started]
         return {"scenario": f"flood qos{qos}", "seconds": seconds, "written": out.get("written"),
                 "reconnects": out.get("reconnects"), "honest": honest,
                 "lag_before_p50_s": round(statistics.median(before), 2) if before else None,
