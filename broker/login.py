@@ -33,7 +33,14 @@ from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.codecs_amqtt import read_or_raise
-from amqtt.mqtt.connack import NOT_AUTHORIZED, UNACCEPTABLE_PROTOCOL_VERSION, ConnackPacket
+from amqtt.mqtt.connack import (
+    BAD_USERNAME_PASSWORD,
+    IDENTIFIER_REJECTED,
+    NOT_AUTHORIZED,
+    UNACCEPTABLE_PROTOCOL_VERSION,
+    ConnackPacket,
+)
+from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.packet import CONNECT
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
@@ -44,6 +51,7 @@ from broker.inflight import FleetProtocolHandler
 from broker.log_summary import LogSummary, clip
 from broker.quota import QuotaBook
 from broker.reader import BytesReader, ConnectionPolicy, ProtocolViolation, StrictReaderHandler, read_fixed_header
+from broker.session_state import FleetSession
 from broker.stats import BrokerCounters
 
 if TYPE_CHECKING:
@@ -123,8 +131,7 @@ class LoginFirstMixin(_Base):
                                  "connect refused reason=unsupported_protocol level=%d peer=%s", level, peer)
                 await _refuse(writer, UNACCEPTABLE_PROTOCOL_VERSION)
                 raise AMQTTError(f"unsupported protocol level {level} from {peer}")
-            handler, session = await FleetProtocolHandler.init_from_connect(BytesReader(raw), writer,
-                                                                           self.plugins_manager)
+            handler, session = await self._session_from_connect(raw, writer, remote_address, remote_port)
         except (asyncio.TimeoutError, MQTTError, NoDataError, PacketTooLargeError, ProtocolViolation,
                 asyncio.IncompleteReadError, ConnectionError) as exc:
             self.notes.event("bad_connect", remote_address, "connect refused reason=bad_or_no_connect peer=%s error=%s",
@@ -145,6 +152,48 @@ class LoginFirstMixin(_Base):
             await _refuse(writer, NOT_AUTHORIZED)
             raise AMQTTError(f"login refused for client id {session.client_id!r}")
         return handler, session
+
+    async def _session_from_connect(self, raw: bytes, writer: WriterAdapter, remote_address: str,
+                                    remote_port: int) -> tuple[FleetProtocolHandler, FleetSession]:
+        """amqtt's ``BrokerProtocolHandler.init_from_connect`` on a CONNECT already read, making a
+        :class:`~broker.session_state.FleetSession` (no ``transitions.Machine``; see that module).
+
+        The same checks as amqtt: a refused CONNECT gets its CONNACK code and MQTTError is raised.
+        """
+        connect = await ConnectPacket.from_stream(BytesReader(raw))
+        if connect.variable_header is None or connect.payload is None or connect.payload.client_id is None:
+            raise MQTTError("CONNECT without a variable header, payload or client id")
+        if connect.variable_header.will_flag and (connect.payload.will_topic is None
+                                                  or connect.payload.will_message is None):
+            raise MQTTError("will flag set, but no will topic or message")
+        if connect.variable_header.reserved_flag:
+            raise MQTTError("[MQTT-3.1.2-3] CONNECT reserved flag must be 0")
+        if connect.proto_name != "MQTT":
+            raise MQTTError(f"[MQTT-3.1.2-1] protocol name {clip(connect.proto_name)}")
+        code = None
+        if (not connect.username_flag and connect.password_flag) or (connect.username_flag and connect.username is None) \
+                or (connect.password_flag and connect.password is None):
+            code = BAD_USERNAME_PASSWORD  # [MQTT-3.1.2-22]
+        elif not connect.clean_session_flag and connect.payload.client_id_is_random:
+            code = IDENTIFIER_REJECTED  # [MQTT-3.1.3-8]
+        if code is not None:
+            await _refuse(writer, code)
+            raise MQTTError(f"CONNECT refused with code {code}")
+        session = FleetSession()
+        session.client_id = connect.client_id
+        session.clean_session = connect.clean_session_flag
+        session.will_flag = connect.will_flag
+        session.will_retain = connect.will_retain_flag
+        session.will_qos = connect.will_qos
+        session.will_topic = connect.will_topic
+        session.will_message = connect.will_message
+        session.username = connect.username
+        session.password = connect.password
+        session.remote_address = remote_address
+        session.remote_port = remote_port
+        session.ssl_object = writer.get_ssl_info()
+        session.keep_alive = max(connect.keep_alive, 0)
+        return FleetProtocolHandler(self.plugins_manager), session
 
     async def _handle_client_session(
         self,
