@@ -30,9 +30,9 @@ class BrokerCounters:
     denials: int = 0
     """Publishes and subscriptions refused by the topic rules."""
     logins_refused: int = 0
-    """Logins refused after a check (unknown id, bad secret)."""
+    """Logins refused, for any reason (unknown id, bad secret, backing off)."""
     logins_throttled: int = 0
-    """Logins refused without a check because the id or address is backing off."""
+    """Of those, refused without a check because the id or address was backing off."""
     deliveries_dropped: int = 0
     """Messages not queued because a subscriber already had ``max_queued_messages`` pending."""
 
