@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from hub.store import DeviceRow, HubStore
+from hub.storage import DeviceRow
+from hub.store import HubStore
 from protocol.models import Status, StatusState
 
 log = logging.getLogger("fleet.hub.presence")
