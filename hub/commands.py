@@ -11,7 +11,7 @@ Delivery rules (firmware_protocol.md, "Commands"):
   (``expired``, never executed).
 * A command ``sent`` but not acknowledged within ``ack_timeout_s`` is re-sent with the same
   id, with exponential backoff and at most ``max_attempts`` sends (amqtt does not redeliver
-  unacknowledged QoS 1 after a reconnect: amqtt-notes #4). Devices de-duplicate by id.
+  unacknowledged QoS 1 after a reconnect: AMQTT_NOTES.md #4). Devices de-duplicate by id.
 * A reply is accepted only from the device the command was sent to.
 
 Several hub workers (``fleet hub --worker-group``): the worker that takes an operator request

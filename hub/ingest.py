@@ -252,7 +252,7 @@ class Ingest:
             self._probe_shared(min(timeout, 3.0))
 
     def _probe_shared(self, timeout: float) -> None:
-        """Refuse to run as a worker on a broker that grants ``$share`` but delivers nothing (amqtt-notes #10)."""
+        """Refuse to run as a worker on a broker that grants ``$share`` but delivers nothing (AMQTT_NOTES.md #10)."""
         shared = self.settings.shared(self._probe_topic)
         self.client.subscribe(shared, qos=0)
         deadline = time.monotonic() + timeout
