@@ -14,6 +14,7 @@ from typing import Any
 
 from hub.storage.connection import dict_rows
 from hub.storage.registry import PrincipalStore
+from hub.storage.rollups import Period
 from hub.storage.status import Heartbeat, StatusStore
 from hub.storage.values import unpack
 
@@ -55,6 +56,85 @@ def readings(conn: sqlite3.Connection, device_id: str, metric: str | None = None
              "received_at": None if rcv is None else rcv / 1000.0, "boot": boot, "seq": seq, "idx": idx,
              "skewed": skewed or 0}
             for mt, v, ts, rcv, boot, seq, idx, skewed in rows]
+
+
+ROLLUP_COLUMNS = ("device_id", "metric", "period", "start", "count", "min", "max", "mean", "last", "last_ts")
+"""The columns of an aggregate row as the CLI and the exporter see them (times in Unix seconds)."""
+
+
+def _rollup_row(device_id: str, metric: str, period: int, start: int, count: int, low: float, high: float,
+                total: float, last: float, last_ts: int) -> dict[str, Any]:
+    return {"device_id": device_id, "metric": metric, "period": period, "start": start / 1000.0, "count": count,
+            "min": low, "max": high, "mean": total / count, "last": last, "last_ts": last_ts / 1000.0}
+
+
+def rollups(conn: sqlite3.Connection, device_id: str, period: Period, metric: str | None = None,
+            since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Aggregates of one device per ``period`` (count, min, max, mean, last), oldest first.
+
+    They outlive the raw readings: retention deletes readings, not aggregates.
+    """
+    sql = ("SELECT m.metric, g.start, g.count, g.low, g.high, g.total, g.last, g.last_ts FROM series r"
+           " JOIN metric_keys m ON m.id = r.metric JOIN rollups g ON g.series = r.id AND g.period = ?"
+           " WHERE r.device = (SELECT id FROM device_keys WHERE device_id = ?)")
+    params: list[Any] = [int(period), device_id]
+    if metric is not None:
+        sql += " AND m.metric = ?"
+        params.append(metric)
+    if since is not None:
+        sql += " AND g.start >= ?"
+        params.append(round(since * 1000) // (int(period) * 1000) * int(period) * 1000)  # the period holding since
+    sql += " ORDER BY g.start, m.metric"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [_rollup_row(device_id, mt, int(period), *rest) for mt, *rest in conn.execute(sql, params)]
+
+
+def _rollup_bounds(period: Period, since: float | None, until: float | None,
+                   device_id: str | None) -> tuple[str, list[Any]]:
+    clauses, params = ["g.period = ?"], [int(period)]
+    if since is not None:
+        clauses.append("g.start >= ?")
+        params.append(round(since * 1000) // (int(period) * 1000) * int(period) * 1000)
+    if until is not None:
+        clauses.append("g.start < ?")
+        params.append(round(until * 1000))
+    if device_id is not None:
+        clauses.append("r.device = (SELECT id FROM device_keys WHERE device_id = ?)")
+        params.append(device_id)
+    return " AND ".join(clauses), params
+
+
+def count_rollups(conn: sqlite3.Connection, period: Period, since: float | None = None, until: float | None = None,
+                  device_id: str | None = None) -> int:
+    """How many aggregate rows lie within these bounds."""
+    where, params = _rollup_bounds(period, since, until, device_id)
+    return int(conn.execute(f"SELECT COUNT(*) FROM rollups g JOIN series r ON r.id = g.series WHERE {where}",
+                            params).fetchone()[0])
+
+
+def iter_rollups(conn: sqlite3.Connection, period: Period, since: float | None = None, until: float | None = None,
+                 device_id: str | None = None, chunk: int = 5_000) -> Iterator[list[tuple[Any, ...]]]:
+    """Aggregate rows in chunks of tuples in :data:`ROLLUP_COLUMNS` order, by series then time (keyset-paginated)."""
+    where, params = _rollup_bounds(period, since, until, device_id)
+    names = _series_names(conn)
+    last = (0, 0)
+    while True:
+        rows = conn.execute(
+            "SELECT g.series, g.start, g.count, g.low, g.high, g.total, g.last, g.last_ts FROM rollups g"
+            f" JOIN series r ON r.id = g.series WHERE {where} AND (g.series, g.start) > (?, ?)"
+            " ORDER BY g.series, g.period, g.start LIMIT ?", [*params, *last, chunk]).fetchall()
+        if not rows:
+            return
+        last = rows[-1][:2]
+        yield [tuple(_rollup_row(*names[sid], int(period), *rest).values()) for sid, *rest in rows]
+
+
+def _series_names(conn: sqlite3.Connection) -> dict[int, tuple[str, str]]:
+    return {sid: (device, metric) for sid, device, metric in conn.execute(
+        "SELECT r.id, d.device_id, m.metric FROM series r JOIN device_keys d ON d.id = r.device"
+        " JOIN metric_keys m ON m.id = r.metric")}
 
 
 def readings_plan(conn: sqlite3.Connection, device_id: str, metric: str | None = None,
@@ -180,9 +260,7 @@ def iter_readings(conn: sqlite3.Connection, since: float | None = None, until: f
     Ordered by device and metric (series), then time: the table's own order, so no sort.
     """
     where, params = _reading_bounds(since, until, device_id)
-    names = {sid: (device, metric) for sid, device, metric in conn.execute(
-        "SELECT r.id, d.device_id, m.metric FROM series r JOIN device_keys d ON d.id = r.device"
-        " JOIN metric_keys m ON m.id = r.metric")}
+    names = _series_names(conn)
     last: tuple[int, int, int, int, int] = (0, 0, 0, 0, -1)
     while True:
         rows = conn.execute(

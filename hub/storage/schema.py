@@ -15,6 +15,9 @@ Versions
         (:mod:`hub.storage.values`); message keys in ``message_keys`` (WITHOUT ROWID, the
         exactly-once key (device, boot, seq) is its primary key). ``readings`` and ``messages``
         become read-only views with the version-1 columns (less the row ids), for ad-hoc SQL.
+    3   ``rollups``: count, min, max, sum and last value per series, period (60 s, 3600 s) and
+        period start, kept when retention deletes the raw readings (:mod:`hub.storage.rollups`);
+        built from the readings already stored.
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -28,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hub.storage.errors import StorageError
-from hub.storage.values import SQL_UNPACK, pack
+from hub.storage.rollups import fold
+from hub.storage.values import SQL_UNPACK, pack, unpack
 
 # Version 1: the tables as the release before this package created them (byte-for-byte the same DDL,
 # so an upgraded file and a new one are the same).
@@ -304,9 +308,42 @@ def _to_v2(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(ddl)
 
 
+V3_ROLLUPS = """CREATE TABLE rollups (
+    series INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    low REAL NOT NULL,
+    high REAL NOT NULL,
+    total REAL NOT NULL,
+    last REAL NOT NULL,
+    last_ts INTEGER NOT NULL,
+    PRIMARY KEY (series, period, start)
+) WITHOUT ROWID"""
+"""period in seconds; start and last_ts in ms, like ``samples.ts``; mean = total / count."""
+
+ROLLUP_UPSERT = (
+    "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_ts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
+    " count = count + excluded.count, low = MIN(low, excluded.low), high = MAX(high, excluded.high),"
+    " total = total + excluded.total,"
+    " last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last ELSE last END,"
+    " last_ts = MAX(last_ts, excluded.last_ts)")
+
+
+def _to_v3(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 2 -> 3: the rollups table, filled from the readings already stored (in series order, in chunks)."""
+    conn.execute(V3_ROLLUPS)
+    series_ids = [r[0] for r in conn.execute("SELECT id FROM series ORDER BY id")]
+    for sid in series_ids:
+        acc = fold((sid, ts, unpack(v)) for ts, v in conn.execute(
+            "SELECT ts, value FROM samples WHERE series = ? ORDER BY ts", (sid,)))
+        conn.executemany(ROLLUP_UPSERT, [(*key, *row) for key, row in acc.items()])
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2)
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)
