@@ -35,22 +35,41 @@ Fold = dict[tuple[int, int, int], list[float]]
 """(series, period, start ms) -> [count, low, high, total, last, last_ts ms]."""
 
 
-def fold(samples: Iterable[tuple[int, int, float]], into: Fold | None = None) -> Fold:
-    """Aggregate (series, ts ms, value) by series, period and period start."""
-    acc: Fold = {} if into is None else into
+def fold(samples: Iterable[tuple[int, int, float]]) -> Fold:
+    """Aggregate (series, ts ms, value) by series, period and period start.
+
+    Readings fold into minutes; the (far fewer) minutes then fold into hours.
+    """
+    acc: Fold = {}
+    get = acc.get
     for series, ts, value in samples:
-        for period in (60_000, 3_600_000):
-            key = (series, period // 1000, ts - ts % period)
-            row = acc.get(key)
-            if row is None:
-                acc[key] = [1, value, value, value, value, ts]
-            else:
-                row[0] += 1
-                if value < row[1]:
-                    row[1] = value
-                if value > row[2]:
-                    row[2] = value
-                row[3] += value
-                if ts >= row[5]:
-                    row[4], row[5] = value, ts
+        key = (series, 60, ts - ts % 60_000)
+        row = get(key)
+        if row is None:
+            acc[key] = [1, value, value, value, value, ts]
+            continue
+        row[0] += 1
+        if value < row[1]:
+            row[1] = value
+        elif value > row[2]:
+            row[2] = value
+        row[3] += value
+        if ts >= row[5]:
+            row[4] = value
+            row[5] = ts
+    hours: Fold = {}
+    for (series, _period, start), (count, low, high, total, last, last_ts) in acc.items():
+        key = (series, 3600, start - start % 3_600_000)
+        row = hours.get(key)
+        if row is None:
+            hours[key] = [count, low, high, total, last, last_ts]
+            continue
+        row[0] += count
+        row[1] = min(row[1], low)
+        row[2] = max(row[2], high)
+        row[3] += total
+        if last_ts >= row[5]:
+            row[4] = last
+            row[5] = last_ts
+    acc.update(hours)
     return acc
