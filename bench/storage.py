@@ -4,8 +4,10 @@
    ``insert_messages`` + ``insert_readings`` in transactions of 200 messages, as the writer does)
    with fleet-up-like data: each device reports one message per interval holding its profile's
    metrics (env: temperature, humidity, battery_v; power: power_w, energy_wh, voltage_v; gps: lat,
-   lon, speed_kmh, heading_deg) at the resolutions the simulator uses. Measured as file size / readings
-   after a checkpoint, with the per-table split from ``dbstat``. Also with 20-reading messages.
+   lon, speed_kmh, heading_deg) at the resolutions the simulator uses, every 2 s (``fleet up``'s
+   default rate of 0.5 samples/s). Measured as file size / readings after a checkpoint (tables,
+   indexes and the per-minute/hour aggregates), with the split from ``dbstat``. Also with
+   20-reading messages.
 2. Query: the same write path fills 10 million readings (1,000 devices, 10 s apart), then the real
    library function behind ``fleet readings DEV --since 1h`` (``hub.queries.readings``: opens the
    file read-only, queries, closes) is timed for 30 random devices.
@@ -128,6 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--readings", type=int, default=10_000_000, help="Readings in the query database.")
     ap.add_argument("--size-readings", type=int, default=1_000_000, help="Readings in the bytes-per-reading databases.")
+    ap.add_argument("--interval", type=float, default=2.0, help="Seconds between samples in the size databases.")
     ap.add_argument("--keep", type=Path, default=None, help="Build the databases in this folder and keep them.")
     args = ap.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="fleet-bench-storage-"))
@@ -139,7 +142,7 @@ def main() -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
         print(f"bytes per reading, {label} messages: filling {args.size_readings:,} readings ...", file=sys.stderr)
-        n, m = fill(db, 300, args.size_readings, 10.0, per_message)
+        n, m = fill(db, 300, args.size_readings, args.interval, per_message)
         split = bytes_per_reading(db, n)
         print(f"  {n:,} readings in {m:,} messages: {split['file']:.1f} B/reading on disk; by table and index: "
               + ", ".join(f"{k} {v}" for k, v in split.items() if k != "file"), file=sys.stderr)

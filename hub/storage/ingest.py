@@ -16,7 +16,7 @@ from typing import Any
 
 from hub.storage.connection import transaction
 from hub.storage.rollups import fold
-from hub.storage.schema import ROLLUP_UPSERT
+from hub.storage.schema import ROLLUP_UPSERT, rollup_rows
 from hub.storage.values import pack
 
 
@@ -169,8 +169,8 @@ class IngestStore:
             "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", out)
         self._counted["readings"] += len(out)
         # one upsert per (series, period, start) per batch; the values as the devices sent them
-        acc = fold((key, ts, value) for (key, ts, _b, _s, _i, _p), value in zip(out, (r[5] for r in rows)))
-        self.conn.executemany(ROLLUP_UPSERT, [(*key, *row) for key, row in acc.items()])
+        acc = fold([(key, ts, value) for (key, ts, _b, _s, _i, _p), value in zip(out, (r[5] for r in rows))])
+        self.conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
 
     def upsert_latest(self, rows: Iterable[tuple[str, str, float, float, float]]) -> None:
         """Rows of (device_id, metric, ts, value, received_at); an older ts never replaces a newer one."""

@@ -62,10 +62,11 @@ ROLLUP_COLUMNS = ("device_id", "metric", "period", "start", "count", "min", "max
 """The columns of an aggregate row as the CLI and the exporter see them (times in Unix seconds)."""
 
 
-def _rollup_row(device_id: str, metric: str, period: int, start: int, count: int, low: float, high: float,
-                total: float, last: float, last_ts: int) -> dict[str, Any]:
+def _rollup_row(device_id: str, metric: str, period: int, start: int, count: int, low: int | float,
+                high: int | float, total: float, last: int | float, last_dt: int) -> dict[str, Any]:
     return {"device_id": device_id, "metric": metric, "period": period, "start": start / 1000.0, "count": count,
-            "min": low, "max": high, "mean": total / count, "last": last, "last_ts": last_ts / 1000.0}
+            "min": unpack(low), "max": unpack(high), "mean": total / count, "last": unpack(last),
+            "last_ts": (start + last_dt) / 1000.0}
 
 
 def rollups(conn: sqlite3.Connection, device_id: str, period: Period, metric: str | None = None,
@@ -74,7 +75,7 @@ def rollups(conn: sqlite3.Connection, device_id: str, period: Period, metric: st
 
     They outlive the raw readings: retention deletes readings, not aggregates.
     """
-    sql = ("SELECT m.metric, g.start, g.count, g.low, g.high, g.total, g.last, g.last_ts FROM series r"
+    sql = ("SELECT m.metric, g.start, g.count, g.low, g.high, g.total, g.last, g.last_dt FROM series r"
            " JOIN metric_keys m ON m.id = r.metric JOIN rollups g ON g.series = r.id AND g.period = ?"
            " WHERE r.device = (SELECT id FROM device_keys WHERE device_id = ?)")
     params: list[Any] = [int(period), device_id]
@@ -122,7 +123,7 @@ def iter_rollups(conn: sqlite3.Connection, period: Period, since: float | None =
     last = (0, 0)
     while True:
         rows = conn.execute(
-            "SELECT g.series, g.start, g.count, g.low, g.high, g.total, g.last, g.last_ts FROM rollups g"
+            "SELECT g.series, g.start, g.count, g.low, g.high, g.total, g.last, g.last_dt FROM rollups g"
             f" JOIN series r ON r.id = g.series WHERE {where} AND (g.series, g.start) > (?, ?)"
             " ORDER BY g.series, g.period, g.start LIMIT ?", [*params, *last, chunk]).fetchall()
         if not rows:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hub.storage.errors import StorageError
-from hub.storage.rollups import fold
+from hub.storage.rollups import Fold, fold
 from hub.storage.values import SQL_UNPACK, pack, unpack
 
 # Version 1: the tables as the release before this package created them (byte-for-byte the same DDL,
@@ -313,32 +313,42 @@ V3_ROLLUPS = """CREATE TABLE rollups (
     period INTEGER NOT NULL,
     start INTEGER NOT NULL,
     count INTEGER NOT NULL,
-    low REAL NOT NULL,
-    high REAL NOT NULL,
+    low NOT NULL,
+    high NOT NULL,
     total REAL NOT NULL,
-    last REAL NOT NULL,
-    last_ts INTEGER NOT NULL,
+    last NOT NULL,
+    last_dt INTEGER NOT NULL,
     PRIMARY KEY (series, period, start)
 ) WITHOUT ROWID"""
-"""period in seconds; start and last_ts in ms, like ``samples.ts``; mean = total / count."""
+"""period in seconds; start in ms like ``samples.ts``; low, high and last packed like ``samples.value``;
+last_dt: ms from start to the last value; mean = total / count."""
 
+_LOW, _NEW_LOW = SQL_UNPACK.format(col="low"), SQL_UNPACK.format(col="excluded.low")
+_HIGH, _NEW_HIGH = SQL_UNPACK.format(col="high"), SQL_UNPACK.format(col="excluded.high")
 ROLLUP_UPSERT = (
-    "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_ts)"
+    "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
-    " count = count + excluded.count, low = MIN(low, excluded.low), high = MAX(high, excluded.high),"
-    " total = total + excluded.total,"
-    " last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last ELSE last END,"
-    " last_ts = MAX(last_ts, excluded.last_ts)")
+    f" count = count + excluded.count, low = CASE WHEN {_NEW_LOW} < {_LOW} THEN excluded.low ELSE low END,"
+    f" high = CASE WHEN {_NEW_HIGH} > {_HIGH} THEN excluded.high ELSE high END, total = total + excluded.total,"
+    " last = CASE WHEN excluded.last_dt >= last_dt THEN excluded.last ELSE last END,"
+    " last_dt = MAX(last_dt, excluded.last_dt)")
+"""Merge a batch's aggregate into the stored one (min and max compared as values, not as packed integers)."""
+
+
+def rollup_rows(acc: Fold) -> list[tuple[int, int, int, int, int | float, int | float, float, int | float, int]]:
+    """Folded aggregates as ``rollups`` rows (values packed, the last one's time relative to the start)."""
+    return [(series, period, start, count, pack(low), pack(high), total, pack(last), last_ts - start)
+            for (series, period, start), (count, low, high, total, last, last_ts) in acc.items()]
 
 
 def _to_v3(conn: sqlite3.Connection, path: Path) -> None:
-    """Version 2 -> 3: the rollups table, filled from the readings already stored (in series order, in chunks)."""
+    """Version 2 -> 3: the rollups table, filled from the readings already stored (series by series)."""
     conn.execute(V3_ROLLUPS)
     series_ids = [r[0] for r in conn.execute("SELECT id FROM series ORDER BY id")]
     for sid in series_ids:
         acc = fold((sid, ts, unpack(v)) for ts, v in conn.execute(
             "SELECT ts, value FROM samples WHERE series = ? ORDER BY ts", (sid,)))
-        conn.executemany(ROLLUP_UPSERT, [(*key, *row) for key, row in acc.items()])
+        conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
 
 
 Migration = Callable[[sqlite3.Connection, Path], None]
