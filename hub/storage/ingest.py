@@ -159,17 +159,19 @@ class IngestStore:
         ``received_at`` and ``skewed`` are the message's and are kept once, with its key.
         """
         series = self._series
-        out = []
+        out, folding = [], []
         for device_id, boot, seq, idx, metric, value, ts, _received_at, _skewed in rows:
             key = series.get((device_id, metric))
             if key is None:
                 key = self.series_key(device_id, metric)
-            out.append((key, round(ts * 1000), boot, seq, idx, pack(value)))
+            ts_ms = round(ts * 1000)
+            out.append((key, ts_ms, boot, seq, idx, pack(value)))
+            folding.append((key, ts_ms, value))
         self.conn.executemany(
             "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", out)
         self._counted["readings"] += len(out)
         # one upsert per (series, period, start) per batch; the values as the devices sent them
-        acc = fold([(key, ts, value) for (key, ts, _b, _s, _i, _p), value in zip(out, (r[5] for r in rows))])
+        acc = fold(folding)
         self.conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
 
     def upsert_latest(self, rows: Iterable[tuple[str, str, float, float, float]]) -> None:

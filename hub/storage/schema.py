@@ -313,31 +313,30 @@ V3_ROLLUPS = """CREATE TABLE rollups (
     period INTEGER NOT NULL,
     start INTEGER NOT NULL,
     count INTEGER NOT NULL,
-    low NOT NULL,
-    high NOT NULL,
+    low REAL NOT NULL,
+    high REAL NOT NULL,
     total REAL NOT NULL,
-    last NOT NULL,
+    last REAL NOT NULL,
     last_dt INTEGER NOT NULL,
     PRIMARY KEY (series, period, start)
 ) WITHOUT ROWID"""
-"""period in seconds; start in ms like ``samples.ts``; low, high and last packed like ``samples.value``;
-last_dt: ms from start to the last value; mean = total / count."""
+"""period in seconds; start in ms like ``samples.ts``; last_dt: ms from start to the last value (3 bytes,
+not 6); mean = total / count. Values stay REAL: an aggregate row covers many readings, and packing
+them would cost the writer three conversions per row for about half a byte per reading."""
 
-_LOW, _NEW_LOW = SQL_UNPACK.format(col="low"), SQL_UNPACK.format(col="excluded.low")
-_HIGH, _NEW_HIGH = SQL_UNPACK.format(col="high"), SQL_UNPACK.format(col="excluded.high")
 ROLLUP_UPSERT = (
     "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
-    f" count = count + excluded.count, low = CASE WHEN {_NEW_LOW} < {_LOW} THEN excluded.low ELSE low END,"
-    f" high = CASE WHEN {_NEW_HIGH} > {_HIGH} THEN excluded.high ELSE high END, total = total + excluded.total,"
+    " count = count + excluded.count, low = MIN(low, excluded.low), high = MAX(high, excluded.high),"
+    " total = total + excluded.total,"
     " last = CASE WHEN excluded.last_dt >= last_dt THEN excluded.last ELSE last END,"
     " last_dt = MAX(last_dt, excluded.last_dt)")
-"""Merge a batch's aggregate into the stored one (min and max compared as values, not as packed integers)."""
+"""Merge a batch's aggregate into the stored one."""
 
 
-def rollup_rows(acc: Fold) -> list[tuple[int, int, int, int, int | float, int | float, float, int | float, int]]:
-    """Folded aggregates as ``rollups`` rows (values packed, the last one's time relative to the start)."""
-    return [(series, period, start, count, pack(low), pack(high), total, pack(last), last_ts - start)
+def rollup_rows(acc: Fold) -> list[tuple[int, int, int, int, float, float, float, float, int]]:
+    """Folded aggregates as ``rollups`` rows (the last value's time relative to the period start)."""
+    return [(series, period, start, count, low, high, total, last, last_ts - start)
             for (series, period, start), (count, low, high, total, last, last_ts) in acc.items()]
 
 

@@ -11,18 +11,33 @@ never converts one into the other.
 from __future__ import annotations
 
 _SCALES = tuple(10**k for k in range(7))
+_FLOAT_SCALES = tuple(float(x) for x in _SCALES)
 _MAX_PACKED = 2**50  # beyond this an integer takes 8 bytes anyway; keep the REAL
+_CACHE: dict[float, int | float] = {}
+_CACHE_MAX = 1 << 16
 
 
 def pack(value: float) -> int | float:
     """``value`` as stored: a packed integer when that is exact, else the float itself."""
-    for k, scale in enumerate(_SCALES):
+    # sensors repeat their values (a quantized ADC, a slow signal): most calls are one dict look-up
+    stored = _CACHE.get(value)
+    if stored is not None:
+        return stored
+    stored = _pack(value)
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[value] = stored
+    return stored
+
+
+def _pack(value: float) -> int | float:
+    for k, scale in enumerate(_FLOAT_SCALES):
         scaled = value * scale
-        m = round(scaled)
-        if m / scale == value:
-            return m * 8 + k if -_MAX_PACKED < m < _MAX_PACKED else float(value)
         if abs(scaled) >= _MAX_PACKED:
             break
+        m = round(scaled)
+        if m / scale == value:  # m < 2**50 converts exactly, so this is the correctly rounded m / 10**k
+            return m * 8 + k
     return float(value)
 
 
