@@ -54,12 +54,12 @@ MODEL_FOR: dict[MessageClass, type[BaseModel]] = {
 
 # Long field name -> one-letter CBOR key, per model.
 SHORT_KEYS: dict[type[BaseModel], dict[str, str]] = {
-    Telemetry: {"boot": "b", "seq": "q", "ts": "t", "readings": "r"},
-    Alert: {"boot": "b", "seq": "q", "ts": "t", "code": "c", "severity": "v", "message": "m"},
-    Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i"},
+    Telemetry: {"boot": "b", "seq": "q", "ts": "t", "readings": "r", "dropped": "d"},
+    Alert: {"boot": "b", "seq": "q", "ts": "t", "code": "c", "severity": "v", "message": "m", "dropped": "d"},
+    Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i", "boot_ts": "t"},
     Command: {"id": "i", "name": "n", "args": "a", "expires": "x"},
     CommandReply: {"id": "i", "state": "s", "detail": "d", "result": "r"},
-    Watermark: {"boot": "b", "seq": "q"},
+    Watermark: {"boot": "b", "seq": "q", "next": "n", "max": "m", "ts": "t"},
 }
 _LONG_KEYS = {model: {v: k for k, v in keys.items()} for model, keys in SHORT_KEYS.items()}
 
