@@ -11,7 +11,7 @@ with no I/O so that its rules are unit-tested on their own:
 * re-sends happen only by rule R1 (reconnect: the un-PUBACKed ones when the broker kept the
   session, all when it did not), R2 (a watermark shows a hole below messages the hub has:
   re-send what is in the hole when its last send is older than the hub's ``max``; after
-  ``max_sends`` sends the oldest message is given up instead) and R3 (rebirth request:
+  ``max_resends`` such re-sends the oldest message is given up instead) and R3 (rebirth request:
   everything). Never on a timer: while the hub is down the broker holds what was sent.
 """
 
@@ -27,7 +27,7 @@ from protocol.models import Watermark
 class Entry:
     """One kept message, with what R2 needs: how often it was sent and its mark."""
 
-    __slots__ = ("boot", "seq", "payload", "topic", "pubacked", "sends", "mark", "made_at")
+    __slots__ = ("boot", "seq", "payload", "topic", "pubacked", "sends", "resends", "mark", "made_at")
 
     def __init__(self, boot: int, seq: int, payload: bytes, topic: str, made_at: float) -> None:
         self.boot = boot
@@ -36,13 +36,15 @@ class Entry:
         self.topic = topic
         self.pubacked = False
         self.sends = 0
+        self.resends = 0
+        """Re-sends by rule R2: each one followed a proof that the previous send was lost."""
         self.mark = seq
         """The highest seq the device had produced when it last sent this message."""
         self.made_at = made_at
         """``time.monotonic()`` when the message was produced."""
 
     def __repr__(self) -> str:
-        return f"Entry(boot={self.boot}, seq={self.seq}, sends={self.sends}, mark={self.mark})"
+        return f"Entry(boot={self.boot}, seq={self.seq}, sends={self.sends}, resends={self.resends}, mark={self.mark})"
 
 
 @dataclass
@@ -53,15 +55,15 @@ class WatermarkOutcome:
     resend: list[Entry] = field(default_factory=list)
     """Send these again now (rule R2), oldest first."""
     abandoned: list[Entry] = field(default_factory=list)
-    """Given up after ``max_sends`` sends (rule R2); declared through ``dropped``."""
+    """Given up after ``max_resends`` re-sends by rule R2; declared through ``dropped``."""
 
 
 class Outbox:
     """The bounded buffer of one device (one event loop owns it)."""
 
-    def __init__(self, capacity: int, boot: int, max_sends: int = LIMITS.max_sends) -> None:
+    def __init__(self, capacity: int, boot: int, max_resends: int = LIMITS.max_resends) -> None:
         self.capacity = capacity
-        self.max_sends = max_sends
+        self.max_resends = max_resends
         self.entries: deque[Entry] = deque()
         self.boot = boot
         self.last_seq = 0
@@ -139,12 +141,13 @@ class Outbox:
             if entry.mark >= wm.max:
                 at_head = False  # re-sent after the newest message the hub has: that copy may be on its way
                 continue
-            if entry.sends >= self.max_sends:
+            if entry.resends >= self.max_resends:
                 if at_head:
                     self.entries.remove(entry)
                     out.abandoned.append(entry)
                 continue
             at_head = False
+            entry.resends += 1
             out.resend.append(entry)
         return out
 

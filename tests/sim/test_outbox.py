@@ -68,11 +68,11 @@ def test_a_hole_is_re_sent_once_per_proof_that_the_last_send_was_lost():
     assert [e.seq for e in out.resend] == [2, 3]
 
 
-def test_after_three_sends_the_oldest_message_is_given_up():
-    box = Outbox(capacity=10, boot=1, max_sends=3)
+def test_after_three_proven_losses_of_its_re_sends_the_oldest_message_is_given_up():
+    box = Outbox(capacity=10, boot=1, max_resends=3)
     fill(box, 1, 3)
     top = 3
-    for _ in range(2):
+    for _ in range(3):
         top += 1
         fill(box, top, top)
         out = box.on_watermark(Watermark(boot=1, seq=0, next=2, max=top))
@@ -82,6 +82,7 @@ def test_after_three_sends_the_oldest_message_is_given_up():
     fill(box, top, top)
     out = box.on_watermark(Watermark(boot=1, seq=0, next=2, max=top))
     assert out.resend == [] and [e.seq for e in out.abandoned] == [1]
+    assert box.on_reconnect(session_present=False)[0].seq == 2  # reconnect re-sends never count towards the bound
     assert seqs(box)[0] == 2 and box.dropped_field() == 1
 
 
