@@ -520,7 +520,7 @@ class SimDevice:
         if cmd.name == "set_interval":
             seconds = cmd.args.get("seconds")
             if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0.01 <= seconds <= 86_400:
-                return CommandState.FAILED, "args.seconds must be a number in 0.01..86400", {}
+                return CommandState.REJECTED, "args.seconds must be a number in 0.01..86400", {}
             self.interval = float(seconds)
             return CommandState.SUCCEEDED, "", {"seconds": seconds}
         if cmd.name == "set_config":
@@ -538,7 +538,7 @@ class SimDevice:
             elif key == "encoding" and value in ("json", "cbor"):
                 new["encoding"] = value
             else:
-                return CommandState.FAILED, f"bad or unknown setting {key}={value!r}", {}
+                return CommandState.REJECTED, f"bad or unknown setting {key}={value!r}", {}
         self.deadband, self.batch, self.encoding = float(new["deadband"]), int(new["batch"]), str(new["encoding"])
         return CommandState.SUCCEEDED, "", new
 
