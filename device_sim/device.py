@@ -14,7 +14,7 @@ A device speaks only ``firmware_protocol.md`` through :mod:`protocol`:
 Store-and-forward (firmware_protocol.md 5) lives in :mod:`device_sim.outbox`: each telemetry
 and alert message stays in a bounded buffer until the hub's watermark covers it (a PUBACK
 alone releases nothing: a broker acknowledges on receipt and may still lose the message,
-amqtt-notes #1). Re-sends follow rules R1 (after a reconnect: the un-PUBACKed messages when
+AMQTT_NOTES.md #1). Re-sends follow rules R1 (after a reconnect: the un-PUBACKed messages when
 the broker kept the session, everything when it did not), R2 (a watermark shows a hole) and
 R3 (a ``rebirth`` command), never a timer. A full buffer drops its oldest message (counted as
 ``dropped``, written to the ledger as a ``buffer-overflow`` fault) and new messages then carry
