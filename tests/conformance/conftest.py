@@ -1,0 +1,57 @@
+"""Fixtures of the conformance tests: a real embedded broker, a device login, and the checker's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from minimal_device import DeviceConfig, MinimalDevice
+
+from broker.background import BackgroundBroker
+from broker.registry import Registry, Role
+from hub.conformance import CheckSettings, Report, run_check
+
+FAST = {"timeout_s": 20.0, "hold_s": 2.5, "messages": 3, "hub_answer_s": 1.0}
+"""Short hold and hub-answer windows (the devices here send every 0.3 s); generous per-event timeouts."""
+
+
+@pytest.fixture
+def checker_settings(embedded_broker: BackgroundBroker, registry: Registry) -> Callable[..., CheckSettings]:
+    """Settings for a checker run against a device on the test broker (the checker logs in with the hub role)."""
+    password = registry.add("device-check", Role.HUB)
+
+    def make(device_id: str, **kw: Any) -> CheckSettings:
+        return CheckSettings(device_id=device_id, broker=f"mqtt://127.0.0.1:{embedded_broker.port}",
+                             username="device-check", password=password, **(FAST | kw))
+
+    return make
+
+
+@pytest.fixture
+def minimal_device(embedded_broker: BackgroundBroker, registry: Registry) -> Iterator[Callable[..., MinimalDevice]]:
+    """Start minimal devices (registered, connected, birth seen by the broker); stopped after the test."""
+    devices: list[MinimalDevice] = []
+
+    def start(device_id: str = "mini-1", **kw: Any) -> MinimalDevice:
+        secret = registry.add(device_id)
+        cfg = DeviceConfig(host="127.0.0.1", port=embedded_broker.port, device_id=device_id, secret=secret,
+                           **({"sample_s": 0.3} | kw))
+        device = MinimalDevice(cfg).start()
+        devices.append(device)
+        return device
+
+    yield start
+    for device in devices:
+        device.stop()
+
+
+def check(settings: CheckSettings) -> Report:
+    """Run the checker; the report is printed so a failing test shows the evidence."""
+    report = run_check(settings)
+    for r in report.results:
+        print(f"{r.outcome.value.upper():4} §{r.section} {r.check}: {r.summary}")
+        for e in r.evidence:
+            print("      " + e.line())
+    return report
