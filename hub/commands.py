@@ -40,6 +40,7 @@ from hub.metrics import COMMAND_BUCKETS, Buckets
 from hub.command_store import FINAL, CommandRecord, CommandStore, HubState
 from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
 from protocol.errors import FleetError
+from protocol.limits import LIMITS
 from protocol.ops import CommandUpdate, CreatedCommand, RefusedDevice, SendRequest, SendResponse, response_topic, updates_topic
 
 log = logging.getLogger("fleet.hub.commands")
@@ -53,7 +54,7 @@ class CommandSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    default_ttl_s: float = Field(600.0, gt=0)
+    default_ttl_s: float = Field(600.0, gt=0, le=LIMITS.max_command_ttl_s)
     ack_timeout_s: float = Field(5.0, gt=0)
     """A sent command with no ``received`` reply within this is re-sent (doubling each time)."""
     max_attempts: int = Field(5, ge=1)
@@ -61,6 +62,10 @@ class CommandSettings(BaseModel):
     result_timeout_s: float = Field(120.0, gt=0)
     """A delivered command with no result within this ends ``timed_out``."""
     tick_s: float = Field(0.2, gt=0)
+
+
+EXPIRED_DETAIL = "expired"
+"""The ``detail`` of a device's ``rejected`` reply that means the command arrived after its expiry."""
 
 
 class CommandError(FleetError):
@@ -166,7 +171,16 @@ class CommandBridge:
         except ValidationError as exc:
             raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}") from None
         now = time.time() if now is None else now
-        rec = self.store.create(device_id, name, args or {}, ttl_s or self.settings.default_ttl_s,
+        ttl_s = ttl_s or self.settings.default_ttl_s
+        if not 0 < ttl_s <= LIMITS.max_command_ttl_s:
+            raise CommandError(f"command TTL {ttl_s:g} s is outside 0..{LIMITS.max_command_ttl_s} s (devices remember "
+                               f"command ids for at most that long)")
+        # at-most-once with bounded device memory (firmware_protocol.md 6): a device remembers the last
+        # LIMITS.remembered_commands ids, so no more than that may be unexpired for it at any time
+        if self.store.count_unexpired(device_id, now) >= LIMITS.remembered_commands:
+            raise CommandError(f"device {device_id!r} already has {LIMITS.remembered_commands} unexpired commands; "
+                               f"wait until one expires (or send with a shorter --ttl)")
+        rec = self.store.create(device_id, name, args or {}, ttl_s,
                                 operator=operator, owner=self.owner, now=now)
         self.active[rec.id] = rec
         self._notify(rec)
@@ -223,7 +237,8 @@ class CommandBridge:
         state = {
             CommandState.SUCCEEDED: HubState.SUCCEEDED,
             CommandState.FAILED: HubState.FAILED,
-            CommandState.REJECTED: HubState.EXPIRED if reply.detail == "expired" else HubState.REJECTED,
+            # firmware_protocol.md 6: a device's "rejected: expired" is the hub's own expired state
+            CommandState.REJECTED: HubState.EXPIRED if reply.detail == EXPIRED_DETAIL else HubState.REJECTED,
         }[reply.state]
         if not self._move(rec, state, now, detail=reply.detail, result=dict(reply.result)):
             return False

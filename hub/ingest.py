@@ -212,7 +212,9 @@ class Ingest:
             if msg.qos > 0 and msg.generation == generation:
                 self.client.ack(msg.mid, msg.qos)
         for device_id, mark in result.watermarks.items():
-            self.client.publish(topic_for(device_id, MessageClass.WATERMARK), encode(mark), qos=1, retain=True)
+            # in the device's own form (firmware_protocol.md 5.1): a CBOR-only firmware needs no JSON parser
+            payload = encode(mark, result.encodings.get(device_id, "json"))
+            self.client.publish(topic_for(device_id, MessageClass.WATERMARK), payload, qos=1, retain=True)
         for hook in self.hooks:
             try:
                 hook(result)

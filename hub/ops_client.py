@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 from hub.config import parse_broker_url
 from hub.errors import HubError
 from hub.transport import low_latency
+from protocol.limits import LIMITS
 from protocol.ops import (
     CommandUpdate,
     SendRequest,
@@ -95,6 +96,9 @@ class OpsClient:
              answer_timeout: float = 5.0) -> SendResponse:
         """Ask the hub to create commands; returns its answer. Raises HubUnreachable when it says nothing."""
         assert self._client is not None, "connect() first"
+        if not 0 < ttl_s <= LIMITS.max_command_ttl_s:
+            raise HubError(f"command TTL {ttl_s:g} s is outside 0..{LIMITS.max_command_ttl_s} s "
+                             f"(firmware_protocol.md section 6: devices remember command ids for at most a day)")
         req = SendRequest(req_id=secrets.token_hex(6), devices=devices, name=name, args=args or {}, ttl_s=ttl_s)
         self._client.publish(request_topic(self.username), req.model_dump_json().encode(), qos=1)
         deadline = time.monotonic() + answer_timeout

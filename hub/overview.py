@@ -41,11 +41,14 @@ class DeviceView:
     gaps: int = 0
     reconnects: int = 0
     deadletters: int = 0
+    resets: int = 0
+    """Births whose boot went back (flash wiped, board replaced): firmware_protocol.md 4.1."""
 
     @property
     def problem_score(self) -> int:
         """Higher means more in need of attention; sorts problems first."""
-        return (0 if self.online else 100) + min(self.gaps, 50) + min(self.deadletters, 30) + min(self.reconnects, 20)
+        return ((0 if self.online else 100) + min(self.gaps, 50) + min(self.deadletters, 30) + min(self.reconnects, 20)
+                + min(self.resets * 10, 30))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,7 @@ class CommandView:
 @dataclass(frozen=True, slots=True)
 class EventView:
     ts: float
-    kind: str  # "alert" or "deadletter"
+    kind: str  # "alert", "deadletter" or "reset"
     device_id: str | None
     text: str
 
@@ -76,6 +79,7 @@ class Summary:
     gaps: int = 0
     deadletters: int = 0
     ingest_lag_s: float | None = None
+    resets: int = 0
 
     @property
     def offline(self) -> int:
@@ -171,7 +175,10 @@ class OverviewLoader:
 
         registered: dict[str, str | None] = dict(q(
             "SELECT id, grp FROM principals WHERE role='device' AND revoked_at IS NULL")) if "principals" in tables else {}
-        presence = {r[0]: r for r in q("SELECT device_id, state, last_seen, fw FROM devices")} if "devices" in tables else {}
+        presence: dict[str, tuple] = {}  # type: ignore[type-arg]
+        if "devices" in tables:  # a database no v2 hub has opened yet has no incarnation column
+            resets_col = "incarnation" if any(r[1] == "incarnation" for r in q("PRAGMA table_info(devices)")) else "0"
+            presence = {r[0]: r for r in q(f"SELECT device_id, state, last_seen, fw, {resets_col} FROM devices")}
         gaps = dict(q("SELECT device_id, SUM(missing) FROM gaps GROUP BY device_id")) if "gaps" in tables else {}
         births = dict(q("SELECT device_id, COUNT(*) FROM presence_events WHERE state='online' GROUP BY device_id")) \
             if "presence_events" in tables else {}
@@ -193,7 +200,7 @@ class OverviewLoader:
             devices.append(DeviceView(
                 id=dev, group=registered.get(dev), online=bool(p and p[1] == "online"), last_seen=p[2] if p else None, fw=(p[3] or "") if p else "",
                 metrics=tuple(metrics), gaps=int(gaps.get(dev) or 0), reconnects=max(0, int(births.get(dev, 0)) - 1),
-                deadletters=int(dead.get(dev, 0)),
+                deadletters=int(dead.get(dev, 0)), resets=int(p[4] or 0) if p else 0,
             ))
 
         command_rows: list[CommandView] = []
@@ -207,6 +214,10 @@ class OverviewLoader:
         if "deadletters" in tables:
             event_rows += [EventView(r[0], "deadletter", r[1], f"{r[2]}: {r[3]}") for r in q(
                 "SELECT received_at, device_id, reason, detail FROM deadletters ORDER BY id DESC LIMIT ?", n_events)]
+        if "device_resets" in tables:
+            event_rows += [EventView(r[0], "reset", r[1], f"boot {r[2]} -> {r[3]} (incarnation {r[4]})") for r in q(
+                "SELECT ts, device_id, old_boot, new_boot, incarnation FROM device_resets ORDER BY id DESC LIMIT ?",
+                n_events)]
         event_rows.sort(key=lambda e: -e.ts)
 
         total_gaps = sum(int(v or 0) for v in gaps.values())
@@ -216,6 +227,7 @@ class OverviewLoader:
             readings_in_per_s=float(stats.get("readings_in_per_s", in_rate)), persisted_per_s=persisted_rate,
             rate_history=tuple(self._rates), duplicates=int(stats.get("duplicates", 0)), gaps=total_gaps,
             deadletters=int(total_dead), ingest_lag_s=stats.get("lag_s") if live else None,
+            resets=sum(d.resets for d in devices),
         )
         return Snapshot(taken_at=now, hub_alive=bool(live), hub_message=message, summary=summary,
                         devices=tuple(devices), commands=tuple(command_rows), events=tuple(event_rows[:n_events]))

@@ -12,11 +12,19 @@ Tables
     latest          latest value per (device_id, metric), upserted per batch
     alerts          alert messages
     streams         per (device_id, boot): first and highest seq seen
-    gaps            missing seq ranges per (device_id, boot); shrink as late messages arrive
-    deadletters     refused input with raw bytes, topic, reason, detail
+    gaps            missing seq ranges per (device_id, boot); shrink as late messages arrive;
+                    ``dropped_at`` set once the device declared them given up
+    deadletters     refused input with raw bytes, topic, reason, detail; ``boot``/``seq`` when the
+                    payload had readable ones (then UNIQUE with device_id: a seq is dealt with once)
     command_replies device replies to commands (the command bridge builds on this)
-    devices         presence: state, last_seen, fw, boot, enc, interval_s
+    devices         presence: state, last_seen, fw, boot, enc, interval_s; ``incarnation`` (resets
+                    so far) and ``boot_ts`` (power-up time of the current boot, for uptime stamps)
+    device_resets   one row per reset: a birth whose boot went back (firmware_protocol.md 4.1)
     presence_events online/offline transitions
+
+Every ``boot`` column of messages, readings, alerts, streams, gaps and deadletters holds the
+stream key ``incarnation * 2**32 + boot`` (:mod:`hub.incarnations`): the device's own boot for a
+device that never reset.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any
 
 from broker.registry import Registry, Role, open_db
 from hub.gaps import Gap, SeqTracker
+from protocol.limits import LIMITS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -92,7 +101,8 @@ CREATE TABLE IF NOT EXISTS gaps (
     to_seq INTEGER NOT NULL,
     missing INTEGER NOT NULL,
     detected_at REAL NOT NULL,
-    closed_at REAL
+    closed_at REAL,
+    dropped_at REAL
 );
 CREATE INDEX IF NOT EXISTS gaps_open ON gaps (device_id, boot) WHERE missing > 0;
 CREATE TABLE IF NOT EXISTS deadletters (
@@ -103,7 +113,9 @@ CREATE TABLE IF NOT EXISTS deadletters (
     detail TEXT NOT NULL,
     payload BLOB NOT NULL,
     size INTEGER NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    boot INTEGER,
+    seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS deadletters_reason ON deadletters (reason);
 CREATE TABLE IF NOT EXISTS command_replies (
@@ -125,7 +137,17 @@ CREATE TABLE IF NOT EXISTS devices (
     fw TEXT,
     boot INTEGER,
     enc TEXT,
-    interval_s INTEGER
+    interval_s INTEGER,
+    incarnation INTEGER NOT NULL DEFAULT 0,
+    boot_ts INTEGER
+);
+CREATE TABLE IF NOT EXISTS device_resets (
+    id INTEGER PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    incarnation INTEGER NOT NULL,
+    old_boot INTEGER,
+    new_boot INTEGER NOT NULL,
+    ts REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS presence_events (
     id INTEGER PRIMARY KEY,
@@ -137,6 +159,27 @@ CREATE TABLE IF NOT EXISTS presence_events (
 );
 CREATE INDEX IF NOT EXISTS presence_events_device ON presence_events (device_id, ts);
 """
+
+ADDED_COLUMNS = {
+    "gaps": ("dropped_at REAL",),
+    "deadletters": ("boot INTEGER", "seq INTEGER"),
+    "devices": ("incarnation INTEGER NOT NULL DEFAULT 0", "boot_ts INTEGER"),
+}
+"""Columns contract v2 added to tables an older hub created (the storage package's migrations take these over)."""
+
+SCHEMA_V2_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS deadletters_key ON deadletters (device_id, boot, seq) WHERE seq IS NOT NULL;
+"""
+
+
+def add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring tables created by an older hub up to contract v2 (ALTER TABLE ... ADD COLUMN)."""
+    for table, columns in ADDED_COLUMNS.items():
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    conn.executescript(SCHEMA_V2_INDEXES)
 
 
 @dataclass(slots=True)
@@ -152,6 +195,14 @@ class DeviceRow:
     boot: int | None = None
     enc: str | None = None
     interval_s: int | None = None
+    incarnation: int = 0
+    """Resets so far: births whose boot went back (firmware_protocol.md 4.1)."""
+    boot_ts: int | None = None
+    """Power-up time of the current boot (ms since the epoch) from the birth, for uptime stamps."""
+
+
+UPTIME_BELOW_S = LIMITS.uptime_ts_below / 1000.0
+"""A reading time (seconds) below this is still an uptime stamp waiting for its boot's ``boot_ts``."""
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -168,6 +219,7 @@ class HubStore:
         Registry(db)  # the principals table must exist for the device check
         self.conn: sqlite3.Connection = db.conn
         self.conn.executescript(SCHEMA)
+        add_missing_columns(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -235,11 +287,40 @@ class HubStore:
         )
 
     def insert_deadletter(self, device_id: str | None, topic: str, reason: str, detail: str, payload: bytes,
-                          size: int, received_at: float) -> None:
+                          size: int, received_at: float, boot: int | None = None, seq: int | None = None) -> bool:
+        """Store a dead letter; False when one with the same (device_id, boot, seq) is already stored."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO deadletters (device_id, topic, reason, detail, payload, size, received_at, boot, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (device_id, topic, reason, detail, payload, size, received_at, boot, seq),
+        )
+        return cur.rowcount == 1
+
+    def message_stored(self, device_id: str, boot: int, seq: int) -> bool:
+        """True when (device_id, boot, seq) is stored as a message (a dead letter with that key is a duplicate)."""
+        return self.conn.execute("SELECT 1 FROM messages WHERE device_id = ? AND boot = ? AND seq = ?",
+                                 (device_id, boot, seq)).fetchone() is not None
+
+    def correct_uptime_stamps(self, device_id: str, boot: int, boot_ts_ms: int, skew_threshold_s: float) -> int:
+        """Turn the uptime stamps (ts below 10^12 ms) of one stream into wall-clock time; returns readings changed."""
+        offset_s = boot_ts_ms / 1000.0
+        cur = self.conn.execute(
+            "UPDATE readings SET ts = ts + ?, skewed = (abs(ts + ? - received_at) > ?)"
+            " WHERE device_id = ? AND boot = ? AND ts < ?",
+            (offset_s, offset_s, skew_threshold_s, device_id, boot, UPTIME_BELOW_S))
+        changed = cur.rowcount
         self.conn.execute(
-            "INSERT INTO deadletters (device_id, topic, reason, detail, payload, size, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (device_id, topic, reason, detail, payload, size, received_at),
+            "UPDATE messages SET ts = ts + ?, skewed = (abs(ts + ? - received_at * 1000) > ?)"
+            " WHERE device_id = ? AND boot = ? AND ts < ?",
+            (boot_ts_ms, boot_ts_ms, skew_threshold_s * 1000, device_id, boot, UPTIME_BELOW_S * 1000))
+        self.conn.execute("UPDATE alerts SET ts = ts + ? WHERE device_id = ? AND boot = ? AND ts < ?",
+                          (offset_s, device_id, boot, UPTIME_BELOW_S))
+        return changed
+
+    def insert_reset(self, device_id: str, incarnation: int, old_boot: int | None, new_boot: int, ts: float) -> None:
+        self.conn.execute(
+            "INSERT INTO device_resets (device_id, incarnation, old_boot, new_boot, ts) VALUES (?, ?, ?, ?, ?)",
+            (device_id, incarnation, old_boot, new_boot, ts),
         )
 
     def insert_reply(self, device_id: str, command_id: str, state: str, detail: str, result: dict[str, Any],
@@ -260,9 +341,9 @@ class HubStore:
         if row is None:
             return None
         gaps = [
-            Gap(f, t, d, id=i, dirty=False)
-            for i, f, t, d in self.conn.execute(
-                "SELECT id, from_seq, to_seq, detected_at FROM gaps"
+            Gap(f, t, d, id=i, dirty=False, dropped_at=dropped)
+            for i, f, t, d, dropped in self.conn.execute(
+                "SELECT id, from_seq, to_seq, detected_at, dropped_at FROM gaps"
                 " WHERE device_id = ? AND boot = ? AND missing > 0 ORDER BY from_seq",
                 (device_id, boot),
             )
@@ -283,15 +364,15 @@ class HubStore:
         closed_at = now if gap.missing == 0 else None
         if gap.id is None:
             cur = self.conn.execute(
-                "INSERT INTO gaps (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (device_id, boot, gap.from_seq, gap.to_seq, gap.missing, gap.detected_at, closed_at),
+                "INSERT INTO gaps (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at, dropped_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (device_id, boot, gap.from_seq, gap.to_seq, gap.missing, gap.detected_at, closed_at, gap.dropped_at),
             )
             gap.id = cur.lastrowid
         else:
             self.conn.execute(
-                "UPDATE gaps SET from_seq = ?, to_seq = ?, missing = ?, closed_at = ? WHERE id = ?",
-                (gap.from_seq, gap.to_seq, gap.missing, closed_at, gap.id),
+                "UPDATE gaps SET from_seq = ?, to_seq = ?, missing = ?, closed_at = ?, dropped_at = ? WHERE id = ?",
+                (gap.from_seq, gap.to_seq, gap.missing, closed_at, gap.dropped_at, gap.id),
             )
         gap.dirty = False
 
@@ -300,15 +381,16 @@ class HubStore:
     def load_devices(self) -> list[DeviceRow]:
         """Every device the hub has seen, for the presence tracker's start."""
         return [DeviceRow(*r) for r in self.conn.execute(
-            "SELECT device_id, state, state_reason, state_since, last_seen, fw, boot, enc, interval_s FROM devices"
+            "SELECT device_id, state, state_reason, state_since, last_seen, fw, boot, enc, interval_s, incarnation,"
+            " boot_ts FROM devices"
         )]
 
     def save_device(self, row: DeviceRow) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO devices (device_id, state, state_reason, state_since, last_seen, fw, boot, enc,"
-            " interval_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " interval_s, incarnation, boot_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.device_id, row.state, row.state_reason, row.state_since, row.last_seen, row.fw, row.boot, row.enc,
-             row.interval_s),
+             row.interval_s, row.incarnation, row.boot_ts),
         )
 
     def touch_devices(self, last_seen: dict[str, float]) -> None:
@@ -414,6 +496,15 @@ def query_presence(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     if not has_table(conn, "devices"):
         return {}
     return {r["device_id"]: r for r in _rows(conn, "SELECT * FROM devices")}
+
+
+def query_resets(conn: sqlite3.Connection, device_id: str | None = None) -> list[dict[str, Any]]:
+    """Recorded resets (births whose boot went back), oldest first."""
+    if not has_table(conn, "device_resets"):
+        return []
+    if device_id is None:
+        return _rows(conn, "SELECT * FROM device_resets ORDER BY id")
+    return _rows(conn, "SELECT * FROM device_resets WHERE device_id = ? ORDER BY id", [device_id])
 
 
 def query_presence_events(conn: sqlite3.Connection, device_id: str) -> list[dict[str, Any]]:

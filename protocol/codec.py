@@ -10,7 +10,6 @@ raises anything but :class:`~protocol.errors.ProtocolError`.
 
 from __future__ import annotations
 
-import io
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from protocol.errors import ProtocolError, Reason
 from protocol.limits import LIMITS
 from protocol.metrics import metric_by_id, metric_by_name
+from protocol.strict import check_json, loads_cbor
 from protocol.models import (
     Alert,
     Command,
@@ -126,6 +126,7 @@ def decode(cls: MessageClass, payload: bytes) -> Message:
     model = MODEL_FOR[cls]
     try:
         if detect_encoding(payload) is Encoding.JSON:
+            check_json(payload)
             message = model.model_validate_json(payload)
         else:
             message = model.model_validate(_from_compact(model, _cbor_loads(payload)))
@@ -139,14 +140,8 @@ def decode(cls: MessageClass, payload: bytes) -> Message:
 
 
 def _cbor_loads(payload: bytes) -> Any:
-    stream = io.BytesIO(payload)
-    try:
-        value = cbor2.CBORDecoder(stream).decode()
-    except Exception as exc:  # cbor2 raises many types on garbage; all mean the same to us
-        raise ProtocolError(Reason.UNDECODABLE, f"not CBOR or JSON: {type(exc).__name__}") from None
-    if stream.tell() != len(payload):
-        raise ProtocolError(Reason.UNDECODABLE, f"{len(payload) - stream.tell()} bytes after the CBOR item")
-    return value
+    # the strict subset (no tags, no indefinite lengths, no repeated keys): protocol.strict decodes it
+    return loads_cbor(payload)
 
 
 def _from_compact(model: type[BaseModel], data: Any) -> dict[str, Any]:

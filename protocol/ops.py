@@ -50,7 +50,7 @@ class SendRequest(OpsModel):
     devices: Annotated[list[ShortText], Field(min_length=1, max_length=100_000)]
     name: ShortText
     args: Annotated[dict[ShortText, ArgValue], Field(max_length=LIMITS.max_command_args)] = {}
-    ttl_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = 600.0
+    ttl_s: Annotated[float, Field(gt=0, le=LIMITS.max_command_ttl_s)] = 600.0
 
 
 class CreatedCommand(OpsModel):
