@@ -226,6 +226,27 @@ class DeviceLink:
         self.publish(cls, payload, retain=retain)
         return payload
 
+    def retained(self, cls: MessageClass, timeout: float) -> bytes | None:
+        """The payload the broker holds retained on the device's ``cls`` topic, through a fresh subscription."""
+        client = self._new_client(f"{self.username}-{secrets.token_hex(3)}", clean=True)
+        got: list[bytes] = []
+        done = threading.Event()
+
+        def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+            if msg.retain:
+                got.append(bytes(msg.payload))
+                done.set()
+
+        client.on_message = on_message
+        self._connect(client)
+        try:
+            client.subscribe(topic_for(self.device_id, cls), qos=1)
+            done.wait(timeout)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return got[0] if got else None
+
     def drop_device_session(self) -> None:
         """Make the broker forget the device's session, as a broker restart without persistence would.
 
