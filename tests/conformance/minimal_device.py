@@ -103,6 +103,7 @@ class Fault(Enum):
     CRASH_ON_MALFORMED = "drops its connection on a command it cannot decode"
     WRONG_ENCODING = "asks for CBOR but understands only JSON"
     NO_KEEP = "drops a message as soon as the broker acknowledges it"
+    RESEND_ALL_ON_HOLE = "re-sends its whole buffer on a watermark with a hole"
 
 
 @dataclass
@@ -322,6 +323,9 @@ class MinimalDevice:
     def _resend_holes(self, nxt: int, top: int) -> None:
         """R2: re-send what the hub lacks below ``next`` if its last send predates ``max``; give up after 3."""
         for slot in list(self.buffer):
+            if Fault.RESEND_ALL_ON_HOLE in self.cfg.faults:
+                self._send(slot)
+                continue
             if slot.seq >= nxt:
                 break
             if slot.mark >= top:
