@@ -60,9 +60,9 @@ def device_check_command(obj: dict, device_id: str, broker: str, username: str, 
     role it publishes commands (d/ID/c) and watermarks (d/ID/w) and judges what comes back, and
     prints PASS/FAIL per section of the document with the evidence (what was sent, what came
     back, when). Scenarios: birth, rebirth request, command forms, duplicate delivery, expiry,
-    malformed commands, withheld and late watermarks (no timed re-sends, R3, release), session
-    loss (the device's broker session is dropped: reconnect, subscribe before birth, R1), and
-    over the whole run strict payloads and seq order.
+    malformed commands, withheld and late watermarks (no timed re-sends, R3, release), a
+    watermark with a hole (R2), session loss (the device's broker session is dropped: reconnect,
+    subscribe before birth, R1), and over the whole run strict payloads and seq order.
 
     The hub: stop `fleet hub` for a full check. A running hub answers every birth and message
     with a watermark, so the scenarios that withhold watermarks are SKIPPED (the checker sees
@@ -70,7 +70,7 @@ def device_check_command(obj: dict, device_id: str, broker: str, username: str, 
     checker's commands' replies as replies to commands it did not send). While the hub is
     stopped, the checker's stand-in answers the device with watermarks, and what the device
     sends waits in the hub's persistent session until the hub is back. Use a test bench: the
-    device reboots nothing, but it is sent rebirth requests and its session is dropped once.
+    checker never reboots the device, but sends it rebirth requests and drops its session once.
 
     Exit status: 0 every check passed (warnings allowed), 1 a check failed or the check could
     not run, 2 nothing failed but something was skipped.
@@ -108,4 +108,4 @@ def _print(report: Report) -> None:
             for line in r.evidence:
                 stdout.print("  " + line.line(), markup=False, highlight=False)
     verdict: dict[int, Any] = {0: "[green]PASS[/]", 1: "[bold red]FAIL[/]", 2: "[yellow]INCOMPLETE[/] (skipped checks)"}
-    stdout.print(f"\n{report.device_id}: {verdict[report.exit_code()]}")
+    stdout.print(f"\n{report.device_id}: {verdict[report.exit_code()]}", highlight=False)

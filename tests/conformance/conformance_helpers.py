@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from hub.conformance import CheckSettings, Report, run_check
 
+FAST = {"timeout_s": 20.0, "hold_s": 2.5, "messages": 3, "hub_answer_s": 1.0}
+"""Short hold and hub-answer windows (the devices here send every 0.3 s); generous per-event timeouts."""
+
 
 def check(settings: CheckSettings) -> Report:
     """Run the checker; the report is printed so a failing test shows the evidence."""

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conformance_helpers import FAST
 from minimal_device import DeviceConfig, MinimalDevice
 
 from broker.background import BackgroundBroker
 from broker.registry import Registry, Role
 from hub.conformance import CheckSettings
-
-FAST = {"timeout_s": 20.0, "hold_s": 2.5, "messages": 3, "hub_answer_s": 1.0}
-"""Short hold and hub-answer windows (the devices here send every 0.3 s); generous per-event timeouts."""
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conformance_helpers import check
-from minimal_device import Fault, MinimalDevice
+from conformance_helpers import FAST, check
+from minimal_device import DeviceConfig, Fault, MinimalDevice
+from support import MosquittoProcess
 
 from broker.background import BackgroundBroker
 from broker.registry import Registry
@@ -133,3 +134,15 @@ def test_the_cli_refuses_a_broker_that_is_not_there(db_path: Path) -> None:
                                       f"mqtt://127.0.0.1:{free_port()}", "--timeout", "2s"])
     assert result.exit_code == 1
     assert "broker not reachable" in result.output and "Traceback" not in result.output
+
+
+def test_on_mosquitto_the_minimal_device_passes_too(mosquitto: MosquittoProcess) -> None:
+    """Mosquitto 2 handles the takeover, retained messages and queued QoS 1 its own way; the verdict holds."""
+    device = MinimalDevice(DeviceConfig(host="127.0.0.1", port=mosquitto.port, device_id="mini-m", secret="x",
+                                        sample_s=0.3, enc="cbor")).start()
+    try:
+        report = check(CheckSettings(device_id="mini-m", broker=f"mqtt://127.0.0.1:{mosquitto.port}",
+                                     username="device-check", password="x", **FAST))
+    finally:
+        device.stop()
+    assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
