@@ -3,8 +3,9 @@
 A device is online after its birth (``d/<id>/s`` state online) and offline after its will
 (state offline). A birth whose ``boot`` is lower than the one the hub knows is a **reset**
 (firmware_protocol.md 4.1): the device starts a new incarnation, recorded in ``device_resets``,
-and the birth is applied like any other (reason ``reset``). A will of an older boot is stale
-(the broker fired it after the device had already come back) and changes nothing. Because a broker may never fire a will (amqtt-notes #2), a device that sent
+and the birth is applied like any other (reason ``reset``). A will of another boot than the
+current one is stale (the broker fired it after the device had already come back, or it is the
+old board's after a reset) and changes nothing. Because a broker may never fire a will (amqtt-notes #2), a device that sent
 nothing for ``max(staleness_min_s, interval_s x staleness_factor)`` is also marked offline
 (reason ``stale``); its next message brings it back online (reason ``message``). A will is
 final until the next birth. Every transition is stored in ``presence_events``.
@@ -65,9 +66,12 @@ class PresenceTracker:
         """Apply a birth or will: the transition, and whether the birth was a reset."""
         dev = self.devices.get(device_id)
         state = StatusState(status.state).value
-        older = dev is not None and dev.boot is not None and status.boot < dev.boot
-        if older and state == OFFLINE:
-            log.debug("will ignored reason=older_boot device_id=%s boot=%s current_boot=%s",
+        known = dev is not None and dev.boot is not None
+        older = known and status.boot < dev.boot  # type: ignore[union-attr,operator]
+        if known and state == OFFLINE and status.boot != dev.boot:  # type: ignore[union-attr]
+            # a will speaks for the boot of the connection that died, and every boot births first: a will of
+            # another boot is stale (e.g. the old board's, after a reset to a lower boot)
+            log.debug("will ignored reason=other_boot device_id=%s boot=%s current_boot=%s",
                       device_id, status.boot, dev.boot if dev else None)
             return BirthOutcome(None)
         if dev is None:

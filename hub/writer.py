@@ -103,7 +103,8 @@ class BatchWriter:
         verdicts = [classify(m) for m in batch]
         active: set[str] | None = None
         if self.settings.require_registered:
-            ids = {v.device_id for v in verdicts if isinstance(v, Accepted)}
+            ids = {v.device_id for v in verdicts
+                   if isinstance(v, Accepted) or (isinstance(v, Rejected) and v.seq is not None and v.device_id)}
             active = self.store.active_devices(ids)
         result = BatchResult()
         touched: dict[str, tuple[int, SeqTracker]] = {}

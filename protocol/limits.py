@@ -24,9 +24,9 @@ class Limits(BaseModel):
     remembered_commands: int = 32
     """Command ids a device remembers (with their final state); the hub never has more unexpired
     commands than this outstanding for one device."""
-    max_sends: int = 3
-    """Sends of one buffered message (first send included) after which a device may abandon it when
-    the hub's watermark shows it is still missing."""
+    max_resends: int = 3
+    """Re-sends of one buffered message by rule R2 (the hub reported it missing although it had newer
+    ones) after which a device gives it up when the hub reports it missing once more."""
     uptime_ts_below: int = 10**12
     """A ``ts`` below this (2001-09-09 as epoch ms) counts milliseconds since the device's power-up."""
     watermark_wait_s: int = 30
