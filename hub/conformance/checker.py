@@ -33,6 +33,8 @@ from protocol.text import inert
 UPTIME_BELOW = 10**12
 """A device ``ts`` below this is an uptime stamp (section 4.4)."""
 MARKER_NAME = "chk_no_such_command"
+MAX_RESENDS = 3
+"""Section 5.3 R2: a missing message is re-sent by R2 at most this often, then given up."""
 FINAL = {CommandState.SUCCEEDED, CommandState.FAILED, CommandState.REJECTED}
 
 
@@ -46,6 +48,7 @@ SCENARIO_IDS = {
     "check_malformed": ("6 bad commands", "malformed-command"),
     "check_withheld_watermark": ("5.3 no timers", "withheld-watermark"),
     "check_hole": ("5.3 R2", "hole-watermark"),
+    "check_give_up": ("5.3 R2 / 5.4", "give-up"),
     "check_session_loss": ("2.2 / 5.3 R1", "session-loss"),
 }
 
@@ -100,7 +103,7 @@ class DeviceChecker:
     def run(self) -> Report:
         scenarios = [self.check_birth, self.check_encoding, self.check_rebirth, self.check_duplicate,
                      self.check_expiry, self.check_malformed, self.check_withheld_watermark, self.check_hole,
-                     self.check_session_loss]
+                     self.check_give_up, self.check_session_loss]
         try:
             for i, scenario in enumerate(scenarios):
                 try:
@@ -514,6 +517,55 @@ class DeviceChecker:
         problems = list(dict.fromkeys(problems))
         self.add(sc.result(Outcome.FAIL if problems else Outcome.PASS, "; ".join(problems) or
                            f"re-sent only seq {lost} on the hole, and not again on the same hole"))
+
+    def check_give_up(self) -> None:
+        """Sections 5.3 R2 and 5.4: a message the hub keeps missing is re-sent by R2 at most 3 times, then given
+        up and declared with `dropped` in the next message, so the watermark can move on."""
+        section, check = "5.3 R2 / 5.4", "give-up"
+        if self.skip_without_standin(section, check):
+            return
+        sc = Scenario(section, check)
+        problems: list[str] = []
+        with self.held(sc) as covered:
+            lost = covered + 1
+            start = self.link.mark()
+            declared: Seen | None = None
+            for round_no in range(1, MAX_RESENDS + 2):
+                # the hub may claim only what the device made after its last send of `lost`
+                made = max([q for q, _ in self.sequenced(start)], default=covered)
+                if not self.link.wait_until(lambda seen: any(q > max(made, lost + 1) for q, _ in
+                                                             self.sequenced(start)), start, self.message_wait):
+                    problems.append(f"no new message in {self.message_wait:g}s")
+                    break
+                top = max(q for q, _ in self.sequenced(start))
+                hole = Watermark(boot=self.boot, seq=covered, next=lost + 1, max=top, ts=int(time.time() * 1000))
+                w_start = self.link.mark()
+                self.link.send(hole, self.form, retain=True)
+                sc.note(f"-> w hole {round_no}: {hole.model_dump_json(exclude_defaults=True)} (seq {lost} still missing)")
+                marker = self.marker(sc)
+                if marker is None:
+                    problems.append("no answer to the marker command")
+                    break
+                again = sum(1 for q, _ in self.sequenced(w_start, marker.index) if q == lost)
+                sc.note(f"<- seq {lost} sent {again} time(s) after hole {round_no}")
+                if round_no <= MAX_RESENDS and again != 1:
+                    problems.append(f"hole {round_no}: seq {lost} sent {again} times (R2: once; R2 has re-sent it "
+                                    f"{round_no - 1} time(s))")
+                if round_no > MAX_RESENDS and again:
+                    problems.append(f"seq {lost} re-sent a {round_no}th time: after 3 R2 re-sends the oldest message "
+                                    "is given up (R2)")
+            if not problems:
+                declared = self.link.wait_for(lambda s: isinstance(s.message, (Telemetry, Alert))
+                                              and not s.retained and s.message.boot == self.boot
+                                              and s.message.dropped >= lost, w_start, self.message_wait)
+                if declared is None:
+                    problems.append(f"no message declared dropped >= {lost} within {self.message_wait:g}s after "
+                                    "it gave the message up (5.4)")
+                else:
+                    sc.saw(declared)
+        problems = list(dict.fromkeys(problems))
+        self.add(sc.result(Outcome.FAIL if problems else Outcome.PASS, "; ".join(problems) or
+                           f"seq {lost} re-sent on 3 holes, given up on the 4th and declared in `dropped`"))
 
     def check_session_loss(self) -> None:
         """Sections 2.2 and 5.3 R1: after the broker loses its session the device reconnects, subscribes before

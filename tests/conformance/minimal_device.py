@@ -42,7 +42,7 @@ REPLY_STATES = {"received": 0, "succeeded": 1, "failed": 2, "rejected": 3}
 UPTIME_BELOW = 10**12
 MAX_PAYLOAD = 4096
 RING_SLOTS = 32
-MAX_SENDS = 3
+MAX_R2_RESENDS = 3
 
 
 def encode(kind: str, fields: dict[str, Any], form: str) -> bytes:
@@ -104,16 +104,17 @@ class Fault(Enum):
     WRONG_ENCODING = "asks for CBOR but understands only JSON"
     NO_KEEP = "drops a message as soon as the broker acknowledges it"
     RESEND_ALL_ON_HOLE = "re-sends its whole buffer on a watermark with a hole"
+    NEVER_GIVE_UP = "re-sends a missing message forever"
 
 
 @dataclass
 class Slot:
-    """One buffered message (section 5.2): its bytes, how often it was sent, and its mark."""
+    """One buffered message (section 5.2): its bytes, how often R2 re-sent it, and its mark."""
 
     seq: int
     topic: str
     payload: bytes
-    sends: int = 0
+    r2_resends: int = 0
     mark: int = 0
     mid: int | None = None
     acked: bool = False
@@ -285,7 +286,6 @@ class MinimalDevice:
             self._send(slot)  # else it waits in the buffer for the reconnect (R1)
 
     def _send(self, slot: Slot) -> None:
-        slot.sends += 1
         slot.mark = self.seq
         slot.acked = False
         info = self.client.publish(slot.topic, slot.payload, qos=1)
@@ -321,7 +321,7 @@ class MinimalDevice:
             self._resend_after_connect()
 
     def _resend_holes(self, nxt: int, top: int) -> None:
-        """R2: re-send what the hub lacks below ``next`` if its last send predates ``max``; give up after 3."""
+        """R2: re-send what the hub lacks below ``next`` if its last send predates ``max``; give up after 3 R2 re-sends."""
         for slot in list(self.buffer):
             if Fault.RESEND_ALL_ON_HOLE in self.cfg.faults:
                 self._send(slot)
@@ -330,10 +330,11 @@ class MinimalDevice:
                 break
             if slot.mark >= top:
                 continue
-            if slot.sends >= MAX_SENDS:
+            if slot.r2_resends >= MAX_R2_RESENDS and Fault.NEVER_GIVE_UP not in self.cfg.faults:
                 if slot is self.buffer[0]:
                     self.buffer.pop(0)
                 continue
+            slot.r2_resends += 1
             self._send(slot)
 
     def _reply(self, cmd_id: str, state: str, detail: str = "", result: dict[str, Any] | None = None) -> None:

@@ -37,7 +37,7 @@ def test_the_minimal_device_passes_every_check(minimal_device: Callable[..., Min
     assert report.exit_code() == 0
     checks = {r.check for r in report.results}
     assert checks >= {"birth", "encoding", "rebirth", "duplicate-command", "command-expiry", "malformed-command",
-                      "withheld-watermark", "hole-watermark", "session-loss", "payloads", "seq"}
+                      "withheld-watermark", "hole-watermark", "give-up", "session-loss", "payloads", "seq"}
 
 
 def test_a_device_without_a_clock_passes_once_the_watermark_gives_it_the_time(
@@ -56,6 +56,7 @@ BROKEN = [
     (Fault.NO_KEEP, "withheld-watermark", "json"),
     (Fault.IGNORE_REBIRTH, "rebirth", "json"),
     (Fault.RESEND_ALL_ON_HOLE, "hole-watermark", "json"),
+    (Fault.NEVER_GIVE_UP, "give-up", "json"),
     (Fault.CRASH_ON_MALFORMED, "malformed-command", "json"),
     (Fault.WRONG_ENCODING, "encoding", "cbor"),
 ]
