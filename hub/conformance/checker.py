@@ -95,6 +95,7 @@ class DeviceChecker:
         self.standin: StandInHub | None = None
         self.started = time.monotonic()
         self.sent_ids: set[str] = set()
+        self.session_drops: list[float] = []
         self.seq_from = 0
         """Log index from which fresh seqs are judged (after the first rebirth's re-sends)."""
 
@@ -318,7 +319,8 @@ class DeviceChecker:
                 sc.saw(seen)
             self.add(sc.result(Outcome.FAIL, f"no final reply to the first delivery within {self.s.timeout_s:g}s"))
             return
-        sc.saw(first)
+        for seen in self.replies(cmd_id, start):
+            sc.saw(seen)
         assert isinstance(first.message, CommandReply)
         if first.message.state is CommandState.SUCCEEDED:  # its birth is part of the first run, not the repeat's
             self.link.wait_for(lambda s: s.cls is MessageClass.STATUS and not s.retained, start, self.s.timeout_s)
@@ -585,6 +587,7 @@ class DeviceChecker:
             held = sorted(self._new_seqs(self.link.since(start), covered))
             sc.note(f"<- unconfirmed messages before the session loss: seqs {_span(held)}")
         drop_start = self.link.mark()
+        self.session_drops.append(time.monotonic())
         self.link.drop_device_session()
         sc.note("broker session of the device dropped (its connection closed, subscriptions forgotten)")
         birth = self.link.wait_for(lambda s: s.cls is MessageClass.STATUS and not s.retained
@@ -646,6 +649,7 @@ class DeviceChecker:
                            "them)" if bad else f"all {len(uplink)} payloads decode strictly (section 8)"))
         if self.birth is None:
             return
+        self.check_heartbeat(uplink)
         sc = Scenario("4.2", "seq", self.started)
         other_boot = [s for s in uplink if isinstance(s.message, (Telemetry, Alert)) and s.message.boot != self.boot]
         problems = []
@@ -669,6 +673,32 @@ class DeviceChecker:
         self.add(sc.result(outcome, "; ".join(problems) or
                            ("one boot, each new message the next seq" if top is not None
                             else "the device sent no telemetry or alert during the run")))
+
+    def check_heartbeat(self, uplink: list[Seen]) -> None:
+        """Section 4.3: never silent for longer than `interval_s` while online (judged when the run is long enough)."""
+        if self.birth is None or not uplink:
+            return
+        interval = self.birth.interval_s
+        uplink = [s for s in uplink if s.cls is not MessageClass.REPLY]  # replies do not count (4.3)
+        if not uplink:
+            return
+        span = uplink[-1].at - self.started
+        if span < 2 * interval:
+            self.report.notes.append(f"heartbeat (4.3) not judged: the run lasted {span:.0f}s, under twice the "
+                                     f"device's interval_s of {interval}s")
+            return
+        sc = Scenario("4.3", "heartbeat", self.started)
+        slack = max(0.5, 0.1 * interval)  # scheduling and the network, not the rule
+        times = [self.started] + [s.at for s in uplink]
+        gaps = [(b - a, a) for a, b in zip(times, times[1:])
+                if not any(a <= t <= b for t in self.session_drops)]  # the checker cut the link then
+        worst = max(gaps, default=(0.0, 0.0))
+        sc.note(f"longest silence {worst[0]:.1f}s (interval_s {interval}s)", worst[1])
+        if worst[0] > interval + slack:
+            self.add(sc.result(Outcome.FAIL, f"silent for {worst[0]:.1f}s while online, more than interval_s "
+                                             f"{interval}s: the hub marks it stale after 2.5 x interval_s"))
+        else:
+            self.add(sc.result(Outcome.PASS, f"never silent longer than interval_s ({worst[0]:.1f}s of {interval}s)"))
 
     # ------------------------------------------------------------ rule helpers
 

@@ -105,6 +105,7 @@ class Fault(Enum):
     NO_KEEP = "drops a message as soon as the broker acknowledges it"
     RESEND_ALL_ON_HOLE = "re-sends its whole buffer on a watermark with a hole"
     NEVER_GIVE_UP = "re-sends a missing message forever"
+    SILENT = "sends only every sample_s, even when that is longer than interval_s"
 
 
 @dataclass
@@ -210,7 +211,8 @@ class MinimalDevice:
             now = time.monotonic()
             if now >= self.next_sample:
                 self._sample()
-                self.next_sample = now + min(self.cfg.sample_s, self.interval_s)
+                period = self.cfg.sample_s if Fault.SILENT in self.cfg.faults else min(self.cfg.sample_s, self.interval_s)
+                self.next_sample = now + period
             if self.resend_due is not None and now >= self.resend_due:
                 self._resend_after_connect()
             if Fault.TIMED_RESEND in self.cfg.faults and self.connected and now >= self.next_timed_resend:

@@ -31,12 +31,12 @@ from hub.service import Hub
 @pytest.mark.parametrize("enc", ["json", "cbor"])
 def test_the_minimal_device_passes_every_check(minimal_device: Callable[..., MinimalDevice],
                                                checker_settings: Callable[..., CheckSettings], enc: str) -> None:
-    minimal_device(enc=enc)
+    minimal_device(enc=enc, interval_s=2)  # short enough for the run to judge its heartbeat
     report = check(checker_settings("mini-1"))
     assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
     assert report.exit_code() == 0
     checks = {r.check for r in report.results}
-    assert checks >= {"birth", "encoding", "rebirth", "duplicate-command", "command-expiry", "malformed-command",
+    assert checks >= {"heartbeat", "birth", "encoding", "rebirth", "duplicate-command", "command-expiry", "malformed-command",
                       "withheld-watermark", "hole-watermark", "give-up", "session-loss", "payloads", "seq"}
 
 
@@ -57,16 +57,18 @@ BROKEN = [
     (Fault.IGNORE_REBIRTH, "rebirth", "json"),
     (Fault.RESEND_ALL_ON_HOLE, "hole-watermark", "json"),
     (Fault.NEVER_GIVE_UP, "give-up", "json"),
+    (Fault.SILENT, "heartbeat", "json"),
     (Fault.CRASH_ON_MALFORMED, "malformed-command", "json"),
     (Fault.WRONG_ENCODING, "encoding", "cbor"),
 ]
+BROKEN_KW = {Fault.SILENT: {"interval_s": 1, "sample_s": 2.0}}
 
 
 @pytest.mark.parametrize(("fault", "expected", "enc"), BROKEN, ids=[f.name.lower() for f, _, _ in BROKEN])
 def test_a_device_that_breaks_a_rule_fails_on_that_rule(minimal_device: Callable[..., MinimalDevice],
                                                         checker_settings: Callable[..., CheckSettings],
                                                         fault: Fault, expected: str, enc: str) -> None:
-    minimal_device(enc=enc, faults=frozenset({fault}))
+    minimal_device(enc=enc, faults=frozenset({fault}), **BROKEN_KW.get(fault, {}))
     report = check(checker_settings("mini-1", timeout_s=8.0))
     assert report.outcome_of(expected) is Outcome.FAIL
     assert report.exit_code() == 1
