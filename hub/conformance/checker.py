@@ -27,13 +27,14 @@ from hub.conformance.report import Evidence, Outcome, Report, Result
 from hub.conformance.settings import CheckSettings
 from hub.conformance.standin import StandInHub
 from protocol import Alert, Command, CommandReply, CommandState, MessageClass, Status, StatusState, Telemetry
+from protocol.limits import LIMITS
 from protocol.models import Watermark
 from protocol.text import inert
 
 UPTIME_BELOW = 10**12
 """A device ``ts`` below this is an uptime stamp (section 4.4)."""
 MARKER_NAME = "chk_no_such_command"
-MAX_RESENDS = 3
+MAX_RESENDS = LIMITS.max_resends
 """Section 5.3 R2: a missing message is re-sent by R2 at most this often, then given up."""
 FINAL = {CommandState.SUCCEEDED, CommandState.FAILED, CommandState.REJECTED}
 
