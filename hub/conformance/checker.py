@@ -10,7 +10,7 @@ Two facts shape the order:
 * **Is a hub answering the device?** A running hub answers every birth and every message with a
   watermark, so the scenarios that withhold watermarks (section 5) cannot be isolated: they are
   skipped, with that reason. With the hub stopped, the checker's stand-in (:mod:`.standin`)
-  answers instead, and the scenarios can hold it. The first scenario (rebirth) tells which.
+  answers instead, and the scenarios can hold it. The rebirth scenario tells which.
 * **To see that something did not happen, wait for a marker after it.** The marker is a command
   with a name no device knows: every device must answer it ``received`` then ``rejected``.
 """
