@@ -189,7 +189,8 @@ class MinimalDevice:
         self._thread.join(10)
         if self.connected:
             info = self.client.publish(self._topic("s"), self._status("offline"), qos=1, retain=True)
-            info.wait_for_publish(5)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:  # else the link is down already: the broker sends the will
+                info.wait_for_publish(5)
         self.client.disconnect()
         self.client.loop_stop()
 
