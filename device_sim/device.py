@@ -14,7 +14,7 @@ A device speaks only ``firmware_protocol.md`` through :mod:`protocol`:
 Store-and-forward (firmware_protocol.md 5) lives in :mod:`device_sim.outbox`: each telemetry
 and alert message stays in a bounded buffer until the hub's watermark covers it (a PUBACK
 alone releases nothing: a broker acknowledges on receipt and may still lose the message,
-amqtt-notes #1). Re-sends follow rules R1 (after a reconnect: the un-PUBACKed messages when
+AMQTT_NOTES.md #1). Re-sends follow rules R1 (after a reconnect: the un-PUBACKed messages when
 the broker kept the session, everything when it did not), R2 (a watermark shows a hole) and
 R3 (a ``rebirth`` command), never a timer. A full buffer drops its oldest message (counted as
 ``dropped``, written to the ledger as a ``buffer-overflow`` fault) and new messages then carry
@@ -520,7 +520,7 @@ class SimDevice:
         if cmd.name == "set_interval":
             seconds = cmd.args.get("seconds")
             if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0.01 <= seconds <= 86_400:
-                return CommandState.FAILED, "args.seconds must be a number in 0.01..86400", {}
+                return CommandState.REJECTED, "args.seconds must be a number in 0.01..86400", {}
             self.interval = float(seconds)
             return CommandState.SUCCEEDED, "", {"seconds": seconds}
         if cmd.name == "set_config":
@@ -538,7 +538,7 @@ class SimDevice:
             elif key == "encoding" and value in ("json", "cbor"):
                 new["encoding"] = value
             else:
-                return CommandState.FAILED, f"bad or unknown setting {key}={value!r}", {}
+                return CommandState.REJECTED, f"bad or unknown setting {key}={value!r}", {}
         self.deadband, self.batch, self.encoding = float(new["deadband"]), int(new["batch"]), str(new["encoding"])
         return CommandState.SUCCEEDED, "", new
 

@@ -5,7 +5,8 @@ A device is online after its birth (``d/<id>/s`` state online) and offline after
 (firmware_protocol.md 4.1): the device starts a new incarnation, recorded in ``device_resets``,
 and the birth is applied like any other (reason ``reset``). A will of another boot than the
 current one is stale (the broker fired it after the device had already come back, or it is the
-old board's after a reset) and changes nothing. Because a broker may never fire a will (amqtt-notes #2), a device that sent
+old board's after a reset) and changes nothing. Because a broker may never fire a will
+(AMQTT_NOTES.md #2), a device that sent
 nothing for ``max(staleness_min_s, interval_s x staleness_factor)`` is also marked offline
 (reason ``stale``); its next message brings it back online (reason ``message``). A will is
 final until the next birth. Every transition is stored in ``presence_events``.
@@ -19,7 +20,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from hub.store import DeviceRow, HubStore
+from hub.storage import DeviceRow
+from hub.store import HubStore
 from protocol.models import Status, StatusState
 
 log = logging.getLogger("fleet.hub.presence")

@@ -7,7 +7,9 @@ command bridge and its queued commands waited until they expired.
 from __future__ import annotations
 
 from command_device import CommandDevice
-from hub.command_store import CommandStore, HubState
+from hub.storage import CommandStore, open_database
+from hub.storage.queries import presence
+from protocol.models import CommandState
 from hub.config import HubSettings
 from hub.service import Hub
 from protocol.codec import encode
@@ -29,14 +31,19 @@ def test_queued_command_reaches_a_device_that_came_back_with_a_lower_boot(embedd
         old.loop_stop()
         assert hub.commands is not None
         store = CommandStore(str(db_path))
-        assert wait_for(lambda: (store.db.execute("SELECT state FROM devices WHERE device_id='reborn-1'").fetchone()
-                                 or ("",))[0] == "offline", 5)
+        def state() -> str | None:
+            conn = open_database(db_path)
+            try:
+                return presence(conn).get("reborn-1", {}).get("state")
+            finally:
+                conn.close()
+        assert wait_for(lambda: state() == "offline", 5)
         rec = hub.commands.submit("reborn-1", "ping")
-        assert rec.state is HubState.QUEUED
+        assert rec.state is CommandState.QUEUED
         # the new board (same id, flash wiped): boot 1
         dev = CommandDevice(embedded_broker.port, creds).connect()
         try:
-            assert wait_for(lambda: (store.get(rec.id) or rec).state is HubState.SUCCEEDED, 15), store.history(rec.id)
+            assert wait_for(lambda: (store.get(rec.id) or rec).state is CommandState.SUCCEEDED, 15), store.history(rec.id)
             assert dev.executed == [rec.id]
         finally:
             dev.disconnect()

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from cli.main import cli
 from hub.overview import OverviewLoader
 from hub.queries import devices_with_presence
-from hub.store import connect as connect_db, query_resets
+from hub.storage import open_database as connect_db
+from hub.storage.queries import resets as query_resets
 from hub_helpers import birth, publish, publish_seqs, scalar, stop_client
 from protocol.codec import encode
 from protocol.models import Status

@@ -14,7 +14,8 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from hub.store import connect as connect_db, query_deadletters, query_gaps
+from hub.storage import open_database as connect_db
+from hub.storage.queries import deadletters as query_deadletters, gaps as query_gaps
 from hub_helpers import NOW_MS, birth, publish, publish_seqs, scalar, stop_client, telemetry
 from protocol.codec import decode, encode
 from protocol.models import Reading, Status, Telemetry, Watermark

@@ -176,9 +176,28 @@ def audit(ledger: Path, hub_db: Path, cutoff: float | None = None) -> Audit:
     return a
 
 
+def ledger_past(ledger: Path, cutoff: float) -> bool:
+    """True once the ledger holds a message produced after ``cutoff``: everything before it is flushed too."""
+    try:
+        conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+        try:
+            latest = conn.execute("SELECT MAX(produced_at) FROM messages").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return latest is not None and latest > cutoff
+
+
 def settle(ledger: Path, hub_db: Path, cutoff: float, timeout: float = 20.0) -> Audit:
-    """Poll the audit until nothing produced before ``cutoff`` is missing (or ``timeout`` passes)."""
+    """Poll the audit until nothing produced before ``cutoff`` is missing (or ``timeout`` passes).
+
+    The simulator writes its ledger in batches (every half second): the audit waits for a row
+    produced after the cutoff first, so that it never judges a ledger that lacks the last messages.
+    """
     deadline = time.monotonic() + timeout
+    while not ledger_past(ledger, cutoff) and time.monotonic() < deadline:
+        time.sleep(0.1)
     while True:
         result = audit(ledger, hub_db, cutoff)
         if (result.covered and not result.missing) or time.monotonic() > deadline:
