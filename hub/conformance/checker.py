@@ -8,9 +8,14 @@ document's rules, observed from outside.
 Two facts shape the order:
 
 * **Is a hub answering the device?** A running hub answers every birth and every message with a
-  watermark, so the scenarios that withhold watermarks (section 5) cannot be isolated: they are
-  skipped, with that reason. With the hub stopped, the checker's stand-in (:mod:`.standin`)
-  answers instead, and the scenarios can hold it. The rebirth scenario tells which.
+  watermark. Before anything else the checker asks it to hold them for this device
+  (:mod:`.hub_hold`, a renewed lease): the hub keeps storing everything, and the checker's
+  stand-in (:mod:`.standin`) answers the device instead, as it does when no hub runs, so the
+  section 5 scenarios can withhold it. At the end the hold is released and the hub publishes
+  the device's current watermark. A hub that does not grant the hold (an older one) but answers
+  the rebirth's birth with a watermark gets the section 5 scenarios skipped, with that reason.
+* **Commands carry the id prefix** ``chk-`` (:data:`protocol.ops.CHECKER_COMMAND_PREFIX`): a hub
+  holding the device counts their replies as the checker's instead of warning about them.
 * **To see that something did not happen, wait for a marker after it.** The marker is a command
   with a name no device knows: every device must answer it ``received`` then ``rejected``.
 """
@@ -22,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from hub.conformance.hub_hold import HubHold
 from hub.conformance.link import DeviceLink, Seen
 from hub.conformance.report import Evidence, Outcome, Report, Result
 from hub.conformance.settings import CheckSettings
@@ -29,6 +35,7 @@ from hub.conformance.standin import StandInHub
 from protocol import Alert, Command, CommandReply, CommandState, MessageClass, Status, StatusState, Telemetry
 from protocol.limits import LIMITS
 from protocol.models import Watermark
+from protocol.ops import CHECKER_COMMAND_PREFIX
 from protocol.text import inert
 
 UPTIME_BELOW = 10**12
@@ -94,6 +101,7 @@ class DeviceChecker:
         self.birth: Status | None = None
         self.hub_running = False
         self.standin: StandInHub | None = None
+        self.hub_hold: HubHold | None = None
         self.started = time.monotonic()
         self.sent_ids: set[str] = set()
         self.session_drops: list[float] = []
@@ -106,6 +114,7 @@ class DeviceChecker:
         scenarios = [self.check_birth, self.check_encoding, self.check_rebirth, self.check_duplicate,
                      self.check_expiry, self.check_malformed, self.check_withheld_watermark, self.check_hole,
                      self.check_give_up, self.check_session_loss]
+        self.hold_hub()
         try:
             for i, scenario in enumerate(scenarios):
                 try:
@@ -118,8 +127,25 @@ class DeviceChecker:
         finally:
             if self.standin is not None:
                 self.standin.stop()
+            if self.hub_hold is not None:
+                released = self.hub_hold.release()
+                self.report.notes.append("hold released: the hub published the device's current watermark" if released
+                                         else "the hub did not confirm the release: its lease runs out within "
+                                              f"{self.s.hold_lease_s:g}s and it then publishes the current watermark")
         self.check_whole_run()
         return self.report
+
+    def hold_hub(self) -> None:
+        """Ask a running hub to hold this device's watermarks for the run (renewed lease); note what happened."""
+        self.hub_hold, why = HubHold.acquire(self.s.broker, self.s.username, self.s.password.get_secret_value(),
+                                             self.s.cafile, self.s.device_id, self.s.hold_lease_s, self.s.hub_answer_s)
+        if self.hub_hold is not None:
+            self.hub_running = True
+            self.report.notes.append(f"a hub is running: it holds its watermarks for this device during the check "
+                                     f"(lease {self.s.hold_lease_s:g}s, renewed) and stores everything as usual; "
+                                     "the checker's stand-in answers the device meanwhile")
+        else:
+            self.report.notes.append(f"no watermark hold: {why}")
 
     def add(self, result: Result) -> None:
         self.report.results.append(result)
@@ -145,7 +171,7 @@ class DeviceChecker:
     def command(self, name: str, *, args: dict | None = None, expires_in_s: float | None = None,
                 cmd_id: str | None = None, form: str | None = None) -> tuple[str, bytes, int]:
         """Publish a command; returns (id, payload, log index before it went out)."""
-        cmd_id = cmd_id or f"chk-{secrets.token_hex(4)}"
+        cmd_id = cmd_id or f"{CHECKER_COMMAND_PREFIX}{secrets.token_hex(4)}"
         self.sent_ids.add(cmd_id)
         expires = int((time.time() + (expires_in_s if expires_in_s is not None else 600.0)) * 1000)
         start = self.link.mark()
@@ -202,8 +228,8 @@ class DeviceChecker:
     def skip_without_standin(self, section: str, check: str) -> bool:
         if self.standin is not None:
             return False
-        why = ("a hub is answering this device with watermarks (seen after its birth), so they cannot be withheld; "
-               "stop `fleet hub` to run this scenario (what the device sends meanwhile waits in the hub's session)")
+        why = ("a hub is answering this device with watermarks (seen after its birth) and did not grant the "
+               "checker a hold on them, so they cannot be withheld; update or stop `fleet hub` to run this scenario")
         self.add(Result(section, check, Outcome.SKIP, why))
         return True
 
@@ -274,8 +300,9 @@ class DeviceChecker:
             self.report.notes.append("a hub answered the device's birth with a watermark: the section 5 scenarios "
                                      "that withhold watermarks are skipped")
         else:
-            self.report.notes.append(f"no hub answered the birth within {self.s.hub_answer_s:g}s: the checker "
-                                     "stands in for it (watermarks on d/<id>/w)")
+            if self.hub_hold is None:
+                self.report.notes.append(f"no hub answered the birth within {self.s.hub_answer_s:g}s: the checker "
+                                         "stands in for it (watermarks on d/<id>/w)")
             floor = self._retained_floor()
             self.standin = StandInHub(self.link, self.boot, self.form, floor)
             self.standin.start(start)

@@ -26,5 +26,7 @@ class CheckSettings(BaseModel):
     """How many new messages the device must send while watermarks are withheld."""
     hub_answer_s: float = Field(3.0, gt=0)
     """After a birth, how long to wait for a running hub's watermark answer (to tell whether one runs)."""
+    hold_lease_s: float = Field(30.0, gt=0, le=300.0)
+    """With a hub running: the lease of the checker's hold on its watermarks (renewed every third of it)."""
     expired_by_s: float = Field(600.0, gt=0)
     """The expiry scenario's command expired this long ago (more than any sane clock error)."""

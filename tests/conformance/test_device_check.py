@@ -8,6 +8,7 @@ rule must fail on the section of that rule.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,19 +90,51 @@ def test_the_simulators_devices_pass_every_check(db_path: Path, embedded_broker:
     assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
 
 
-def test_with_the_hub_running_the_command_checks_run_and_the_watermark_ones_are_skipped(
+def test_with_the_hub_running_every_check_runs_and_passes_without_a_warning(
         embedded_broker: BackgroundBroker, start_hub: Callable[..., Hub], minimal_device: Callable[..., MinimalDevice],
+        checker_settings: Callable[..., CheckSettings], caplog: pytest.LogCaptureFixture) -> None:
+    hub = start_hub(embedded_broker.port)
+    minimal_device(interval_s=2)
+    with caplog.at_level(logging.WARNING, logger="fleet.hub"):
+        report = check(checker_settings("mini-1", hub_answer_s=5.0))
+    assert any("a hub is running: it holds its watermarks" in n for n in report.notes)
+    assert any("hold released" in n for n in report.notes)
+    assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
+    assert report.exit_code() == 0 and not any(r.outcome is Outcome.SKIP for r in report.results)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert hub.commands is not None and hub.commands.bridge is not None
+    assert hub.commands.bridge.counters["checker_replies"] > 0
+    assert hub.commands.bridge.counters["forged_replies"] == 0
+
+
+def test_with_the_hub_running_the_simulators_device_passes(
+        db_path: Path, embedded_broker: BackgroundBroker, start_hub: Callable[..., Hub],
         checker_settings: Callable[..., CheckSettings]) -> None:
     start_hub(embedded_broker.port)
-    minimal_device()
-    report = check(checker_settings("mini-1", hub_answer_s=10.0))
-    assert any("a hub answered" in n for n in report.notes)
-    for name in ("withheld-watermark", "hole-watermark", "give-up"):
-        assert report.outcome_of(name) is Outcome.SKIP, name
-    for name in ("birth", "encoding", "rebirth", "duplicate-command", "command-expiry", "malformed-command",
-                 "session-loss", "payloads", "seq"):
-        assert report.outcome_of(name) is Outcome.PASS, name
-    assert report.exit_code() == 2
+    settings = SimSettings(devices=1, port=embedded_broker.port, rate=3.0, profile="env", reconnect_delay=0.2)
+    dev = device_id("sim", 1)
+    sim = BackgroundFleet(settings, provision(db_path, [dev])).start()
+    try:
+        report = check(checker_settings(dev, hub_answer_s=5.0))
+    finally:
+        sim.stop()
+    assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
+    assert report.exit_code() == 0
+
+
+HUB_BROKEN = [(Fault.TIMED_RESEND, "withheld-watermark"), (Fault.RESEND_ALL_ON_HOLE, "hole-watermark"),
+              (Fault.NEVER_GIVE_UP, "give-up")]
+
+
+@pytest.mark.parametrize(("fault", "expected"), HUB_BROKEN, ids=[f.name.lower() for f, _ in HUB_BROKEN])
+def test_with_the_hub_running_a_broken_device_still_fails_on_its_rule(
+        embedded_broker: BackgroundBroker, start_hub: Callable[..., Hub], minimal_device: Callable[..., MinimalDevice],
+        checker_settings: Callable[..., CheckSettings], fault: Fault, expected: str) -> None:
+    start_hub(embedded_broker.port)
+    minimal_device(faults=frozenset({fault}))
+    report = check(checker_settings("mini-1", timeout_s=8.0, hub_answer_s=5.0))
+    assert report.outcome_of(expected) is Outcome.FAIL
+    assert report.exit_code() == 1
 
 
 def test_the_cli_prints_json_with_evidence_and_exits_0_on_a_passing_device(
