@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.table import Table
 from rich.text import Text
 
@@ -49,11 +50,13 @@ def checker_password(db: Path, username: str, password_file: Path | None) -> str
               help="New messages the device must send while watermarks are withheld.")
 @click.option("--hub-answer", type=DURATION, default=DEFAULTS["hub_answer_s"].default,
               help="How long to wait for a running hub's watermark after a birth.")
+@click.option("--hold-lease", type=DURATION, default=DEFAULTS["hold_lease_s"].default,
+              help="With a hub running: the lease of the checker's hold on its watermarks (renewed; at most 300 s).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (also when piped).")
 @click.pass_obj
 def device_check_command(obj: dict, device_id: str, broker: str, username: str, password_file: Path | None,
                          cafile: str | None, timeout: float, hold: float, messages: int, hub_answer: float,
-                         as_json: bool) -> None:
+                         hold_lease: float, as_json: bool) -> None:
     """Check that the connected device DEVICE_ID follows firmware_protocol.md.
 
     Like the Sparkplug TCK, the checker plays the hub's side for this one device: with the hub
@@ -64,21 +67,26 @@ def device_check_command(obj: dict, device_id: str, broker: str, username: str, 
     watermark with a hole (R2), session loss (the device's broker session is dropped: reconnect,
     subscribe before birth, R1), and over the whole run strict payloads and seq order.
 
-    The hub: stop `fleet hub` for a full check. A running hub answers every birth and message
-    with a watermark, so the scenarios that withhold watermarks are SKIPPED (the checker sees
-    the hub's answer and says so); the command scenarios run either way (the hub logs the
-    checker's commands' replies as replies to commands it did not send). While the hub is
-    stopped, the checker's stand-in answers the device with watermarks, and what the device
-    sends waits in the hub's persistent session until the hub is back. Use a test bench: the
-    checker never reboots the device, but sends it rebirth requests and drops its session once.
+    The hub may run: the checker then asks it to hold this device's watermarks (a lease it
+    renews; the hub keeps storing everything, publishes the current watermark on release, and
+    releases by itself if the checker dies) and answers the device with watermarks itself, so
+    every scenario runs. Its commands use ids starting chk-, which a hub holding the device
+    counts as the checker's instead of warning. A hub too old to grant the hold gets the
+    watermark scenarios SKIPPED. With the hub stopped, what the device sends waits in the hub's
+    persistent session until it is back. Use a test bench: the checker never reboots the device,
+    but sends it rebirth requests and drops its session once.
 
     Exit status: 0 every check passed (warnings allowed), 1 a check failed or the check could
     not run, 2 nothing failed but something was skipped.
     """
     password = checker_password(obj["db"], username, password_file)
-    settings = CheckSettings(device_id=device_id, broker=broker, username=username, password=password,
-                             cafile=cafile, timeout_s=timeout, hold_s=hold, messages=messages,
-                             hub_answer_s=hub_answer)
+    try:
+        settings = CheckSettings(device_id=device_id, broker=broker, username=username, password=password,
+                                 cafile=cafile, timeout_s=timeout, hold_s=hold, messages=messages,
+                                 hub_answer_s=hub_answer, hold_lease_s=hold_lease)
+    except ValidationError as exc:  # one readable line: which setting, and why
+        err = exc.errors(include_url=False)[0]
+        raise click.BadParameter(err["msg"], param_hint=f"{'.'.join(map(str, err['loc']))}") from None
     fmt_json = as_json or not sys.stdout.isatty()
     report = run_check(settings, on_result=None if fmt_json else _progress)
     if fmt_json:
