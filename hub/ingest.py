@@ -149,7 +149,10 @@ class Ingest:
                 if batch:
                     self._commit(batch)
                 for device_id in self.holds.due():  # a hold ended: the device gets its current watermark at once
-                    self._publish_watermarks(self.writer.watermark_now(device_id))
+                    result = self.writer.watermark_now(device_id)
+                    self._publish_watermarks(result)
+                    mark = result.watermarks.get(device_id)
+                    log.info("watermark hold ended device_id=%s watermark=%s", device_id, mark.seq if mark else None)
                 now_m = time.monotonic()
                 if now_m >= next_presence:
                     next_presence = now_m + s.presence_check_s
