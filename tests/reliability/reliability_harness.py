@@ -61,7 +61,9 @@ class Audit:
     lost_stored: list[tuple[str, int, int]] = field(default_factory=list)
     lost_not_in_gap: list[tuple[str, int, int]] = field(default_factory=list)
     overflowed: int = 0
-    """Dropped from a full buffer or given up after three sends (the device declared them dropped)."""
+    """Dropped from a full buffer or given up after three re-sends (the device declared them dropped).
+    Those sent before the device dropped them still reach the hub through the broker (``overflow_stored``);
+    only ``overflow_dropped`` ones are data the hub never got."""
     overflow_stored: int = 0
     """... of which a copy reached the hub before or after all (stored exactly once)."""
     overflow_dropped: int = 0
