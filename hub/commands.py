@@ -41,7 +41,20 @@ from hub.storage import CommandRecord, CommandStore, PresenceStore
 from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
 from protocol.errors import FleetError
 from protocol.limits import LIMITS
-from protocol.ops import CommandUpdate, CreatedCommand, RefusedDevice, SendRequest, SendResponse, response_topic, updates_topic
+from hub.watermark_holds import WatermarkHolds
+from protocol.ops import (
+    HOLD_OPS,
+    CommandUpdate,
+    CreatedCommand,
+    HoldRequest,
+    HoldResponse,
+    RefusedDevice,
+    SendRequest,
+    SendResponse,
+    request_op,
+    response_topic,
+    updates_topic,
+)
 
 log = logging.getLogger("fleet.hub.commands")
 
@@ -82,8 +95,12 @@ class CommandBridge:
     """Creates, delivers, retries and settles commands; one owner thread."""
 
     def __init__(self, store: CommandStore, publish: Publish, known_device: Callable[[str], bool],
-                 settings: CommandSettings | None = None, owner: str | None = None) -> None:
+                 settings: CommandSettings | None = None, owner: str | None = None,
+                 holds: WatermarkHolds | None = None, may_hold: Callable[[str], bool] | None = None) -> None:
         self.store = store
+        self.holds = holds or WatermarkHolds()
+        self.may_hold = may_hold or (lambda operator: False)
+        """Whether login ``operator`` may hold watermarks (hub or operator role, active)."""
         self.publish = publish
         self.known_device = known_device
         self.settings = settings or CommandSettings()
@@ -91,7 +108,7 @@ class CommandBridge:
         self.links: dict[str, DeviceLink] = {}
         self.active: dict[str, CommandRecord] = {}
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=100_000)
-        self.counters: dict[str, int] = {"forged_replies": 0, "bad_requests": 0, "resends": 0}
+        self.counters: dict[str, int] = {"forged_replies": 0, "bad_requests": 0, "resends": 0, "checker_replies": 0}
         self.latency = Buckets(COMMAND_BUCKETS)
         """Seconds from creation to a final state, per command."""
 
@@ -189,6 +206,9 @@ class CommandBridge:
 
     def on_request_payload(self, operator: str, payload: bytes) -> None:
         """An operator's request from ``fleet/ops/<operator>/req``."""
+        if request_op(payload) in HOLD_OPS:
+            self.on_hold_request(operator, payload)
+            return
         try:
             req = SendRequest.model_validate_json(payload)
         except ValidationError as exc:
@@ -209,6 +229,35 @@ class CommandBridge:
                             error="" if created else "no command created")
         self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
 
+    def on_hold_request(self, operator: str, payload: bytes) -> None:
+        """Hold, renew or release a device's watermarks for ``fleet device-check`` (:class:`HoldRequest`)."""
+        try:
+            req = HoldRequest.model_validate_json(payload)
+        except ValidationError as exc:
+            self.counters["bad_requests"] += 1
+            error = exc.errors(include_url=False)[0]["msg"]
+            log.warning("bad operator request operator=%s error=%s", operator, error)
+            resp = HoldResponse(req_id="?", ok=False, error="bad request: " + error)
+        else:
+            if not self.may_hold(operator):
+                resp = HoldResponse(req_id=req.req_id, ok=False, device_id=req.device_id,
+                                    error=f"login {operator!r} may not hold watermarks (hub or operator role only)")
+            elif req.op == "release_watermarks":
+                released = self.holds.release(req.device_id)
+                log.info("watermark hold released operator=%s device_id=%s", operator, req.device_id)
+                resp = HoldResponse(req_id=req.req_id, ok=released, device_id=req.device_id,
+                                    error="" if released else "no hold to release (its lease may have run out)")
+            elif not self.known_device(req.device_id):
+                resp = HoldResponse(req_id=req.req_id, ok=False, device_id=req.device_id,
+                                    error=f"unknown device {req.device_id!r}")
+            else:
+                renewal = self.holds.held(req.device_id)
+                until = self.holds.hold(req.device_id, req.lease_s)
+                if not renewal:  # once per hold, not per renewal
+                    log.info("watermark hold operator=%s device_id=%s lease_s=%g", operator, req.device_id, req.lease_s)
+                resp = HoldResponse(req_id=req.req_id, ok=True, device_id=req.device_id, held_until=until)
+        self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
+
     def on_reply(self, device_id: str, reply: CommandReply, now: float | None = None) -> CommandRecord | None:
         for _ in range(3):  # a conditional move lost to another worker is retried on the row as it is now
             rec = self._apply_reply(device_id, reply, time.time() if now is None else now)
@@ -220,6 +269,9 @@ class CommandBridge:
     def _apply_reply(self, device_id: str, reply: CommandReply, now: float) -> CommandRecord | None | bool:
         # in a worker group the database is the truth: another worker may have moved the command
         rec = self.store.get(reply.id) if self.owner is not None else (self.active.get(reply.id) or self.store.get(reply.id))
+        if rec is None and self.holds.checker_reply(device_id, reply.id):
+            self.counters["checker_replies"] += 1  # `fleet device-check` published it, not the bridge
+            return None
         if rec is None or rec.device_id != device_id:
             self.counters["forged_replies"] += 1
             log.warning("reply for a command not sent to this device device_id=%s command_id=%s", device_id, reply.id)

@@ -169,6 +169,15 @@ class BatchWriter:
                 tracker = self._tracker(device_id, key) or SeqTracker.empty()
                 self._offer(result, device_id, key, tracker, now_ms, force=True)
 
+    def watermark_now(self, device_id: str) -> BatchResult:
+        """The current watermark of ``device_id`` (as a birth would get it), e.g. when a checker's hold ends."""
+        result = BatchResult()
+        key = self._current_key(device_id)
+        if key is not None and self.settings.publish_watermarks:
+            tracker = self._tracker(device_id, key) or SeqTracker.empty()
+            self._offer(result, device_id, key, tracker, int(time.time() * 1000), force=True)
+        return result
+
     def _current_key(self, device_id: str) -> int | None:
         boot = self.presence.current_boot(device_id)
         return None if boot is None else stream_boot(self.presence.incarnation(device_id), boot)
