@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,16 @@ from hub.metrics import COMMAND_BUCKETS, Buckets
 from hub.command_store import FINAL, CommandRecord, CommandStore, HubState
 from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
 from protocol.errors import FleetError
-from protocol.ops import CommandUpdate, CreatedCommand, RefusedDevice, SendRequest, SendResponse, response_topic, updates_topic
+from protocol.ops import (
+    CommandUpdate,
+    CreatedCommand,
+    RefusedDevice,
+    SendRequest,
+    SendResponse,
+    request_command_id,
+    response_topic,
+    updates_topic,
+)
 
 log = logging.getLogger("fleet.hub.commands")
 
@@ -64,7 +74,11 @@ class CommandSettings(BaseModel):
 
 
 class CommandError(FleetError):
-    """A command request that cannot be accepted (unknown device, bad arguments)."""
+    """A command request that cannot be accepted (unknown device, bad arguments, expired request)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -157,17 +171,35 @@ class CommandBridge:
         self.links.update(links)
 
     def submit(self, device_id: str, name: str, args: dict[str, Any] | None = None, ttl_s: float | None = None,
-               operator: str | None = None, now: float | None = None) -> CommandRecord:
-        """Record a command for ``device_id`` (committed first), then deliver it if the device is online."""
+               operator: str | None = None, now: float | None = None, command_id: str | None = None,
+               expires_at: float | None = None) -> CommandRecord:
+        """Record a command for ``device_id`` (committed first), then deliver it if the device is online.
+
+        ``expires_at`` (absolute) wins over ``ttl_s``; with ``command_id`` an existing command of
+        that id is returned as it is instead of a second one being created.
+        """
+        if command_id is not None:
+            existing = self.store.get(command_id)
+            if existing is not None:
+                return existing
         if not self.known_device(device_id):
-            raise CommandError(f"unknown device {device_id!r}")
+            raise CommandError(f"unknown device {device_id!r}", "unknown_device")
         try:  # validate against the wire model before anything is stored
             Command(id="c0", name=name, args=args or {}, expires=1)
         except ValidationError as exc:
-            raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}") from None
+            raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}", "bad_command") from None
         now = time.time() if now is None else now
-        rec = self.store.create(device_id, name, args or {}, ttl_s or self.settings.default_ttl_s,
-                                operator=operator, owner=self.owner, now=now)
+        ttl = expires_at - now if expires_at is not None else ttl_s or self.settings.default_ttl_s
+        if ttl <= 0:
+            raise CommandError(f"request reached the hub {-ttl:.1f}s after its expiry; not executed", "expired")
+        try:
+            rec = self.store.create(device_id, name, args or {}, ttl, operator=operator, owner=self.owner, now=now,
+                                    command_id=command_id)
+        except sqlite3.IntegrityError:  # another worker took a copy of the same request first
+            existing = self.store.get(command_id) if command_id else None
+            if existing is None:
+                raise
+            return existing
         self.active[rec.id] = rec
         self._notify(rec)
         self._dispatch(rec, now)
@@ -185,14 +217,24 @@ class CommandBridge:
             return
         created: list[CreatedCommand] = []
         refused: list[RefusedDevice] = []
+        now = time.time()
         for device_id in req.devices:
+            command_id = request_command_id(operator, req.req_id, device_id)
             try:
-                rec = self.submit(device_id, req.name, dict(req.args), req.ttl_s, operator=operator)
-                created.append(CreatedCommand(id=rec.id, device_id=device_id))
+                rec = self.submit(device_id, req.name, dict(req.args), req.ttl_s, operator=operator, now=now,
+                                  command_id=command_id, expires_at=req.expires_at)
             except CommandError as exc:
-                refused.append(RefusedDevice(device_id=device_id, error=str(exc)))
+                refused.append(RefusedDevice(device_id=device_id, error=str(exc), reason=exc.reason))
+                continue
+            link = self.links.get(device_id)
+            created.append(CreatedCommand(id=rec.id, device_id=device_id, state=rec.state.value,
+                                          expires_at=rec.expires_at, online=bool(link and link.online),
+                                          repeated=rec.created_at != now))
+        if refused and not created and all(r.reason == "expired" for r in refused):
+            log.info("operator request expired before it reached the hub operator=%s req_id=%s late_s=%.1f",
+                     operator, req.req_id, now - (req.expires_at or now))
         resp = SendResponse(req_id=req.req_id, ok=bool(created), commands=created, refused=refused,
-                            error="" if created else "no command created")
+                            error="" if created else refused[0].error if refused else "no command created")
         self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
 
     def on_reply(self, device_id: str, reply: CommandReply, now: float | None = None) -> CommandRecord | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ class Heartbeat:
     def _run(self) -> None:
         conn = open_db(self.db).conn
         last: tuple[float, int, int] | None = None
+        stats: dict[str, Any] = {}
         try:
             while True:
                 now = time.time()
@@ -54,7 +56,9 @@ class Heartbeat:
                 if self._stop.wait(self.interval_s):
                     break
         finally:
-            # a clean stop removes the row, so the dashboard says "hub down" at once, not after a timeout
-            with contextlib.suppress(Exception):
-                conn.execute("DELETE FROM hub_status WHERE worker = ?", [self.worker])
+            # a clean stop leaves a last row marked stopped: the dashboard says "hub down" at once, not
+            # after a timeout, and `fleet status` can still say that a hub ran and when it stopped
+            with contextlib.suppress(sqlite3.Error):
+                write_heartbeat(conn, self.worker, os.getpid(), self.started_at, self.broker, False,
+                                {**stats, "stopped": True})
             conn.close()

@@ -54,5 +54,7 @@ def read_heartbeats(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 
 def alive(heartbeat: dict[str, Any], now: float | None = None) -> bool:
-    """True when the heartbeat is recent enough."""
+    """True when the heartbeat is recent enough and not the last one of a clean stop."""
+    if heartbeat["stats"].get("stopped"):
+        return False
     return (time.time() if now is None else now) - heartbeat["updated_at"] <= ALIVE_WITHIN_S

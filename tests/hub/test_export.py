@@ -9,12 +9,17 @@ import time
 
 from click.testing import CliRunner
 
+from broker.registry import Registry
 from cli.main import cli
 from hub.export import iter_readings
 from hub.store import HubStore
 
 
 def fill(db, n: int, now: float) -> None:
+    registry = Registry(db)
+    for dev in ("dev-a", "dev-b"):
+        if registry.get(dev) is None:
+            registry.add(dev)  # `fleet export --device` refuses an unknown device
     store = HubStore(db)
     rows = [("dev-a" if i % 2 else "dev-b", 1, i, 0, "temperature", float(i % 50), now - (n - i), now, 0)
             for i in range(n)]

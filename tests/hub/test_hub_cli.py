@@ -42,7 +42,9 @@ def test_readings_json_and_csv(filled_db):
     csv_text = run(filled_db, "readings", "cli-1", "--csv")
     lines = csv_text.strip().splitlines()
     assert lines[0].startswith("ts,metric,value") and len(lines) == 7
-    assert json.loads(run(filled_db, "readings", "nobody", "--json")) == []
+    unknown = CliRunner().invoke(cli, ["--db", str(filled_db), "readings", "nobody", "--json"])
+    assert unknown.exit_code == 8 and unknown.stdout == ""
+    assert unknown.stderr == "Error: unknown device 'nobody'; `fleet devices list` shows the registered ones\n"
 
 
 def test_deadletters_json(filled_db):
@@ -58,6 +60,9 @@ def test_devices_list_shows_presence(filled_db):
     assert rows["idle-1"]["state"] is None and rows["idle-1"]["last_seen"] is None
 
 
-def test_readings_on_an_empty_db(tmp_path):
-    assert json.loads(run(tmp_path / "empty.db", "readings", "x", "--json")) == []
-    assert json.loads(run(tmp_path / "empty.db", "deadletters", "--json")) == []
+def test_readings_where_there_is_no_database_say_so_and_create_none(tmp_path):
+    for args in (["readings", "x"], ["deadletters"]):
+        result = CliRunner().invoke(cli, ["--db", str(tmp_path / "empty.db"), *args, "--json"])
+        assert result.exit_code == 9 and result.stdout == ""
+        assert result.stderr.startswith(f"Error: no fleet database at {tmp_path / 'empty.db'}")
+    assert list(tmp_path.iterdir()) == []
