@@ -25,7 +25,16 @@ def setup_logging(level: str = "INFO", file: str | None = None) -> None:
     root.setLevel(level.upper())
     # amqtt logs every connection at INFO; keep our own lines readable
     logging.getLogger("amqtt").setLevel(max(logging.WARNING, root.level))
+    # amqtt logs a failed bind with a traceback before raising it; the CLI says it in one line instead
+    broker_log = logging.getLogger("amqtt.broker")
+    if not any(isinstance(f, _StartupFailureFilter) for f in broker_log.filters):
+        broker_log.addFilter(_StartupFailureFilter())
     logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+class _StartupFailureFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Broker startup failed"
 
 
 class _TextFormatter(logging.Formatter):

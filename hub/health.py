@@ -31,7 +31,7 @@ class Health(BaseModel):
 
 
 def probe_broker(url: str, username: str | None = None, password: str | None = None, timeout: float = 3.0,
-                 cafile: str | None = None) -> tuple[bool, str]:
+                 cafile: str | None = None, client_id: str | None = None) -> tuple[bool, str]:
     """(reachable, why): a full MQTT CONNECT, then DISCONNECT, so the broker logs no broken connection.
 
     With ``username`` the probe logs in like any client (an operator account keeps the broker's
@@ -41,8 +41,8 @@ def probe_broker(url: str, username: str | None = None, password: str | None = N
         addr = parse_broker_url(url)
     except HubError as exc:
         return False, str(exc)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{username or 'probe'}-status-{secrets.token_hex(3)}",
-                         clean_session=True)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                         client_id=client_id or f"{username or 'probe'}-status-{secrets.token_hex(3)}", clean_session=True)
     if username:
         client.username_pw_set(username, password)
     if addr.tls:
