@@ -3,8 +3,8 @@
 Data goes to stdout, logs and progress to stderr. ``NO_COLOR`` is respected by rich.
 
 Tables fit the terminal (``COLUMNS`` when set) without wrapping a row: each listing names its
-columns from the least important up; those give up width first, then are left out (the table's
-caption says which; ``--json`` shows everything). Id columns are never cut. Every cell is
+columns from the least important up; those give up width first, then are left out (a line
+under the table says which; ``--json`` shows everything). Id columns are never cut. Every cell is
 device-controlled text as far as this module knows, so it is shown inert (control characters
 escaped, :func:`protocol.text.inert`) and never read as rich markup.
 """
@@ -84,14 +84,16 @@ def emit(rows: Sequence[dict[str, Any]], fmt: str, columns: Iterable[str] | None
     cells = [[inert("-" if row.get(c) is None else row.get(c)) for c in cols] for row in rows]
     console = Console(soft_wrap=False)  # per call: COLUMNS is read when the console is made
     widths, hidden = fit_columns(cols, cells, console.width, shrink, whole)
-    caption = (f"not shown at {console.width} columns: {', '.join(hidden)} (--json shows all)" if hidden else None)
-    table = Table(title=title, caption=caption, caption_justify="left")
+    table = Table(title=title)
     keep = [i for i, c in enumerate(cols) if c not in hidden]
     for i in keep:
         table.add_column(cols[i], width=widths[cols[i]], no_wrap=True, overflow="ellipsis")
     for row_cells in cells:
         table.add_row(*(Text(row_cells[i]) for i in keep))
     console.print(table)
+    if hidden:
+        console.print(Text(f"--json shows all; not shown at {console.width} columns: {', '.join(hidden)}", style="dim"),
+                      no_wrap=True, overflow="ellipsis")
 
 
 TABLE_OVERHEAD_PER_COLUMN = 3  # one space of padding each side and one border
