@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from protocol.errors import FleetError
 
