@@ -14,24 +14,16 @@ from pathlib import Path
 
 from broker.credentials import ensure_local_principal
 from broker.registry import Registry, Role
-from cli.errors import CliError, ExitCode, NotFound, from_sqlite
+from cli.errors import NotFound
+from hub.storage import StorageError, open_database
 
 
 def existing_database(db: Path) -> Path:
-    """``db`` if it is an SQLite file we can read; else a :class:`CliError` (nothing is created)."""
-    if not db.exists():
-        raise CliError(f"no fleet database at {db}", ExitCode.DATABASE,
-                       "run this where `fleet up` or `fleet hub` ran, or give --db")
-    if db.is_dir():
-        raise CliError(f"{db} is a folder, not a fleet database", ExitCode.DATABASE, "give the file with --db")
-    try:  # read-only probe: a garbage file fails here without being touched
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise from_sqlite(exc, db) from None
+    """``db`` if it is a fleet database we can read; else a one-line error (exit 9), nothing created.
+
+    The read-only open of :mod:`hub.storage` never creates the file and refuses a foreign one.
+    """
+    open_database(db, readonly=True).close()  # StorageError -> cli.errors: one line, exit 9
     return db
 
 
@@ -42,11 +34,11 @@ def probe_password(db: Path) -> str | None:
         return os.environ["FLEET_OPERATOR_PASSWORD"]
     try:
         return ensure_local_principal(db, "operator", Role.OPERATOR)
-    except (sqlite3.Error, OSError):  # a read-only folder: probe without a login
+    except (StorageError, sqlite3.Error, OSError):  # a read-only folder: probe without a login
         return None
 
 
 def known_device(db: Path, device_id: str) -> None:
     """Raise :class:`NotFound` unless ``device_id`` is registered in ``db`` (revoked devices count)."""
-    if Registry(db).get(device_id) is None:
+    if Registry(db, readonly=True).get(device_id) is None:
         raise NotFound(f"unknown device {device_id!r}", "`fleet devices list` shows the registered ones")

@@ -120,9 +120,10 @@ def _fleet_error_code(exc: FleetError) -> ExitCode:
     # imported here: the CLI depends on these packages, never the other way round
     from broker.url import BrokerUrlError
     from hub.ops_client import BrokerUnreachable, NoAnswer
+    from hub.storage import StorageError
 
-    for kind, code in ((BrokerUrlError, ExitCode.BROKER), (BrokerUnreachable, ExitCode.BROKER),
-                       (NoAnswer, ExitCode.HUB)):
+    for kind, code in ((StorageError, ExitCode.DATABASE), (BrokerUrlError, ExitCode.BROKER),
+                       (BrokerUnreachable, ExitCode.BROKER), (NoAnswer, ExitCode.HUB)):
         if isinstance(exc, kind):
             return code
     return ExitCode.ERROR

@@ -19,8 +19,10 @@ from cli.errors import CliError, ExitCode, NotFound
 from cli.output import emit, fmt_time, json_option, output_format, safe, stderr
 from cli.params import DURATION, Duration
 from cli.database import existing_database, known_device
-from hub.command_store import CommandStore, HubState
-from hub.ops_client import FINAL_STATES, NoAnswer, OpsClient
+from hub.ops_client import NoAnswer, OpsClient
+from hub.storage import CommandStore
+from protocol.models import FINAL_COMMAND_STATES as FINAL_STATES
+from protocol.models import CommandState
 from protocol.ops import MAX_TTL_S, CommandUpdate, CreatedCommand, SendResponse, new_request_id
 
 
@@ -222,7 +224,7 @@ def commands_group() -> None:
 
 @commands_group.command("list")
 @click.argument("device_id", required=False)
-@click.option("--state", type=click.Choice([st.value for st in HubState]), default=None,
+@click.option("--state", type=click.Choice([st.value for st in CommandState if st is not CommandState.RECEIVED]), default=None,
               help="Only commands in this state.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
               help="At most this many, newest first.")
@@ -233,7 +235,7 @@ def list_commands(obj: dict, device_id: str | None, state: str | None, limit: in
     db = existing_database(obj["db"])
     if device_id is not None:
         known_device(db, device_id)
-    rows = [r.public() for r in CommandStore(str(db)).list(device_id, state, limit)]
+    rows = [r.public() for r in CommandStore(db, readonly=True).list(device_id, state, limit)]
     if fmt == "table":
         for row in rows:
             row["created_at"] = fmt_time(row["created_at"])
@@ -262,7 +264,7 @@ def resolve_command_id(store: CommandStore, text: str) -> str:
 @click.pass_obj
 def show_command(obj: dict, command_id: str, fmt: str) -> None:
     """One command with its full state history; COMMAND_ID may be any unique prefix of the id."""
-    store = CommandStore(str(existing_database(obj["db"])))
+    store = CommandStore(existing_database(obj["db"]), readonly=True)
     rec = store.get(resolve_command_id(store, command_id))
     assert rec is not None  # the id was just read from the same table
     data = rec.public() | {"history": store.history(rec.id)}

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from broker.registry import Registry, Role
 from cli.main import cli
 from cli.output import fit_columns
-from hub.command_store import CommandStore
+from hub.storage import CommandStore
 from protocol import Alert, Command, CommandReply, MessageClass, Status, decode, encode, topic_for
 from support import Creds, add_device, wait_for
 

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from command_device import CommandDevice
-from hub.command_store import CommandStore, HubState
+from hub.storage import CommandStore
+from protocol.models import CommandState
 from protocol.ops import request_command_id
 from support import HubProcess, add_device, wait_for
 
@@ -100,4 +101,4 @@ def test_offline_device_is_said_at_once_with_its_own_exit_code(embedded_broker, 
     code, out, _ = send(db_path, port, "--group", "away", "ping")
     rows = json.loads(out)
     assert code == OFFLINE and {r["device_id"] for r in rows} == {"dev-away", "dev-away-2"}
-    assert all(r["state"] == HubState.QUEUED.value for r in rows)
+    assert all(r["state"] == CommandState.QUEUED.value for r in rows)

@@ -8,6 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from broker.registry import Registry
+from hub.storage import open_database
 from hub_helpers import birth, publish, publish_seqs, stop_client, stored_messages
 from protocol.codec import encode
 from protocol.topics import MessageClass
@@ -60,9 +62,17 @@ def test_devices_list_shows_presence(filled_db):
     assert rows["idle-1"]["state"] is None and rows["idle-1"]["last_seen"] is None
 
 
+def test_readings_on_an_empty_db(tmp_path):
+    open_database(tmp_path / "empty.db").close()  # a database no hub has written to yet
+    Registry(tmp_path / "empty.db").add("x")
+    assert json.loads(run(tmp_path / "empty.db", "readings", "x", "--json")) == []
+    assert json.loads(run(tmp_path / "empty.db", "deadletters", "--json")) == []
+
+
 def test_readings_where_there_is_no_database_say_so_and_create_none(tmp_path):
     for args in (["readings", "x"], ["deadletters"]):
         result = CliRunner().invoke(cli, ["--db", str(tmp_path / "empty.db"), *args, "--json"])
         assert result.exit_code == 9 and result.stdout == ""
-        assert result.stderr.startswith(f"Error: no fleet database at {tmp_path / 'empty.db'}")
+        assert result.stderr.startswith(f"Error: no database at {tmp_path / 'empty.db'}")
+        assert len(result.stderr.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
