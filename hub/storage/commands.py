@@ -149,8 +149,8 @@ class CommandStore:
 
     def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
         """Up to ``limit`` command ids starting with ``prefix`` (for ``fleet commands show PREFIX``)."""
-        rows = self.db.execute("SELECT id FROM commands WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?",
-                               [len(prefix), prefix, limit]).fetchall()
+        rows = self.conn.execute("SELECT id FROM commands WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?",
+                                 [len(prefix), prefix, limit]).fetchall()
         return [r[0] for r in rows]
 
     def active(self) -> list[CommandRecord]:

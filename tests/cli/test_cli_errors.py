@@ -151,7 +151,7 @@ def test_console_script_says_not_a_database_in_one_line(tmp_path: Path, cmd: str
 def test_read_only_command_in_an_empty_folder_creates_no_database(tmp_path: Path, cmd: str) -> None:
     res = fleet(tmp_path, *CMDS[cmd].args(f"mqtt://127.0.0.1:{dead_port()}"))
     assert_one_line(res, DATABASE)
-    assert "no fleet database at fleet.db" in res.stderr
+    assert "no database at fleet.db" in res.stderr
     assert list(tmp_path.iterdir()) == []
 
 
