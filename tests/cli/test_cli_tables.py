@@ -155,3 +155,18 @@ def test_ambiguous_prefix_lists_the_candidates(evil_fleet: tuple[Path, str]) -> 
     assert "ambiguous" in res.stderr and all(i in res.stderr for i in ids)
     res = CliRunner().invoke(cli, ["--db", str(db), "commands", "show", "cab1", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["id"] == ids[1]
+
+
+def test_log_lines_on_a_terminal_escape_device_text() -> None:
+    """Hub and broker log lines carry client ids, topics and details a device chose: the text formatter escapes them."""
+    import logging
+
+    from cli.runtime import _JsonFormatter, _TextFormatter
+
+    record = logging.LogRecord("fleet.broker.access", logging.WARNING, __file__, 1,
+                               "denied action=publish username=%s topic=%s", ("evil", "d/x/\x1b]0;PWNED\x07"), None)
+    text = _TextFormatter("%(levelname)s %(name)s %(message)s").format(record)
+    assert text == "WARNING fleet.broker.access denied action=publish username=evil topic=d/x/\\x1b]0;PWNED\\x07"
+    as_json = _JsonFormatter().format(record)
+    assert_inert(as_json)
+    assert json.loads(as_json)["msg"].endswith("\x1b]0;PWNED\x07")  # JSON escapes it; the value is intact
