@@ -102,3 +102,48 @@ def test_offline_device_is_said_at_once_with_its_own_exit_code(embedded_broker, 
     rows = json.loads(out)
     assert code == OFFLINE and {r["device_id"] for r in rows} == {"dev-away", "dev-away-2"}
     assert all(r["state"] == CommandState.QUEUED.value for r in rows)
+
+
+def test_a_request_sent_before_the_hub_subscribed_is_answered(embedded_broker, registry, db_path,  # type: ignore[no-untyped-def]
+                                                              start_hub) -> None:
+    """The first command after the hub starts: its request may reach the broker before the hub's session
+    exists (bench/commands.py on a fresh Mosquitto lost it and waited 30 s). The client sends it again,
+    same id, until answered; the hub makes one command of all the copies."""
+    import threading
+
+    from broker.credentials import ensure_local_principal
+    from broker.registry import Role as R
+    from hub.ops_client import OpsClient
+    from support import connect
+
+    port = embedded_broker.port
+    device = CommandDevice(port, add_device(registry, "dev-first")).connect()
+    seen: list[bytes] = []
+    observer = connect(port, add_device(registry, "observer", R.HUB), client_id="observer")
+    observer.on_message = lambda c, u, m: seen.append(m.payload)
+    granted = threading.Event()
+    observer.on_subscribe = lambda *a: granted.set()
+    observer.subscribe("fleet/ops/operator/req", qos=1)
+    assert granted.wait(10)
+    ops = OpsClient(f"mqtt://127.0.0.1:{port}", "operator", ensure_local_principal(db_path, "operator", R.OPERATOR))
+    ops.connect()
+    answers: list[object] = []
+    sender = threading.Thread(target=lambda: answers.append(ops.send(["dev-first"], "ping", answer_timeout=60)))
+    try:
+        sender.start()
+        assert wait_for(lambda: len(seen) >= 1, timeout=10)  # the request went out: nobody but us heard it
+        start_hub(port)
+        sender.join(60)
+        [resp] = answers
+        [created] = resp.commands  # type: ignore[attr-defined]
+        final = ops.updates({created.id}, timeout=30) if created.state != "succeeded" else {}
+        store = CommandStore(str(db_path))
+        assert wait_for(lambda: store.get(created.id) is not None and store.get(created.id).final, timeout=20)
+        assert store.get(created.id).state is CommandState.SUCCEEDED, final
+        assert len(store.list("dev-first", limit=10)) == 1 and device.executed == [created.id]
+        assert len(seen) >= 2  # it was sent again, with the same id
+    finally:
+        ops.close()
+        observer.disconnect()
+        observer.loop_stop()
+        device.disconnect()
