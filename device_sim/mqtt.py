@@ -18,6 +18,7 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from protocol.errors import FleetError
 
@@ -146,6 +147,9 @@ class MqttClient(asyncio.Protocol):
         for network failures, ``TimeoutError`` when no CONNACK arrives in ``timeout``.
         """
         self._connack = self._loop.create_future()
+        # after a CONNACK timeout nobody awaits it any more; a later "connection lost" must not log
+        # "Future exception was never retrieved" with a traceback (the caller already handled the timeout)
+        self._connack.add_done_callback(_retrieve)
         await asyncio.wait_for(self._loop.create_connection(lambda: self, host, port), timeout)
         self._keepalive = keepalive
         self._send(connect_packet(client_id, username=username, password=password, will=will,
@@ -178,6 +182,7 @@ class MqttClient(asyncio.Protocol):
         pid = self._new_pid()
         body = struct.pack("!H", pid) + b"".join(_str(f) + bytes((q,)) for f, q in filters)
         fut: asyncio.Future[list[int]] = self._loop.create_future()
+        fut.add_done_callback(_retrieve)
         self._suback[pid] = fut
         self._send(_packet((SUBSCRIBE << 4) | 0x02, body))
         try:
@@ -333,3 +338,9 @@ class MqttClient(asyncio.Protocol):
             pass  # PINGRESP only refreshes _last_recv; we never send QoS 2 or UNSUBSCRIBE
         else:
             self._protocol_error(f"unexpected packet type {kind}")
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen: its waiter may have given up already (a timeout)."""
+    if not fut.cancelled():
+        fut.exception()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -40,8 +41,8 @@ from hub.metrics import COMMAND_BUCKETS, Buckets
 from hub.storage import CommandRecord, CommandStore, PresenceStore
 from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
 from protocol.errors import FleetError
-from protocol.limits import LIMITS
 from hub.watermark_holds import WatermarkHolds
+from protocol.limits import LIMITS
 from protocol.ops import (
     HOLD_OPS,
     CommandUpdate,
@@ -51,6 +52,7 @@ from protocol.ops import (
     RefusedDevice,
     SendRequest,
     SendResponse,
+    request_command_id,
     request_op,
     response_topic,
     updates_topic,
@@ -82,7 +84,11 @@ EXPIRED_DETAIL = "expired"
 
 
 class CommandError(FleetError):
-    """A command request that cannot be accepted (unknown device, bad arguments)."""
+    """A command request that cannot be accepted (unknown device, bad arguments, expired request)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -179,26 +185,43 @@ class CommandBridge:
         self.links.update(links)
 
     def submit(self, device_id: str, name: str, args: dict[str, Any] | None = None, ttl_s: float | None = None,
-               operator: str | None = None, now: float | None = None) -> CommandRecord:
-        """Record a command for ``device_id`` (committed first), then deliver it if the device is online."""
+               operator: str | None = None, now: float | None = None, command_id: str | None = None,
+               expires_at: float | None = None) -> CommandRecord:
+        """Record a command for ``device_id`` (committed first), then deliver it if the device is online.
+
+        ``expires_at`` (absolute) wins over ``ttl_s``; with ``command_id`` an existing command of
+        that id is returned as it is instead of a second one being created.
+        """
+        if command_id is not None:
+            existing = self.store.get(command_id)
+            if existing is not None:
+                return existing
         if not self.known_device(device_id):
-            raise CommandError(f"unknown device {device_id!r}")
+            raise CommandError(f"unknown device {device_id!r}", "unknown_device")
         try:  # validate against the wire model before anything is stored
             Command(id="c0", name=name, args=args or {}, expires=1)
         except ValidationError as exc:
-            raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}") from None
+            raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}", "bad_command") from None
         now = time.time() if now is None else now
-        ttl_s = ttl_s or self.settings.default_ttl_s
-        if not 0 < ttl_s <= LIMITS.max_command_ttl_s:
-            raise CommandError(f"command TTL {ttl_s:g} s is outside 0..{LIMITS.max_command_ttl_s} s (devices remember "
-                               f"command ids for at most that long)")
+        ttl = expires_at - now if expires_at is not None else ttl_s or self.settings.default_ttl_s
+        if ttl <= 0:
+            raise CommandError(f"request reached the hub {-ttl:.1f}s after its expiry; not executed", "expired")
+        if ttl > LIMITS.max_command_ttl_s:
+            raise CommandError(f"command TTL {ttl:g} s is outside 0..{LIMITS.max_command_ttl_s} s (devices remember "
+                               f"command ids for at most that long)", "bad_command")
         # at-most-once with bounded device memory (firmware_protocol.md 6): a device remembers the last
         # LIMITS.remembered_commands ids, so no more than that may be unexpired for it at any time
         if self.store.count_unexpired(device_id, now) >= LIMITS.remembered_commands:
             raise CommandError(f"device {device_id!r} already has {LIMITS.remembered_commands} unexpired commands; "
-                               f"wait until one expires (or send with a shorter --ttl)")
-        rec = self.store.create(device_id, name, args or {}, ttl_s,
-                                operator=operator, owner=self.owner, now=now)
+                               f"wait until one expires (or send with a shorter --ttl)", "busy")
+        try:
+            rec = self.store.create(device_id, name, args or {}, ttl, operator=operator, owner=self.owner, now=now,
+                                    command_id=command_id)
+        except sqlite3.IntegrityError:  # another worker took a copy of the same request first
+            existing = self.store.get(command_id) if command_id else None
+            if existing is None:
+                raise
+            return existing
         self.active[rec.id] = rec
         self._notify(rec)
         self._dispatch(rec, now)
@@ -219,14 +242,24 @@ class CommandBridge:
             return
         created: list[CreatedCommand] = []
         refused: list[RefusedDevice] = []
+        now = time.time()
         for device_id in req.devices:
+            command_id = request_command_id(operator, req.req_id, device_id)
             try:
-                rec = self.submit(device_id, req.name, dict(req.args), req.ttl_s, operator=operator)
-                created.append(CreatedCommand(id=rec.id, device_id=device_id))
+                rec = self.submit(device_id, req.name, dict(req.args), req.ttl_s, operator=operator, now=now,
+                                  command_id=command_id, expires_at=req.expires_at)
             except CommandError as exc:
-                refused.append(RefusedDevice(device_id=device_id, error=str(exc)))
+                refused.append(RefusedDevice(device_id=device_id, error=str(exc), reason=exc.reason))
+                continue
+            link = self.links.get(device_id)
+            created.append(CreatedCommand(id=rec.id, device_id=device_id, state=rec.state.value,
+                                          expires_at=rec.expires_at, online=bool(link and link.online),
+                                          repeated=rec.created_at != now))
+        if refused and not created and all(r.reason == "expired" for r in refused):
+            log.info("operator request expired before it reached the hub operator=%s req_id=%s late_s=%.1f",
+                     operator, req.req_id, now - (req.expires_at or now))
         resp = SendResponse(req_id=req.req_id, ok=bool(created), commands=created, refused=refused,
-                            error="" if created else "no command created")
+                            error="" if created else refused[0].error if refused else "no command created")
         self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
 
     def on_hold_request(self, operator: str, payload: bytes) -> None:

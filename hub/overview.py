@@ -155,6 +155,10 @@ class OverviewLoader:
                     stats[key] = stats.get(key, 0) + value
         if live:
             message = ""
+        elif beats and all(b.stats.get("stopped") for b in beats):
+            last = max(beats, key=lambda b: b.updated_at)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.updated_at))
+            message = f"hub stopped cleanly at {when} (worker {last.worker})"
         elif beats:
             message = f"no heartbeat for {now - max(b.updated_at for b in beats):.0f}s"
         else:

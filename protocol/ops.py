@@ -4,11 +4,21 @@ Operators never publish to device topics. They publish a request on
 ``fleet/ops/<operator>/req``; the hub answers on ``fleet/ops/<operator>/res`` and reports
 every state change of the commands it created for that operator on
 ``fleet/ops/<operator>/cmd``. All three are JSON, QoS 1, and guarded by the operator role.
+
+A request is safe to retry. Its ``req_id`` is chosen by the operator, and the hub derives each
+command's id from (operator, ``req_id``, device): a request that arrives twice (a retry after
+"no answer", or the first copy delivered late by the broker) finds its commands already
+recorded and answers with their current state instead of creating new ones. ``expires_at`` is
+an absolute Unix time set when the operator issues the request (its TTL counts from then, not
+from when the hub happens to receive it): a request that reaches the hub after it is refused
+and never executed. The operator's and the hub's clocks must agree (NTP) to within the TTL.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +27,9 @@ from protocol.limits import LIMITS
 from protocol.models import ArgValue, CommandState, ShortText
 
 OPS_PREFIX = "fleet/ops"
+
+MAX_TTL_S = LIMITS.max_command_ttl_s
+"""The longest a command may wait for its device (firmware_protocol.md 6: devices remember command ids that long)."""
 
 
 def request_topic(operator: str) -> str:
@@ -43,25 +56,54 @@ class OpsModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def new_request_id() -> str:
+    """A fresh operator request id (``r`` + 12 hex digits); reuse it to retry the same request."""
+    return "r" + secrets.token_hex(6)
+
+
+def request_command_id(operator: str, req_id: str, device_id: str) -> str:
+    """The id of the command that request ``req_id`` of ``operator`` creates for ``device_id``.
+
+    Derived, not random, so that every copy of one request names the same commands.
+    """
+    digest = hashlib.sha256(f"{operator}\0{req_id}\0{device_id}".encode()).hexdigest()
+    return "c" + digest[:16]
+
+
 class SendRequest(OpsModel):
-    """Send command ``name`` to each of ``devices``; the hub creates one command per device."""
+    """Send command ``name`` to each of ``devices``; the hub creates one command per device.
+
+    ``expires_at`` (absolute Unix time, set by the operator when it issues the request) wins over
+    ``ttl_s`` (counted from when the hub receives the request; for older clients).
+    """
 
     req_id: ShortText
     op: Literal["send"] = "send"
     devices: Annotated[list[ShortText], Field(min_length=1, max_length=100_000)]
     name: ShortText
     args: Annotated[dict[ShortText, ArgValue], Field(max_length=LIMITS.max_command_args)] = {}
-    ttl_s: Annotated[float, Field(gt=0, le=LIMITS.max_command_ttl_s)] = 600.0
+    ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S)] = 600.0
+    expires_at: Annotated[float, Field(gt=0)] | None = None
 
 
 class CreatedCommand(OpsModel):
+    """A command the request created (or, for a repeated request, had created before: ``repeated``)."""
+
     id: str
     device_id: str
+    state: str = "queued"
+    expires_at: float | None = None
+    online: bool | None = None
+    """Whether the hub sees the device online; an offline device gets the command on its next birth."""
+    repeated: bool = False
 
 
 class RefusedDevice(OpsModel):
+    """A device the request created no command for, and why (``reason``: unknown_device, expired, bad_command)."""
+
     device_id: str
     error: str
+    reason: str = ""
 
 
 class SendResponse(OpsModel):

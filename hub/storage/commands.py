@@ -153,6 +153,12 @@ class CommandStore:
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM commands WHERE id=?", [command_id]).fetchone()
         return _record(row) if row else None
 
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Up to ``limit`` command ids starting with ``prefix`` (for ``fleet commands show PREFIX``)."""
+        rows = self.conn.execute("SELECT id FROM commands WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?",
+                                 [len(prefix), prefix, limit]).fetchall()
+        return [r[0] for r in rows]
+
     def active(self) -> list[CommandRecord]:
         """Every command not yet in a final state, oldest first."""
         marks = ",".join("?" * len(ACTIVE_STATES))
