@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.storage import queries, reading
+from hub.storage.rollups import Period
 
 
 def readings(db: str | Path, device_id: str, metric: str | None = None, since: float | None = None,
@@ -20,6 +21,16 @@ def readings(db: str | Path, device_id: str, metric: str | None = None, since: f
         return queries.readings(conn, device_id, metric=metric, since=since, limit=limit)
 
 
+def rollups(db: str | Path, device_id: str, every: Period, metric: str | None = None, since: float | None = None,
+            limit: int | None = None) -> list[dict[str, Any]]:
+    """Per-minute or per-hour aggregates of one device (count, min, max, mean, last), oldest first.
+
+    They are kept after retention has deleted the raw readings they cover.
+    """
+    with reading(db) as conn:
+        return queries.rollups(conn, device_id, every, metric=metric, since=since, limit=limit)
+
+
 def deadletters(db: str | Path, reason: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Dead letters, newest first, payload as hex."""
     with reading(db) as conn:
@@ -27,12 +38,12 @@ def deadletters(db: str | Path, reason: str | None = None, limit: int = 100) -> 
 
 
 def devices_with_presence(db: str | Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Registry rows (``Principal.public()``) joined with the hub's presence: state, last_seen, fw, boot."""
+    """Registry rows (``Principal.public()``) joined with the hub's presence: state, last_seen, fw, boot, resets."""
     with reading(db) as conn:
         presence = queries.presence(conn)
     out = []
     for row in rows:
         p = presence.get(row["id"], {})
         out.append({**row, "state": p.get("state"), "last_seen": p.get("last_seen"), "fw": p.get("fw"),
-                    "boot": p.get("boot")})
+                    "boot": p.get("boot"), "resets": p.get("incarnation") or 0})
     return out

@@ -7,13 +7,11 @@ The SQL and the schema live in :mod:`hub.storage`; this module holds none.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 from hub.gaps import Gap, SeqTracker
-from hub.storage import IngestStore, PresenceStore, PrincipalStore, open_database, transaction
+from hub.storage import IngestStore, PresenceStore, PrincipalStore, open_database
 
 
 class HubStore(IngestStore, PresenceStore):
@@ -28,12 +26,6 @@ class HubStore(IngestStore, PresenceStore):
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; rolled back when the block raises."""
-        with transaction(self.conn) as conn:
-            yield conn
-
     def active_devices(self, device_ids: Iterable[str]) -> set[str]:
         """The ids among ``device_ids`` that are registered, active devices."""
         return self.principals.active_devices(device_ids)
@@ -43,7 +35,8 @@ class HubStore(IngestStore, PresenceStore):
         row = self.load_stream_row(device_id, boot)
         if row is None:
             return None
-        gaps = [Gap(g.from_seq, g.to_seq, g.detected_at, id=g.id, dirty=False) for g in row.open_gaps]
+        gaps = [Gap(g.from_seq, g.to_seq, g.detected_at, id=g.id, dirty=False, dropped_at=g.dropped_at)
+                for g in row.open_gaps]
         return SeqTracker(row.first_seq, row.max_seq, gaps, dirty=False)
 
     def save_stream(self, device_id: str, boot: int, tracker: SeqTracker) -> None:
@@ -54,5 +47,5 @@ class HubStore(IngestStore, PresenceStore):
     def save_gap(self, device_id: str, boot: int, gap: Gap, now: float) -> None:
         """Insert a new gap or update a shrunk, split or closed one (a closed gap keeps its row with missing 0)."""
         gap.id = self.save_gap_row(device_id, boot, gap.id, gap.from_seq, gap.to_seq, gap.missing, gap.detected_at,
-                                   now if gap.missing == 0 else None)
+                                   now if gap.missing == 0 else None, gap.dropped_at)
         gap.dirty = False
