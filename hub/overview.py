@@ -72,7 +72,8 @@ class CommandView:
     updated_at: float
     created_at: float = 0.0
     detail: str = ""
-    args: str = ""
+    args: str = ""  # JSON text, as stored
+    result: str = ""  # JSON text, as the device reported it
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +336,7 @@ class OverviewLoader:
 ALERT_WINDOW_S = 3600.0
 """Alerts younger than this count for a device's problems and the header's critical count."""
 
-_COMMAND_COLUMNS = "id, device_id, name, state, updated_at, created_at, detail, args"
+_COMMAND_COLUMNS = "id, device_id, name, state, updated_at, created_at, detail, args, result"
 _ALERT_COLUMNS = "received_at, device_id, severity, code, message"
 
 

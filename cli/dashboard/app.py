@@ -111,6 +111,7 @@ class FleetScreen(Screen[None]):
 
     def on_resize(self) -> None:
         self._columns = []  # widths depend on the terminal: rebuild the columns
+        self.query_one("#lower").styles.height = max(7, self.size.height // 4)
         self.refresh_view()
 
     def refresh_view(self) -> None:
@@ -199,6 +200,7 @@ class DeviceScreen(Screen[None]):
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
         Binding("c", "send", "Send command"),
+        Binding("m", "next_chart", "Chart next metric"),
         Binding("q", "app.quit", "Quit"),
     ]
     DEFAULT_CSS = """
@@ -208,6 +210,7 @@ class DeviceScreen(Screen[None]):
     def __init__(self, device_id: str) -> None:
         super().__init__()
         self.device_id = device_id
+        self.chart_choice = 0
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="device-scroll"):
@@ -231,15 +234,20 @@ class DeviceScreen(Screen[None]):
             return
         width = max(40, self.size.width - 4)  # padding and the scrollbar
         tall = self.size.height >= 40
-        self.query_one("#device", Static).update(
-            render_device(detail, width, chart_height=8 if tall else 0, rows=8 if tall else 5))
+        self.query_one("#device", Static).update(render_device(
+            detail, width, chart_height=8 if tall else 4, rows=8 if tall else 3, chart_choice=self.chart_choice))
 
     def action_send(self) -> None:
         self.dashboard.ask_send(self.device_id)
 
+    def action_next_chart(self) -> None:
+        self.chart_choice += 1
+        self.refresh_view()
+
 
 class SendScreen(ModalScreen[tuple[str, dict] | None]):  # type: ignore[type-arg]
-    """A small form: command name and key=value arguments; Enter sends, Esc cancels."""
+    """A small form: command name and key=value arguments (parsed like ``fleet send --arg``); Enter sends,
+    Esc cancels. Dismisses with (name, args) or None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
@@ -260,6 +268,7 @@ class SendScreen(ModalScreen[tuple[str, dict] | None]):  # type: ignore[type-arg
             yield Label(Text.assemble("Send a command to ", (inert(self.device_id), "bold")))
             yield Input(placeholder="command name, e.g. ping or reboot", id="name")
             yield Input(placeholder="arguments: key=value key=value (optional)", id="args")
+            yield Static(Text("Enter sends, Tab moves to the arguments, Esc cancels", style="dim"), id="hint")
             yield Static("", id="error")
             with Horizontal(id="buttons"):
                 yield Button("Send", variant="primary", id="send")
@@ -268,11 +277,7 @@ class SendScreen(ModalScreen[tuple[str, dict] | None]):  # type: ignore[type-arg
     def on_mount(self) -> None:
         self.query_one("#name", Input).focus()
 
-    @on(Input.Submitted, "#name")
-    def name_done(self) -> None:
-        self.query_one("#args", Input).focus()
-
-    @on(Input.Submitted, "#args")
+    @on(Input.Submitted)
     @on(Button.Pressed, "#send")
     def submit(self) -> None:
         from cli.send_cmd import parse_args  # the same key=value parsing as `fleet send --arg`

@@ -225,19 +225,26 @@ def issues_text(d: DeviceView) -> Text:
     return text
 
 
-def readings_text(d: DeviceView, count: int) -> Text:
-    """Up to ``count`` of the device's main metrics: full name, value with unit, recent trend."""
+def readings_text(d: DeviceView, width: int) -> Text:
+    """As many of the device's main metrics as fit in ``width``: name, value with unit, and the recent trend."""
     order = {name: i for i, name in enumerate(MAIN_METRICS)}
-    metrics = sorted(d.metrics, key=lambda m: (order.get(m.name, len(order)), m.name))[:count]
     text = Text(no_wrap=True, overflow="ellipsis")
-    for i, m in enumerate(metrics):
-        if i:
+    used = 0
+    for m in sorted(d.metrics, key=lambda m: (order.get(m.name, len(order)), m.name)):
+        label, value = metric_label(m.name), with_unit(m.name, m.value)
+        need = len(label) + 1 + len(value) + (2 if used else 0)
+        if used and used + need > width:
+            break
+        if used:
             text.append("  ")
-        text.append(f"{metric_label(m.name)} ", style="dim")
-        text.append(with_unit(m.name, m.value))
-        if len(m.trend) > 1:
-            text.append(" " + sparkline(m.trend, 6), style="cyan")
-    if not metrics:
+        text.append(f"{label} ", style="dim")
+        text.append(value)
+        used += need
+        room = min(6, width - used - 1)
+        if len(m.trend) > 1 and room >= 3:
+            text.append(" " + sparkline(m.trend, room), style="cyan")
+            used += 1 + min(room, len(m.trend))
+    if not d.metrics:
         text.append("no readings yet", style="dim")
     return text
 
@@ -286,8 +293,7 @@ def fleet_row(d: DeviceView, now: float, columns: list[Column]) -> tuple[Text, .
         "fw": Text(inert(d.fw or "-"), no_wrap=True, overflow="ellipsis"),
         "issues": issues_text(d),
     }
-    per = 1 if columns[-1].width < 40 else max(1, columns[-1].width // 24)
-    cells["readings"] = readings_text(d, per)
+    cells["readings"] = readings_text(d, columns[-1].width)
     return tuple(cells[c.key] for c in columns)
 
 
@@ -323,7 +329,8 @@ def commands_table(commands: tuple[CommandView, ...], now: float, rows: int, wit
             cells.append(Text(inert(c.device_id)))
         cells += [Text(inert(c.name + args)), Text(c.state, style=STATE_STYLE.get(c.state, "white"))]
         if detail:
-            cells.append(Text(inert(c.detail), style="dim"))
+            said = " ".join(x for x in (c.detail, "" if c.result in ("", "{}") else c.result) if x)
+            cells.append(Text(inert(said), style="dim"))
         table.add_row(*cells)
     if not commands:
         table.add_row(Text("no commands yet", style="dim"))
@@ -512,14 +519,25 @@ def section(title: str) -> Text:
     return Text(title, style="bold reverse")
 
 
-def render_device(detail: DeviceDetail, width: int = 80, chart_height: int = 0, rows: int = 5) -> RenderableType:
+def charted_metric(detail: DeviceDetail, choice: int = 0) -> MetricHistory | None:
+    """The metric the big chart shows: the ``choice``-th, counting main metrics first (wraps around)."""
+    if not detail.metrics:
+        return None
+    order = {name: i for i, name in enumerate(MAIN_METRICS)}
+    ranked = sorted(detail.metrics, key=lambda m: (order.get(m.name, len(order)), m.name))
+    return ranked[choice % len(ranked)]
+
+
+def render_device(detail: DeviceDetail, width: int = 80, chart_height: int = 0, rows: int = 5,
+                  chart_choice: int = 0) -> RenderableType:
     """The device screen: header, metrics with history, commands, alerts, presence (top to bottom).
 
-    ``chart_height`` > 0 adds a taller chart of the first metric (for tall terminals).
+    ``chart_height`` > 0 adds a taller chart of one metric (``chart_choice`` picks which).
     """
     parts: list[RenderableType] = [device_header(detail), section(" metrics "), metrics_table(detail, width)]
-    if chart_height > 0 and detail.metrics:
-        parts.append(history_chart(detail, detail.metrics[0], width, chart_height))
+    charted = charted_metric(detail, chart_choice)
+    if chart_height > 0 and charted is not None:
+        parts.append(history_chart(detail, charted, width, chart_height))
     parts += [
         section(" recent commands "),
         commands_table(detail.commands, detail.taken_at, rows, with_device=False, width=width),
@@ -545,6 +563,6 @@ def render_text(snapshot: Snapshot, view: ViewState | None = None, width: int = 
     return to_text(render(snapshot, view, width, height), width, height)
 
 
-def render_device_text(detail: DeviceDetail, width: int = 80, chart_height: int = 0) -> str:
+def render_device_text(detail: DeviceDetail, width: int = 80, chart_height: int = 0, chart_choice: int = 0) -> str:
     """The device screen as plain text (for tests)."""
-    return to_text(render_device(detail, width, chart_height), width)
+    return to_text(render_device(detail, width, chart_height, chart_choice=chart_choice), width)
