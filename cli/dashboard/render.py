@@ -267,20 +267,22 @@ SCROLLBAR = 2
 def fleet_columns(width: int, id_width: int) -> list[Column]:
     """The fleet table's columns for a terminal ``width`` wide; device ids are never cut.
 
-    The least important columns go first as the terminal narrows: group, firmware, then the
-    readings column shrinks; device, status, last seen and problems always stay.
+    The least important columns give way first as the terminal narrows: group and firmware go,
+    then the readings column shrinks (and goes), then the problems column shrinks; device, status
+    and last seen always stay whole.
     """
+    pad = 2 * CELL_PADDING
     cols = [Column("device", "device", max(6, id_width)), Column("status", "status", 7),
             Column("seen", "last seen", 9)]
     if width >= 150:
         cols.append(Column("group", "group", 10))
     if width >= 110:
         cols.append(Column("fw", "firmware", 12))
-    issues = 20 if width < 110 else 34
-    cols.append(Column("issues", "problems", issues))
-    used = sum(c.width + 2 * CELL_PADDING for c in cols) + SCROLLBAR
-    cols.append(Column("readings", "latest readings", max(10, width - used - 2 * CELL_PADDING)))
-    return cols
+    rest = width - SCROLLBAR - sum(c.width + pad for c in cols)
+    issues = min(20 if width < 110 else 34, rest - pad - 14 - pad)
+    if issues >= 8:
+        return [*cols, Column("issues", "problems", issues), Column("readings", "latest readings", rest - issues - 2 * pad)]
+    return [*cols, Column("issues", "problems", max(8, rest - pad))]
 
 
 def fleet_row(d: DeviceView, now: float, columns: list[Column]) -> tuple[Text, ...]:
@@ -293,7 +295,8 @@ def fleet_row(d: DeviceView, now: float, columns: list[Column]) -> tuple[Text, .
         "fw": Text(inert(d.fw or "-"), no_wrap=True, overflow="ellipsis"),
         "issues": issues_text(d),
     }
-    cells["readings"] = readings_text(d, columns[-1].width)
+    if columns[-1].key == "readings":
+        cells["readings"] = readings_text(d, columns[-1].width)
     return tuple(cells[c.key] for c in columns)
 
 
