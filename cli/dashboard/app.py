@@ -54,11 +54,23 @@ class FeedUpdate(Message):
         self.detail = detail
 
 
+class FleetTable(DataTable[Text]):
+    """The fleet table; Home and End go to the first and last device (DataTable scrolls sideways with them)."""
+
+    BINDINGS = [
+        Binding("home", "scroll_top", "First", show=False),
+        Binding("end", "scroll_bottom", "Last", show=False),
+    ]
+
+
 class FleetScreen(Screen[None]):
     """Every device in a scrollable table, problems first, with a filter and the recent commands and alerts."""
 
+    AUTO_FOCUS = "#fleet"
+
     BINDINGS = [
-        Binding("slash", "filter", "Filter"),
+        # priority: handled as the key arrives, so the keys typed right after it go to the filter, not the table
+        Binding("slash", "filter", "Filter", priority=True),
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("s", "sort", "Sort"),
         Binding("c", "send", "Send command"),
@@ -81,6 +93,7 @@ class FleetScreen(Screen[None]):
         self.view = ViewState()
         self._columns: list[Column] = []
         self._keys: list[str] = []
+        self._ready = False  # a snapshot or a resize may arrive before the widgets are mounted
 
     def compose(self) -> ComposeResult:
         yield Static(id="summary")
@@ -88,14 +101,14 @@ class FleetScreen(Screen[None]):
             yield Label("Filter (/):", id="filter-label")
             yield Input(placeholder="id, group or firmware contains ...", id="filter")
             yield Static(id="fleet-title")
-        table: DataTable[Text] = DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
-        yield table
+        yield FleetTable(id="fleet", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="lower"):
             yield Static(id="commands")
             yield Static(id="events")
         yield Footer()
 
     def on_mount(self) -> None:
+        self._ready = True
         self.query_one("#commands", Static).border_title = "recent commands"
         self.query_one("#events", Static).border_title = "alerts and rejected messages"
         self.query_one("#fleet", DataTable).focus()
@@ -110,6 +123,8 @@ class FleetScreen(Screen[None]):
         self.refresh_view()
 
     def on_resize(self) -> None:
+        if not self._ready:
+            return
         self._columns = []  # widths depend on the terminal: rebuild the columns
         self.query_one("#lower").styles.height = max(7, self.size.height // 4)
         self.refresh_view()
@@ -117,6 +132,8 @@ class FleetScreen(Screen[None]):
     def refresh_view(self) -> None:
         """Show the app's latest snapshot through the current filter and order."""
         snap = self.dashboard.snapshot
+        if not self._ready:
+            return
         if snap is None:
             self.query_one("#summary", Static).update(Text("loading ...", style="dim"))
             return
@@ -170,16 +187,17 @@ class FleetScreen(Screen[None]):
         self.view = replace(self.view, filter=event.value.strip())
         self.refresh_view()
 
+    # Focus moves at once (Screen.set_focus), not later (Widget.focus): keys typed right after "/" belong to the filter.
     @on(Input.Submitted, "#filter")
     def filter_done(self) -> None:
-        self.query_one("#fleet", DataTable).focus()
+        self.set_focus(self.query_one("#fleet", DataTable))
 
     def action_filter(self) -> None:
-        self.query_one("#filter", Input).focus()
+        self.set_focus(self.query_one("#filter", Input))
 
     def action_clear_filter(self) -> None:
         self.query_one("#filter", Input).value = ""
-        self.query_one("#fleet", DataTable).focus()
+        self.set_focus(self.query_one("#fleet", DataTable))
 
     def action_sort(self) -> None:
         i = SORT_ORDER.index(self.view.sort)
@@ -197,6 +215,8 @@ class FleetScreen(Screen[None]):
 class DeviceScreen(Screen[None]):
     """One device: metrics with units and the last hour's history, commands, alerts, presence."""
 
+    AUTO_FOCUS = "#device-scroll"
+
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
         Binding("c", "send", "Send command"),
@@ -211,6 +231,7 @@ class DeviceScreen(Screen[None]):
         super().__init__()
         self.device_id = device_id
         self.chart_choice = 0
+        self._ready = False
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="device-scroll"):
@@ -223,14 +244,15 @@ class DeviceScreen(Screen[None]):
         return self.app
 
     def on_mount(self) -> None:
-        self.query_one("#device-scroll").focus()
+        self._ready = True
+        self.refresh_view()
 
     def on_resize(self) -> None:
         self.refresh_view()
 
     def refresh_view(self) -> None:
         detail = self.dashboard.detail
-        if detail is None or detail.id != self.device_id:
+        if not self._ready or detail is None or detail.id != self.device_id:
             return
         width = max(40, self.size.width - 4)  # padding and the scrollbar
         tall = self.size.height >= 40
