@@ -20,6 +20,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
@@ -39,7 +40,7 @@ from cli.dashboard.render import (
 )
 from cli.dashboard.sender import CommandSender, SendOutcome
 from hub.errors import HubError
-from hub.overview import DeviceDetail, Snapshot, SortKey, ViewState
+from hub.overview import DeviceDetail, DeviceView, Snapshot, SortKey, ViewState
 from protocol.text import inert
 
 SORT_ORDER = (SortKey.PROBLEMS, SortKey.ID, SortKey.LAST_SEEN)
@@ -55,12 +56,30 @@ class FeedUpdate(Message):
 
 
 class FleetTable(DataTable[Text]):
-    """The fleet table; Home and End go to the first and last device (DataTable scrolls sideways with them)."""
+    """The fleet table; Home and End go to the first and last device (DataTable scrolls sideways with them).
+
+    It holds a row for every device, but the screen fills in only the rows in view (a row costs a
+    fraction of a millisecond to build; thousands of them every refresh would stall the screen), so
+    it says when it scrolls.
+    """
 
     BINDINGS = [
         Binding("home", "scroll_top", "First", show=False),
         Binding("end", "scroll_bottom", "Last", show=False),
     ]
+
+    class Scrolled(Message):
+        """Other rows came into view."""
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if int(old_value) != int(new_value):
+            self.post_message(self.Scrolled())
+
+    def rows_in_view(self, margin: int = 2) -> range:
+        """Indexes of the rows on screen (with a few either side)."""
+        first = int(self.scroll_y)
+        return range(max(0, first - margin), min(self.row_count, first + self.size.height + margin))
 
 
 class FleetScreen(Screen[None]):
@@ -72,6 +91,7 @@ class FleetScreen(Screen[None]):
         # priority: handled as the key arrives, so the keys typed right after it go to the filter, not the table
         Binding("slash", "filter", "Filter", priority=True),
         Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("enter", "open", "Open device"),  # the table's own Enter acts first; this one labels the footer
         Binding("s", "sort", "Sort"),
         Binding("c", "send", "Send command"),
         Binding("q", "app.quit", "Quit"),
@@ -94,6 +114,9 @@ class FleetScreen(Screen[None]):
         self._columns: list[Column] = []
         self._keys: list[str] = []
         self._ready = False  # a snapshot or a resize may arrive before the widgets are mounted
+        self._devices: dict[str, DeviceView] = {}
+        self._stale: set[str] = set()
+        self._taken_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield Static(id="summary")
@@ -146,8 +169,8 @@ class FleetScreen(Screen[None]):
         lower.update(commands_table(snap.commands, snap.taken_at, lower_rows, width=lower.content_size.width or 38))
         self.query_one("#events", Static).update(events_table(snap.events, snap.taken_at, lower_rows))
 
-    def _fill_table(self, snap: Snapshot, devices: list) -> None:  # type: ignore[type-arg]
-        table = self.query_one("#fleet", DataTable)
+    def _fill_table(self, snap: Snapshot, devices: list[DeviceView]) -> None:
+        table = self.query_one("#fleet", FleetTable)
         width = self.size.width or self.app.size.width
         id_width = max((len(d.id) for d in snap.devices), default=6)
         columns = fleet_columns(width, id_width)
@@ -157,22 +180,35 @@ class FleetScreen(Screen[None]):
             for c in columns:
                 table.add_column(Text(c.label, justify="right" if c.key == "seen" else "left"), width=c.width, key=c.key)
             self._columns, self._keys = columns, []
-        if keys == self._keys:  # same rows in the same order: update the cells in place (keeps cursor and scroll)
+        if keys != self._keys:  # other rows or another order: rebuild, with placeholders until a row is in view
+            current = self.highlighted_device()
+            table.clear()
+            blank = [Text()] * (len(columns) - 1)
             for d in devices:
-                for c, cell in zip(columns, fleet_row(d, snap.taken_at, columns), strict=True):
-                    table.update_cell(d.id, c.key, cell)
-            return
-        current = self.highlighted_device()
-        table.clear()
-        for d in devices:
-            table.add_row(*fleet_row(d, snap.taken_at, columns), key=d.id)
-        self._keys = keys
-        if current in keys:
-            table.move_cursor(row=keys.index(current), animate=False)
+                table.add_row(Text(d.id), *blank, key=d.id)
+            self._keys = keys
+            if current in keys:
+                table.move_cursor(row=keys.index(current), animate=False)
+        self._devices = {d.id: d for d in devices}
+        self._taken_at = snap.taken_at
+        self._stale = set(keys)
+        self._fill_rows_in_view()
+
+    @on(FleetTable.Scrolled)
+    def _fill_rows_in_view(self) -> None:
+        """Build the cells of the stale rows now in view (the rest wait until they scroll in)."""
+        table = self.query_one("#fleet", FleetTable)
+        for i in table.rows_in_view():
+            key = self._keys[i] if i < len(self._keys) else None
+            if key is None or key not in self._stale:
+                continue
+            self._stale.discard(key)
+            for c, cell in zip(self._columns, fleet_row(self._devices[key], self._taken_at, self._columns), strict=True):
+                table.update_cell(key, c.key, cell)
 
     def highlighted_device(self) -> str | None:
         """The id of the device under the cursor, if any."""
-        table = self.query_one("#fleet", DataTable)
+        table = self.query_one("#fleet", FleetTable)
         if not self._keys or table.cursor_row < 0 or table.cursor_row >= len(self._keys):
             return None
         return self._keys[table.cursor_row]
@@ -203,6 +239,11 @@ class FleetScreen(Screen[None]):
         i = SORT_ORDER.index(self.view.sort)
         self.view = replace(self.view, sort=SORT_ORDER[(i + 1) % len(SORT_ORDER)])
         self.refresh_view()
+
+    def action_open(self) -> None:
+        device = self.highlighted_device()
+        if device is not None:
+            self.dashboard.open_device(device)
 
     def action_send(self) -> None:
         device = self.highlighted_device()
@@ -356,9 +397,15 @@ class DashboardApp(App[None]):
         self.snapshot = message.snapshot
         if message.detail is not None:
             self.detail = message.detail
+        if not self.screen_stack:  # starting up or shutting down
+            return
         screen = self.screen
-        if isinstance(screen, (FleetScreen, DeviceScreen)):
-            screen.refresh_view()
+        try:
+            if isinstance(screen, (FleetScreen, DeviceScreen)):
+                screen.refresh_view()
+        except NoMatches:  # a snapshot that arrives while the app closes finds its widgets gone
+            if self.is_running:
+                raise
 
     def set_focus_device(self, device_id: str | None) -> None:
         """Tell the feed which device's detail to load (None: only the fleet)."""

@@ -30,7 +30,7 @@ def screen_ansi(app: App) -> str:  # type: ignore[type-arg]
     return console.export_text(styles=True)
 
 
-async def wait_screen(pilot: Pilot, predicate: Callable[[str], bool], timeout: float = 15.0) -> str:  # type: ignore[type-arg]
+async def wait_screen(pilot: Pilot, predicate: Callable[[str], bool], timeout: float = 30.0) -> str:  # type: ignore[type-arg]
     """Let the app run until ``predicate(screen text)`` holds; returns the text (fails the test on timeout)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -105,7 +105,7 @@ class Tmux:
     def keys(self, *keys: str) -> None:
         subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
 
-    def wait(self, *texts: str, timeout: float = 15) -> str:
+    def wait(self, *texts: str, timeout: float = 30) -> str:
         """Wait until every text is on the screen; returns the screen (fails the test with it otherwise)."""
         assert wait_for(lambda: all(t in self.screen() for t in texts), timeout=timeout), self.screen()
         return self.screen()
@@ -131,7 +131,7 @@ def test_dashboard_under_tmux_navigate_filter_drill_down_send_and_hub_down(tmp_p
         # a command sent from another terminal appears with its state
         sent = run(tmp_path, "send", "sim-00004", "reboot", "--broker", f"mqtt://127.0.0.1:{port}")
         assert sent.returncode == 0, sent.stderr
-        term.wait("sim-00004 reboot", "succeeded")
+        term.wait("sim-00004 reboot", "succeeded", timeout=60)
 
         # the filter is on screen and narrows the table
         term.keys("/", "0", "0", "0", "0", "5", "Enter")
@@ -143,13 +143,13 @@ def test_dashboard_under_tmux_navigate_filter_drill_down_send_and_hub_down(tmp_p
         term.keys("c")
         term.wait("Send a command to sim-00005")
         term.keys("p", "i", "n", "g", "Enter")
-        screen = term.wait(" ping ", "succeeded", timeout=30)
+        screen = term.wait(" ping ", "succeeded", timeout=60)
         assert "Send a command" not in screen
         term.keys("Escape")
         term.wait("Filter (/):", "matching '00005'")
 
         assert stop(proc) == 0
-        term.wait("hub DOWN")
+        term.wait("hub DOWN", timeout=60)
         term.keys("q")
         assert wait_for(lambda: not term.alive(), timeout=10), term.screen()
     finally:
