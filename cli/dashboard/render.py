@@ -35,14 +35,17 @@ from hub.overview import (
     ViewState,
 )
 from protocol.metrics import metric_by_name
+from protocol.models import CommandState
 from protocol.text import inert
 
 SPARKS = "▁▂▃▄▅▆▇█"
 MAIN_METRICS = ("temperature", "power_w", "speed_kmh", "humidity", "battery_v", "co2_ppm", "pressure_hpa")
 STATE_STYLE = {
-    "queued": "white", "sent": "cyan", "delivered": "blue", "succeeded": "green",
-    "failed": "red", "rejected": "magenta", "expired": "yellow", "timed_out": "yellow",
+    CommandState.QUEUED: "white", CommandState.SENT: "cyan", CommandState.RECEIVED: "blue",
+    CommandState.DELIVERED: "blue", CommandState.SUCCEEDED: "green", CommandState.FAILED: "red",
+    CommandState.REJECTED: "magenta", CommandState.EXPIRED: "yellow", CommandState.TIMED_OUT: "yellow",
 }
+"""The color of each command state (every state has one)."""
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 SORT_LABEL = {SortKey.PROBLEMS: "problems first", SortKey.ID: "by device id", SortKey.LAST_SEEN: "last seen first"}
 KEYS_FLEET = "↑↓ scroll  Enter open device  / filter  Esc clear  s sort  c send command  q quit"
