@@ -61,6 +61,7 @@ def readings(folder: Path) -> int:
         conn.close()
 
 
+@pytest.mark.timeout(300)  # two full starts and stops of the stack: minutes on a busy machine
 def test_up_from_empty_folder_then_again_with_the_same_data(tmp_path):
     port = free_port()
     proc = start_up(tmp_path, port)
@@ -118,6 +119,7 @@ class Tmux:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+@pytest.mark.timeout(300)
 def test_dashboard_under_tmux_navigate_filter_drill_down_send_and_hub_down(tmp_path):
     port = free_port()
     proc = start_up(tmp_path, port, devices=6)
