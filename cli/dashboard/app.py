@@ -64,6 +64,7 @@ class FleetTable(DataTable[Text]):
     """
 
     BINDINGS = [
+        Binding("enter", "select_cursor", "Open device"),
         Binding("home", "scroll_top", "First", show=False),
         Binding("end", "scroll_bottom", "Last", show=False),
     ]
@@ -91,7 +92,6 @@ class FleetScreen(Screen[None]):
         # priority: handled as the key arrives, so the keys typed right after it go to the filter, not the table
         Binding("slash", "filter", "Filter", priority=True),
         Binding("escape", "clear_filter", "Clear filter", show=False),
-        Binding("enter", "open", "Open device"),  # the table's own Enter acts first; this one labels the footer
         Binding("s", "sort", "Sort"),
         Binding("c", "send", "Send command"),
         Binding("q", "app.quit", "Quit"),
@@ -240,11 +240,6 @@ class FleetScreen(Screen[None]):
         self.view = replace(self.view, sort=SORT_ORDER[(i + 1) % len(SORT_ORDER)])
         self.refresh_view()
 
-    def action_open(self) -> None:
-        device = self.highlighted_device()
-        if device is not None:
-            self.dashboard.open_device(device)
-
     def action_send(self) -> None:
         device = self.highlighted_device()
         if device is None:
@@ -329,7 +324,7 @@ class SendScreen(ModalScreen[tuple[str, dict] | None]):  # type: ignore[type-arg
     def compose(self) -> ComposeResult:
         with Vertical(id="form"):
             yield Label(Text.assemble("Send a command to ", (inert(self.device_id), "bold")))
-            yield Input(placeholder="command name, e.g. ping or reboot", id="name")
+            yield Input(placeholder="command name, e.g. ping, or reboot", id="name")
             yield Input(placeholder="arguments: key=value key=value (optional)", id="args")
             yield Static(Text("Enter sends, Tab moves to the arguments, Esc cancels", style="dim"), id="hint")
             yield Static("", id="error")
@@ -345,14 +340,15 @@ class SendScreen(ModalScreen[tuple[str, dict] | None]):  # type: ignore[type-arg
     def submit(self) -> None:
         from cli.send_cmd import parse_args  # the same key=value parsing as `fleet send --arg`
 
-        name = self.query_one("#name", Input).value.strip()
+        # "set_interval seconds=30" in the name field works too: words after the name are arguments
+        name, *extra = self.query_one("#name", Input).value.split() or [""]
         error = self.query_one("#error", Static)
         if not name:
             error.update("give a command name")
-            self.query_one("#name", Input).focus()
+            self.set_focus(self.query_one("#name", Input))
             return
         try:
-            args = parse_args(tuple(self.query_one("#args", Input).value.split()))
+            args = parse_args((*extra, *self.query_one("#args", Input).value.split()))
         except click.BadParameter as exc:
             error.update(Text(f"arguments: {exc.message}"))
             return

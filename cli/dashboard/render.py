@@ -354,8 +354,10 @@ def events_table(events: tuple[EventView, ...], now: float, rows: int, with_devi
     for e in events[: max(0, rows)]:
         if e.kind == "alert":
             kind = Text(e.severity or "alert", style=SEVERITY_STYLE.get(e.severity, "yellow"))
-        else:
+        elif e.kind == "deadletter":
             kind = Text("rejected", style="red")
+        else:  # e.g. "reset": the device's boot counter went backwards
+            kind = Text(e.kind, style="red")
         cells: list[RenderableType] = [Text(clock(e.ts, now), style="dim")]
         if with_device:
             cells.append(Text(inert(e.device_id or "?")))
