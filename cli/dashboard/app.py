@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -39,8 +40,8 @@ from cli.dashboard.render import (
     visible_devices,
 )
 from cli.dashboard.sender import CommandSender, SendOutcome
-from hub.errors import HubError
 from hub.overview import DeviceDetail, DeviceView, Snapshot, SortKey, ViewState
+from protocol.errors import FleetError
 from protocol.text import inert
 
 SORT_ORDER = (SortKey.PROBLEMS, SortKey.ID, SortKey.LAST_SEEN)
@@ -433,9 +434,13 @@ class DashboardApp(App[None]):
         assert self.sender is not None
         try:
             outcome = self.sender.send(device_id, name, args)
-        except (HubError, OSError) as exc:
+        except (FleetError, OSError) as exc:  # hub or broker unreachable, no operator account (read-only folder), ...
             outcome = SendOutcome(device_id, name, None, str(exc))
-        self.call_from_thread(self._sent, outcome)
+        except ValidationError as exc:  # the request itself breaks the protocol (a name over 32 characters, ...)
+            first = exc.errors()[0]
+            outcome = SendOutcome(device_id, name, None, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+        if self.is_running:
+            self.call_from_thread(self._sent, outcome)
 
     def _sent(self, outcome: SendOutcome) -> None:
         self.notify(outcome.message, markup=False, severity="information" if outcome.command_id else "error",

@@ -175,7 +175,7 @@ def test_send_from_the_device_view_and_watch_the_state_change(stack):
         device.disconnect()
 
 
-def test_send_form_refuses_bad_arguments_and_esc_cancels(stack):
+def test_send_form_refuses_bad_input_and_esc_cancels(stack):
     async def scenario(pilot: Pilot, app: DashboardApp) -> None:  # type: ignore[type-arg]
         await pilot.press("c")
         await wait_screen(pilot, lambda t: "Send a command to" in t)
@@ -183,6 +183,12 @@ def test_send_form_refuses_bad_arguments_and_esc_cancels(stack):
         await wait_screen(pilot, lambda t: "is not key=value" in t)
         await pilot.press("escape")
         await wait_screen(pilot, lambda t: "Send a command" not in t and "Filter (/):" in t)
+        # a name the protocol refuses (over 32 characters) is said in one line, the dashboard stays up
+        await pilot.press("c")
+        await wait_screen(pilot, lambda t: "Send a command to" in t)
+        await pilot.press(*("x" * 40), "enter")
+        await wait_screen(pilot, lambda t: "not sent" in t, timeout=HUB_S)
+        assert app.is_running
 
     drive(stack, (80, 24), scenario)
 
