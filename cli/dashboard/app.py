@@ -375,6 +375,7 @@ class DashboardApp(App[None]):
         self.stop_event = stop
         self.snapshot: Snapshot | None = None
         self.detail: DeviceDetail | None = None
+        self.sent: list[SendOutcome] = []  # what the operator was told about each send, oldest first
         self.feed = DashboardFeed(db, refresh_s, lambda s, d: self.post_message(FeedUpdate(s, d)))
 
     def on_mount(self) -> None:
@@ -443,6 +444,7 @@ class DashboardApp(App[None]):
             self.call_from_thread(self._sent, outcome)
 
     def _sent(self, outcome: SendOutcome) -> None:
+        self.sent.append(outcome)
         self.notify(outcome.message, markup=False, severity="information" if outcome.command_id else "error",
                     timeout=8)
         self.feed.wake()

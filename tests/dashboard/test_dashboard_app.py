@@ -168,6 +168,7 @@ def test_send_from_the_device_view_and_watch_the_state_change(stack):
         text = await wait_screen(pilot, lambda t: "succeeded" in t, timeout=HUB_S)
         assert '{"pong": 1}' in text
         assert device.executed and len(device.executed) == 1
+        assert [o.command_id for o in app.sent] == device.executed  # the operator was told the command's id
 
     try:
         drive(stack, (80, 24), scenario)
@@ -187,7 +188,8 @@ def test_send_form_refuses_bad_input_and_esc_cancels(stack):
         await pilot.press("c")
         await wait_screen(pilot, lambda t: "Send a command to" in t)
         await pilot.press(*("x" * 40), "enter")
-        await wait_screen(pilot, lambda t: "not sent" in t, timeout=HUB_S)
+        await wait_screen(pilot, lambda t: bool(app.sent), timeout=HUB_S)
+        assert app.sent[-1].command_id is None and "not sent: name: String should have at most 32" in app.sent[-1].message
         assert app.is_running
 
     drive(stack, (80, 24), scenario)
