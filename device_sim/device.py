@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from device_sim.faults import FaultKind
 from device_sim.ledger import Ledger
 from device_sim.mqtt import ConnectRefused, MqttClient, MqttError, Will
+from device_sim.ota import OtaAgent, OtaPlan
 from device_sim.settings import Behaviour, SimSettings
 from device_sim.signals import Profile, Signal
 from protocol import (
@@ -113,7 +114,8 @@ class SimDevice:
 
     def __init__(self, device_id: str, index: int, secret: str, profile: Profile, signal: Signal,
                  settings: SimSettings, boot: int, stats: FleetStats, ledger: Ledger,
-                 connect_gate: asyncio.Semaphore, faults: frozenset[FaultKind] = frozenset()) -> None:
+                 connect_gate: asyncio.Semaphore, faults: frozenset[FaultKind] = frozenset(),
+                 ota: OtaPlan | None = None) -> None:
         self.device_id = device_id
         self.index = index
         self.secret = secret
@@ -154,6 +156,7 @@ class SimDevice:
         self.topic_r = topic_for(device_id, MessageClass.REPLY)
         self.topic_c = topic_for(device_id, MessageClass.COMMAND)
         self.topic_w = topic_for(device_id, MessageClass.WATERMARK)
+        self.ota = OtaAgent(self, ota or OtaPlan(), settings.fw)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -164,6 +167,7 @@ class SimDevice:
             while True:
                 if self._dead:
                     await loop.create_future()  # silent death: stay dead until switched off
+                await self.ota.may_connect()
                 try:
                     client = await self._connect()
                 except ConnectRefused as exc:
@@ -213,7 +217,7 @@ class SimDevice:
                                      clean_session=False, keepalive=self.settings.keepalive,
                                      timeout=self.settings.connect_timeout)
                 self.client = client
-                granted = await client.subscribe([(self.topic_c, 1), (self.topic_w, 1)],
+                granted = await client.subscribe([(self.topic_c, 1), (self.topic_w, 1), *self.ota.subscriptions],
                                                  timeout=self.settings.connect_timeout)
             except BaseException:
                 client.abort()
@@ -239,6 +243,7 @@ class SimDevice:
         self._by_pid.clear()
         client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
         stats.births += 1
+        self.ota.on_online()
         self._resend(client)
         # spread the fleet's ticks over the interval, reproducibly
         next_tick = now + (self.index * 0.618034 % 1.0) * self.interval
@@ -292,7 +297,7 @@ class SimDevice:
         client.disconnect()
 
     def _status(self, state: StatusState) -> bytes:
-        status = Status(state=state, boot=self.boot, fw=self.settings.fw, caps=list(CAPABILITIES),
+        status = Status(state=state, boot=self.boot, fw=self.ota.version, caps=list(CAPABILITIES),
                         enc=self.encoding, interval_s=self.settings.heartbeat_s)
         return encode(status, self.encoding)
 
@@ -454,6 +459,8 @@ class SimDevice:
                     wm = decode(MessageClass.WATERMARK, payload)
                     assert isinstance(wm, Watermark)
                     self._on_watermark(wm)
+            elif self.ota.handles(topic):
+                self.ota.on_message(topic, payload)
             elif topic == self.topic_c:
                 cmd = decode(MessageClass.COMMAND, payload)
                 assert isinstance(cmd, Command)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from protocol.errors import ProtocolError, Reason
 from protocol.limits import LIMITS
+from protocol.firmware import FIRMWARE_STATES, FirmwareChunk, FirmwareOffer, FirmwareReport, FirmwareRequest
 from protocol.metrics import metric_by_id, metric_by_name
 from protocol.models import (
     Alert,
@@ -36,6 +37,7 @@ from protocol.models import (
 from protocol.topics import MessageClass
 
 M = TypeVar("M", bound=BaseModel)
+WireMessage = Message | FirmwareOffer | FirmwareRequest | FirmwareChunk | FirmwareReport
 
 
 class Encoding(StrEnum):
@@ -50,6 +52,10 @@ MODEL_FOR: dict[MessageClass, type[BaseModel]] = {
     MessageClass.COMMAND: Command,
     MessageClass.REPLY: CommandReply,
     MessageClass.WATERMARK: Watermark,
+    MessageClass.FIRMWARE_OFFER: FirmwareOffer,
+    MessageClass.FIRMWARE_REQUEST: FirmwareRequest,
+    MessageClass.FIRMWARE_CHUNK: FirmwareChunk,
+    MessageClass.FIRMWARE_REPORT: FirmwareReport,
 }
 
 # Long field name -> one-letter CBOR key, per model.
@@ -60,6 +66,10 @@ SHORT_KEYS: dict[type[BaseModel], dict[str, str]] = {
     Command: {"id": "i", "name": "n", "args": "a", "expires": "x"},
     CommandReply: {"id": "i", "state": "s", "detail": "d", "result": "r"},
     Watermark: {"boot": "b", "seq": "q"},
+    FirmwareOffer: {"job": "j", "version": "v", "size": "z", "sha256": "h"},
+    FirmwareRequest: {"job": "j", "offset": "o", "length": "n"},
+    FirmwareChunk: {"job": "j", "offset": "o", "data": "d", "crc": "c", "error": "e"},
+    FirmwareReport: {"job": "j", "state": "s", "progress": "p", "detail": "d"},
 }
 _LONG_KEYS = {model: {v: k for k, v in keys.items()} for model, keys in SHORT_KEYS.items()}
 
@@ -69,6 +79,7 @@ ENUM_CODES: dict[str, tuple[Any, ...]] = {
     "state:Status": (StatusState.OFFLINE, StatusState.ONLINE),
     "state:CommandReply": DEVICE_REPLY_STATES,
     "enc": ("json", "cbor"),
+    "state:FirmwareReport": FIRMWARE_STATES,
 }
 
 
@@ -79,7 +90,7 @@ def _enum_table(model: type[BaseModel], field: str) -> tuple[Any, ...] | None:
 # --------------------------------------------------------------------------- encode
 
 
-def encode(message: Message, encoding: Encoding | str = Encoding.JSON) -> bytes:
+def encode(message: WireMessage, encoding: Encoding | str = Encoding.JSON) -> bytes:
     """Encode ``message`` to its wire bytes; fields left at their default are omitted."""
     if isinstance(message, Telemetry):
         check_readings(message)
@@ -117,7 +128,7 @@ def detect_encoding(payload: bytes) -> Encoding:
     return Encoding.JSON if payload[:1] == b"{" else Encoding.CBOR
 
 
-def decode(cls: MessageClass, payload: bytes) -> Message:
+def decode(cls: MessageClass, payload: bytes) -> WireMessage:
     """Decode a payload of message class ``cls`` (known from the topic)."""
     if len(payload) > LIMITS.max_payload_bytes:
         raise ProtocolError(Reason.OVERSIZED, f"{len(payload)} bytes > {LIMITS.max_payload_bytes}")
@@ -135,7 +146,7 @@ def decode(cls: MessageClass, payload: bytes) -> Message:
         raise ProtocolError(reason, _describe(exc)) from None
     if isinstance(message, Telemetry):
         check_readings(message)
-    return cast(Message, message)
+    return cast(WireMessage, message)
 
 
 def _cbor_loads(payload: bytes) -> Any:

@@ -9,6 +9,8 @@ Versions
         before this package have ``user_version`` 0 and some or all of the version-1 tables
         (each component created its own): migration 1 creates the missing ones.
     1   the schema of that release, unchanged (so its files upgrade without touching a row).
+    F   firmware images, rollouts and each device's part in a rollout (issue 16; its number is
+        its place in :data:`MIGRATIONS`).
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -209,9 +211,57 @@ def _to_v1(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(ddl)
 
 
+FIRMWARE_TABLES = (
+    """CREATE TABLE firmware_images (
+    id INTEGER PRIMARY KEY,
+    version TEXT NOT NULL,
+    model TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    data BLOB NOT NULL,
+    added_at REAL NOT NULL,
+    UNIQUE (version, model)
+)""",
+    """CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES firmware_images(id),
+    grp TEXT NOT NULL,
+    stages TEXT NOT NULL,
+    stage INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    max_failure_rate REAL NOT NULL,
+    max_concurrent INTEGER NOT NULL,
+    bandwidth REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)""",
+    """CREATE TABLE rollout_devices (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+    device_id TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    from_fw TEXT NOT NULL DEFAULT '',
+    progress INTEGER NOT NULL DEFAULT 0,
+    bytes_served INTEGER NOT NULL DEFAULT 0,
+    applying_boot INTEGER,
+    detail TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (rollout_id, device_id)
+) WITHOUT ROWID""",
+    "CREATE INDEX rollouts_state ON rollouts (state)",
+)
+
+
+def _to_firmware(conn: sqlite3.Connection, path: Path) -> None:
+    """Firmware images and staged rollouts (issue 16): three new tables, nothing else touched."""
+    for ddl in FIRMWARE_TABLES:
+        conn.execute(ddl)
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1,)
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_firmware)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)
