@@ -12,6 +12,7 @@ from cli.config import config_path, load_default_map
 from cli.devices_cmd import devices_group
 from cli.dashboard_cmd import dashboard_command, status_command
 from cli.export_cmd import export_command
+from cli.firmware_cmd import firmware_group, rollout_group
 from cli.runtime import setup_logging
 from cli.sim_cmd import sim_command
 from cli.send_cmd import commands_group, send_command
@@ -59,6 +60,8 @@ cli.add_command(sim_command)
 cli.add_command(hub_command)
 cli.add_command(readings_command)
 cli.add_command(deadletters_command)
+cli.add_command(firmware_group)
+cli.add_command(rollout_group)
 
 
 def main(argv: list[str] | None = None) -> None:
