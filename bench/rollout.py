@@ -134,10 +134,12 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--brokers", default="embedded,mosquitto")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (database, logs)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="fleet-bench-rollout-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         db = workdir / "fleet.db"
         ids = [device_id("sim", i + 1) for i in range(args.devices)]
         print(f"provisioning {args.devices} devices (scrypt, once)", flush=True)
