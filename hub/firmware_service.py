@@ -138,7 +138,10 @@ class FirmwareService:
                         break
                     self._handle(engine, item, pending, queued)
         finally:
-            conn.close()
+            try:
+                engine.save()
+            finally:
+                conn.close()
 
     def _handle(self, engine: RolloutEngine, item: tuple[str, bytes], pending: deque[ChunkJob],
                 queued: set[tuple[str, str, int]]) -> None:

@@ -206,6 +206,11 @@ class RolloutEngine:
             if all(d.state in FINAL_FIRMWARE_STATES for d in active.devices.values()):
                 self._finish(active, "completed", "every device finished", now)
 
+    def save(self) -> None:
+        """Write every changed device row (the service calls it when it stops)."""
+        for active in self.active.values():
+            self._save(active)
+
     def bandwidth(self) -> float | None:
         """The fleet-wide chunk rate: the smallest cap of the active rollouts (None: no rollout)."""
         caps = [a.row.bandwidth for a in self.active.values()]
