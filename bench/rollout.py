@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +61,19 @@ def wait_online(db: Path, ids: list[str], timeout: float) -> float:
         time.sleep(2.0)
 
 
+def start_hub(db: Path, url: str, log: Path, tries: int = 5) -> subprocess.Popen[bytes]:
+    """``fleet hub``; started again when it gives up at start (on a loaded machine its 10 s start timeout can pass)."""
+    for attempt in range(tries):
+        hub = start_fleet(["--db", str(db), "hub", "--broker", url, "--staleness-min", "5m"], log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and hub.poll() is None:
+            time.sleep(0.5)
+        if hub.poll() is None:
+            return hub
+        print(f"  hub exited at start (attempt {attempt + 1}, see {log.name}); starting it again", flush=True)
+    raise RuntimeError(f"the hub did not start in {tries} attempts")
+
+
 def lags(db: Path, ids: list[str], t0: float, t1: float) -> list[float]:
     """received_at - ts of the sampled devices' readings received in [t0, t1]."""
     out: list[float] = []
@@ -77,7 +91,7 @@ def run_broker(kind: str, db: Path, workdir: Path, ids: list[str], version: str,
     hub = None
     fleet: BackgroundFleet | None = None
     try:
-        hub = start_fleet(["--db", str(db), "hub", "--broker", url, "--staleness-min", "5m"], log)
+        hub = start_hub(db, url, log)
         cbor = {p: Behaviour(encoding="cbor") for p in ("env", "power", "gps")}
         settings = SimSettings(devices=len(ids), port=port, rate=args.rate, heartbeat_s=600, connect_concurrency=32,
                                reconnect_delay=1.0, fw=OLD, behaviour=cbor)

@@ -132,6 +132,7 @@ class OtaAgent:
             self._applying = None
             if OtaFault.BAD_IMAGE in self.faults:
                 self.counters.rolled_back += 1
+                self.refused_jobs.add(offer.job)  # its offer may still be retained: never install it again
                 self._report_after_boot = FirmwareReport(job=offer.job, state=FirmwareState.ROLLED_BACK,
                                                          detail=f"self-test of {offer.version} failed; back on {self._running}")
             else:
@@ -240,7 +241,8 @@ class OtaAgent:
             return
         self._report(FirmwareState.APPLYING, self.confirmed)
         self._applying = (offer, self.device.boot)
-        self.device._reboot_pending = True  # the device says goodbye and reboots into the new image
+        self.device._reboot_pending = True
+        self.device._goodbye()  # offline status, DISCONNECT; the run loop reboots into the new image
 
     def _request(self) -> None:
         offer = self.offer

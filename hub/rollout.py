@@ -13,8 +13,9 @@ Per tick, for each active rollout:
    progress for ``device_timeout_s`` is ``failed``;
 2. failure rate = (failed + rolled back) / finished; above ``max_failure_rate`` the rollout
    pauses itself, with the reason;
-3. a stage is complete when each of its devices is finished or offline; then the next stage opens
-   (devices offline during their stage are offered the image when they come back);
+3. a stage is complete when each of its devices is finished, or still pending and offline; then
+   the next stage opens (devices offline during their stage are offered the image when they come
+   back; a device that vanishes mid-update holds its stage until ``device_timeout_s`` fails it);
 4. online devices of the open stages are offered the image (retained on ``d/<id>/o``) while fewer
    than ``max_concurrent`` are busy.
 
@@ -196,6 +197,7 @@ class RolloutEngine:
         self.presence = {d.device_id: d for d in self.presence_store.load_devices()}
         for active in list(self.active.values()):
             self._settle(active, now)
+            self._save(active)  # what the devices did is on disk before the stage moves on
             if active.row.state == "running":
                 self._check_failures(active, now)
             if active.row.state == "running":
@@ -279,9 +281,11 @@ class RolloutEngine:
         for dev, row in active.devices.items():
             if row.stage > stage or row.state in FINAL_FIRMWARE_STATES:
                 continue
+            if row.state != "pending":
+                return  # under way (a device rebooting into the image is offline for a moment)
             p = self.presence.get(dev)
             if p is not None and p.state == "online":
-                return  # an online device of this stage is not finished yet
+                return  # about to be offered
         self.store.set_stage(active.row.id, stage + 1, now)
         active.row = self.store.rollout(active.row.id) or active.row
         log.info("rollout stage id=%s stage=%s/%s", active.row.id, stage + 2, len(active.row.stages))

@@ -63,8 +63,12 @@ class Hub:
             self.commands = None
             raise
         ingest = self.ingest
-        self.firmware = FirmwareService(s, password, self.rollout_settings)
-        self.firmware.start(timeout)
+        if s.worker_group:
+            # one engine per fleet: workers of a group would each drive every rollout
+            log.info("firmware rollouts are not driven by worker-group hubs; run one hub without --worker-group for them")
+        else:
+            self.firmware = FirmwareService(s, password, self.rollout_settings)
+            self.firmware.start(timeout)
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
             **ingest.gauges(), "store_failing": ingest.store_failing, "worker_group": s.worker_group},
             ingest.connected.is_set)
