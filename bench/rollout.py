@@ -8,8 +8,8 @@ follows it to the end. It reports
   total_s        from ``fleet rollout start`` until every device has finished
   wire_x         MQTT bytes of the update per device (offer, requests, chunks, reports, PUBACKs)
                  over the image size: mean and max (goal <= 1.1)
-  lag            telemetry lag (hub received_at - device ts) of sampled devices, p50 / p99,
-                 before the rollout and during it
+  lag            telemetry lag (hub received_at - device ts) of the readings that sampled devices
+                 took before the rollout and during it, p50 / p99
   no_working     devices that ended neither on the new version nor back on the old one (goal 0)
 
 Not a test. Run:  .venv/bin/python bench/rollout.py [--devices 1000] [--image-kb 256] [--bandwidth 8MB/s]
@@ -75,11 +75,10 @@ def start_hub(db: Path, url: str, log: Path, tries: int = 5) -> subprocess.Popen
 
 
 def lags(db: Path, ids: list[str], t0: float, t1: float) -> list[float]:
-    """received_at - ts of the sampled devices' readings received in [t0, t1]."""
+    """received_at - ts of the sampled devices' readings taken in [t0, t1] (re-sends of older ones do not count)."""
     out: list[float] = []
     for dev in ids:
-        out += [r["received_at"] - r["ts"] for r in readings(db, dev, since=t0 - 60)
-                if t0 <= r["received_at"] <= t1]
+        out += [r["received_at"] - r["ts"] for r in readings(db, dev, since=t0) if r["ts"] <= t1]
     return sorted(out)
 
 
@@ -101,7 +100,7 @@ def run_broker(kind: str, db: Path, workdir: Path, ids: list[str], version: str,
         sample = ids[:: max(1, len(ids) // 40)]
         base_t0 = time.time()
         time.sleep(args.baseline_s)
-        base = lags(db, sample, base_t0, time.time())
+        base = lags(db, sample, base_t0, time.time() - 5.0)
         t0 = time.time()
         rid = start_rollout(db, version, "sim", parse_stages(args.stages), 0.05, args.max_concurrent,
                             parse_bandwidth(args.bandwidth))
@@ -114,6 +113,7 @@ def run_broker(kind: str, db: Path, workdir: Path, ids: list[str], version: str,
                 break
             time.sleep(2.0)
         t1 = time.time()
+        time.sleep(5.0)  # readings taken just before t1 arrive
         during = lags(db, sample, t0, t1)
         counters = [fleet.call(lambda d=d: fleet.fleet.device(d).ota.counters) for d in ids]  # type: ignore[union-attr]
         wire = sorted(c.wire_bytes / row.size for c in counters)
@@ -162,7 +162,7 @@ def main() -> None:
         image.write_bytes(os.urandom(args.image_kb * 1024))
         for k, kind in enumerate(args.brokers.split(",")):
             print(f"== {kind}", flush=True)
-            rows.append(run_broker(kind, db, workdir, ids, f"sim-2.0.{k}", image, args, creds))
+            rows.append(run_broker(kind, db, workdir, ids, f"sim-2.{int(time.time())}.{k}", image, args, creds))
             print(json.dumps(rows[-1]), flush=True)
     print()
     print(table(rows, ["broker", "devices", "image_kb", "bandwidth", "state", "total_s", "updated", "no_working",
