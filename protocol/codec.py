@@ -19,7 +19,15 @@ from pydantic import BaseModel, ValidationError
 
 from protocol.errors import ProtocolError, Reason
 from protocol.limits import LIMITS
-from protocol.firmware import FIRMWARE_STATES, FirmwareChunk, FirmwareOffer, FirmwareReport, FirmwareRequest
+from protocol.firmware import (
+    FIRMWARE_MODELS,
+    FIRMWARE_SHORT_KEYS,
+    FIRMWARE_STATES,
+    FirmwareChunk,
+    FirmwareOffer,
+    FirmwareReport,
+    FirmwareRequest,
+)
 from protocol.metrics import metric_by_id, metric_by_name
 from protocol.models import (
     Alert,
@@ -52,10 +60,6 @@ MODEL_FOR: dict[MessageClass, type[BaseModel]] = {
     MessageClass.COMMAND: Command,
     MessageClass.REPLY: CommandReply,
     MessageClass.WATERMARK: Watermark,
-    MessageClass.FIRMWARE_OFFER: FirmwareOffer,
-    MessageClass.FIRMWARE_REQUEST: FirmwareRequest,
-    MessageClass.FIRMWARE_CHUNK: FirmwareChunk,
-    MessageClass.FIRMWARE_REPORT: FirmwareReport,
 }
 
 # Long field name -> one-letter CBOR key, per model.
@@ -66,11 +70,9 @@ SHORT_KEYS: dict[type[BaseModel], dict[str, str]] = {
     Command: {"id": "i", "name": "n", "args": "a", "expires": "x"},
     CommandReply: {"id": "i", "state": "s", "detail": "d", "result": "r"},
     Watermark: {"boot": "b", "seq": "q"},
-    FirmwareOffer: {"job": "j", "version": "v", "size": "z", "sha256": "h"},
-    FirmwareRequest: {"job": "j", "offset": "o", "length": "n"},
-    FirmwareChunk: {"job": "j", "offset": "o", "data": "d", "crc": "c", "error": "e"},
-    FirmwareReport: {"job": "j", "state": "s", "progress": "p", "detail": "d"},
 }
+MODEL_FOR.update(FIRMWARE_MODELS)  # the firmware messages of section 12 (protocol/firmware.py)
+SHORT_KEYS.update(FIRMWARE_SHORT_KEYS)
 _LONG_KEYS = {model: {v: k for k, v in keys.items()} for model, keys in SHORT_KEYS.items()}
 
 # Enum values as small integers in the binary form. The order is part of the protocol.
@@ -79,8 +81,10 @@ ENUM_CODES: dict[str, tuple[Any, ...]] = {
     "state:Status": (StatusState.OFFLINE, StatusState.ONLINE),
     "state:CommandReply": DEVICE_REPLY_STATES,
     "enc": ("json", "cbor"),
-    "state:FirmwareReport": FIRMWARE_STATES,
 }
+
+
+ENUM_CODES["state:FirmwareReport"] = FIRMWARE_STATES
 
 
 def _enum_table(model: type[BaseModel], field: str) -> tuple[Any, ...] | None:

@@ -22,6 +22,7 @@ from typing import Annotated
 from pydantic import ConfigDict, Field, model_validator
 
 from protocol.models import U32, ShortText, Text, WireModel
+from protocol.topics import MessageClass
 
 MAX_CHUNK_CBOR = 4000
 """Largest ``length`` a device may ask for when it reads CBOR: chunk and its fields fit the 4096-byte payload limit."""
@@ -89,6 +90,23 @@ class FirmwareReport(WireModel):
     state: Annotated[FirmwareState, Field(strict=False)]
     progress: U32 = 0
     detail: Text = ""
+
+
+FIRMWARE_MODELS: dict[MessageClass, type[WireModel]] = {
+    MessageClass.FIRMWARE_OFFER: FirmwareOffer,
+    MessageClass.FIRMWARE_REQUEST: FirmwareRequest,
+    MessageClass.FIRMWARE_CHUNK: FirmwareChunk,
+    MessageClass.FIRMWARE_REPORT: FirmwareReport,
+}
+"""The model of each firmware topic class (merged into ``protocol.codec.MODEL_FOR``)."""
+
+FIRMWARE_SHORT_KEYS: dict[type[WireModel], dict[str, str]] = {
+    FirmwareOffer: {"job": "j", "version": "v", "size": "z", "sha256": "h"},
+    FirmwareRequest: {"job": "j", "offset": "o", "length": "n"},
+    FirmwareChunk: {"job": "j", "offset": "o", "data": "d", "crc": "c", "error": "e"},
+    FirmwareReport: {"job": "j", "state": "s", "progress": "p", "detail": "d"},
+}
+"""One-letter CBOR keys (merged into ``protocol.codec.SHORT_KEYS``; the table in section 12.3)."""
 
 
 def crc32(data: bytes) -> int:
