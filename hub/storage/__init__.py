@@ -13,6 +13,8 @@ library and ``protocol``, so the broker (registry) and the hub (everything else)
     status.py      hub heartbeats and worker adoptions: StatusStore
     firmware.py    firmware images and staged rollouts: FirmwareStore
     queries.py     read queries of the CLI, the dashboard and the exporter
+    values.py      reading values packed losslessly into small integers
+    rollups.py     per-minute and per-hour aggregates: Period, fold
 """
 
 from hub.storage.commands import ACTIVE_STATES, CommandRecord, CommandStore, new_command_id
@@ -22,6 +24,7 @@ from hub.storage.firmware import FirmwareStore, ImageRow, RolloutDeviceRow, Roll
 from hub.storage.ingest import GapRow, IngestStore, StreamRow
 from hub.storage.presence import DeviceLinkRow, DeviceRow, PresenceStore
 from hub.storage.registry import Principal, PrincipalStore, Role
+from hub.storage.rollups import Period
 from hub.storage.schema import CURRENT_VERSION
 from hub.storage.status import Heartbeat, StatusStore
 
@@ -39,6 +42,7 @@ __all__ = [
     "GapRow",
     "Heartbeat",
     "IngestStore",
+    "Period",
     "PresenceStore",
     "Principal",
     "PrincipalStore",
