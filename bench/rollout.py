@@ -61,6 +61,11 @@ def wait_online(db: Path, ids: list[str], timeout: float) -> float:
         time.sleep(2.0)
 
 
+def ms(values: list[float], p: float) -> int | None:
+    """The p-th percentile in milliseconds; None when there are no values (a window too short)."""
+    return round(percentile(values, p) * 1000) if values else None
+
+
 def start_hub(db: Path, url: str, log: Path, tries: int = 5) -> subprocess.Popen[bytes]:
     """``fleet hub``; started again when it gives up at start (on a loaded machine its 10 s start timeout can pass)."""
     for attempt in range(tries):
@@ -125,8 +130,8 @@ def run_broker(kind: str, db: Path, workdir: Path, ids: list[str], version: str,
             "connect_s": round(connect_s, 1), "state": s.state, "total_s": round(t1 - t0, 1),
             "updated": f"{updated}/{len(ids)}", "no_working": no_working,
             "wire_x_mean": round(sum(wire) / len(wire), 3), "wire_x_max": round(wire[-1], 3),
-            "lag_before_p50_ms": round(percentile(base, 50) * 1000), "lag_before_p99_ms": round(percentile(base, 99) * 1000),
-            "lag_during_p50_ms": round(percentile(during, 50) * 1000), "lag_during_p99_ms": round(percentile(during, 99) * 1000),
+            "lag_before_p50_ms": ms(base, 50), "lag_before_p99_ms": ms(base, 99),
+            "lag_during_p50_ms": ms(during, 50), "lag_during_p99_ms": ms(during, 99),
             "load_1m": round(os.getloadavg()[0], 1),
         }
     finally:
