@@ -38,7 +38,7 @@ def add(obj: dict, device_id: str, role: str, group: str | None, tags: tuple[str
 @json_option
 @click.pass_obj
 def list_(obj: dict, role: str | None, group: str | None, fmt: str) -> None:
-    """List registered devices and accounts, with presence (online/offline, last seen, fw, boot) from the hub."""
+    """List registered devices and accounts, with presence (online/offline, last seen, fw, boot, resets) from the hub."""
     rows = devices_with_presence(obj["db"], [p.public() for p in Registry(obj["db"], readonly=True).list(Role(role) if role else None, group)])
     if fmt == "table":
         for row in rows:
@@ -46,7 +46,8 @@ def list_(obj: dict, role: str | None, group: str | None, fmt: str) -> None:
             row["revoked_at"] = fmt_time(row["revoked_at"]) if row["revoked_at"] else None  # type: ignore[arg-type]
             row["last_seen"] = fmt_time(row["last_seen"]) if row["last_seen"] else None  # type: ignore[arg-type]
             row["tags"] = ",".join(row["tags"]) or None  # type: ignore[arg-type]
-    emit(rows, fmt, ["id", "role", "group", "tags", "state", "last_seen", "fw", "boot", "created_at", "revoked_at"],
+    emit(rows, fmt, ["id", "role", "group", "tags", "state", "last_seen", "fw", "boot", "resets", "created_at",
+                     "revoked_at"],
          title="registry")
 
 

@@ -133,6 +133,9 @@ class SimSummary:
     messages_per_s: float
     commands: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
+    abandoned: int = 0
+    """Messages given up after the maximum number of sends (firmware_protocol.md 5.3, R2)."""
+    rebirths: int = 0
 
 
 class Fleet:
@@ -217,7 +220,7 @@ class Fleet:
             readings=st.readings, pubacks=st.pubacks, watermarked=st.watermarked, dropped=st.dropped,
             errors=st.errors, bytes_out=bytes_out,
             messages_per_s=round(st.messages / elapsed, 1) if elapsed else 0.0,
-            commands=dict(st.commands), faults=dict(st.faults))
+            commands=dict(st.commands), faults=dict(st.faults), abandoned=st.abandoned, rebirths=st.rebirths)
 
     async def run(self, stop: asyncio.Event, on_tick: Callable[[SimSummary], None] | None = None) -> SimSummary:
         """Run until ``stop`` is set or the duration passes; ``on_tick`` gets a summary twice a second."""

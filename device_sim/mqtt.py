@@ -108,7 +108,7 @@ class MqttClient(asyncio.Protocol):
 
     Callbacks run on the event loop inside ``data_received``; they must not block:
 
-    * ``on_message(topic, payload)`` for each inbound PUBLISH (acknowledged before the call),
+    * ``on_message(topic, payload, retain)`` for each inbound PUBLISH (acknowledged before the call),
     * ``on_puback(packet_id)`` when a QoS 1 publish is acknowledged.
     """
 
@@ -116,7 +116,7 @@ class MqttClient(asyncio.Protocol):
                  "_next_pid", "inflight", "_keepalive", "_ping_handle", "_last_send", "_last_recv",
                  "_silent", "bytes_out", "_loop")
 
-    def __init__(self, on_message: Callable[[str, bytes], None] | None = None,
+    def __init__(self, on_message: Callable[[str, bytes, bool], None] | None = None,
                  on_puback: Callable[[int], None] | None = None) -> None:
         self.on_message = on_message
         self.on_puback = on_puback
@@ -309,7 +309,7 @@ class MqttClient(asyncio.Protocol):
                 ack = PUBACK if qos == 1 else PUBREC
                 self._send(_packet(ack << 4, struct.pack("!H", pid)))
             if self.on_message is not None:
-                self.on_message(topic, body[pos:])
+                self.on_message(topic, body[pos:], bool(first & 1))
         elif kind == PUBACK:
             pid = struct.unpack_from("!H", body)[0]
             self.inflight.discard(pid)

@@ -40,7 +40,21 @@ from hub.metrics import COMMAND_BUCKETS, Buckets
 from hub.storage import CommandRecord, CommandStore, PresenceStore
 from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
 from protocol.errors import FleetError
-from protocol.ops import CommandUpdate, CreatedCommand, RefusedDevice, SendRequest, SendResponse, response_topic, updates_topic
+from protocol.limits import LIMITS
+from hub.watermark_holds import WatermarkHolds
+from protocol.ops import (
+    HOLD_OPS,
+    CommandUpdate,
+    CreatedCommand,
+    HoldRequest,
+    HoldResponse,
+    RefusedDevice,
+    SendRequest,
+    SendResponse,
+    request_op,
+    response_topic,
+    updates_topic,
+)
 
 log = logging.getLogger("fleet.hub.commands")
 
@@ -53,7 +67,7 @@ class CommandSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    default_ttl_s: float = Field(600.0, gt=0)
+    default_ttl_s: float = Field(600.0, gt=0, le=LIMITS.max_command_ttl_s)
     ack_timeout_s: float = Field(5.0, gt=0)
     """A sent command with no ``received`` reply within this is re-sent (doubling each time)."""
     max_attempts: int = Field(5, ge=1)
@@ -61,6 +75,10 @@ class CommandSettings(BaseModel):
     result_timeout_s: float = Field(120.0, gt=0)
     """A delivered command with no result within this ends ``timed_out``."""
     tick_s: float = Field(0.2, gt=0)
+
+
+EXPIRED_DETAIL = "expired"
+"""The ``detail`` of a device's ``rejected`` reply that means the command arrived after its expiry."""
 
 
 class CommandError(FleetError):
@@ -77,8 +95,12 @@ class CommandBridge:
     """Creates, delivers, retries and settles commands; one owner thread."""
 
     def __init__(self, store: CommandStore, publish: Publish, known_device: Callable[[str], bool],
-                 settings: CommandSettings | None = None, owner: str | None = None) -> None:
+                 settings: CommandSettings | None = None, owner: str | None = None,
+                 holds: WatermarkHolds | None = None, may_hold: Callable[[str], bool] | None = None) -> None:
         self.store = store
+        self.holds = holds or WatermarkHolds()
+        self.may_hold = may_hold or (lambda operator: False)
+        """Whether login ``operator`` may hold watermarks (hub or operator role, active)."""
         self.publish = publish
         self.known_device = known_device
         self.settings = settings or CommandSettings()
@@ -86,7 +108,7 @@ class CommandBridge:
         self.links: dict[str, DeviceLink] = {}
         self.active: dict[str, CommandRecord] = {}
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=100_000)
-        self.counters: dict[str, int] = {"forged_replies": 0, "bad_requests": 0, "resends": 0}
+        self.counters: dict[str, int] = {"forged_replies": 0, "bad_requests": 0, "resends": 0, "checker_replies": 0}
         self.latency = Buckets(COMMAND_BUCKETS)
         """Seconds from creation to a final state, per command."""
 
@@ -166,7 +188,16 @@ class CommandBridge:
         except ValidationError as exc:
             raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}") from None
         now = time.time() if now is None else now
-        rec = self.store.create(device_id, name, args or {}, ttl_s or self.settings.default_ttl_s,
+        ttl_s = ttl_s or self.settings.default_ttl_s
+        if not 0 < ttl_s <= LIMITS.max_command_ttl_s:
+            raise CommandError(f"command TTL {ttl_s:g} s is outside 0..{LIMITS.max_command_ttl_s} s (devices remember "
+                               f"command ids for at most that long)")
+        # at-most-once with bounded device memory (firmware_protocol.md 6): a device remembers the last
+        # LIMITS.remembered_commands ids, so no more than that may be unexpired for it at any time
+        if self.store.count_unexpired(device_id, now) >= LIMITS.remembered_commands:
+            raise CommandError(f"device {device_id!r} already has {LIMITS.remembered_commands} unexpired commands; "
+                               f"wait until one expires (or send with a shorter --ttl)")
+        rec = self.store.create(device_id, name, args or {}, ttl_s,
                                 operator=operator, owner=self.owner, now=now)
         self.active[rec.id] = rec
         self._notify(rec)
@@ -175,6 +206,9 @@ class CommandBridge:
 
     def on_request_payload(self, operator: str, payload: bytes) -> None:
         """An operator's request from ``fleet/ops/<operator>/req``."""
+        if request_op(payload) in HOLD_OPS:
+            self.on_hold_request(operator, payload)
+            return
         try:
             req = SendRequest.model_validate_json(payload)
         except ValidationError as exc:
@@ -195,6 +229,35 @@ class CommandBridge:
                             error="" if created else "no command created")
         self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
 
+    def on_hold_request(self, operator: str, payload: bytes) -> None:
+        """Hold, renew or release a device's watermarks for ``fleet device-check`` (:class:`HoldRequest`)."""
+        try:
+            req = HoldRequest.model_validate_json(payload)
+        except ValidationError as exc:
+            self.counters["bad_requests"] += 1
+            error = exc.errors(include_url=False)[0]["msg"]
+            log.warning("bad operator request operator=%s error=%s", operator, error)
+            resp = HoldResponse(req_id="?", ok=False, error="bad request: " + error)
+        else:
+            if not self.may_hold(operator):
+                resp = HoldResponse(req_id=req.req_id, ok=False, device_id=req.device_id,
+                                    error=f"login {operator!r} may not hold watermarks (hub or operator role only)")
+            elif req.op == "release_watermarks":
+                released = self.holds.release(req.device_id)
+                log.info("watermark hold released operator=%s device_id=%s", operator, req.device_id)
+                resp = HoldResponse(req_id=req.req_id, ok=released, device_id=req.device_id,
+                                    error="" if released else "no hold to release (its lease may have run out)")
+            elif not self.known_device(req.device_id):
+                resp = HoldResponse(req_id=req.req_id, ok=False, device_id=req.device_id,
+                                    error=f"unknown device {req.device_id!r}")
+            else:
+                renewal = self.holds.held(req.device_id)
+                until = self.holds.hold(req.device_id, req.lease_s)
+                if not renewal:  # once per hold, not per renewal
+                    log.info("watermark hold operator=%s device_id=%s lease_s=%g", operator, req.device_id, req.lease_s)
+                resp = HoldResponse(req_id=req.req_id, ok=True, device_id=req.device_id, held_until=until)
+        self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
+
     def on_reply(self, device_id: str, reply: CommandReply, now: float | None = None) -> CommandRecord | None:
         for _ in range(3):  # a conditional move lost to another worker is retried on the row as it is now
             rec = self._apply_reply(device_id, reply, time.time() if now is None else now)
@@ -206,6 +269,9 @@ class CommandBridge:
     def _apply_reply(self, device_id: str, reply: CommandReply, now: float) -> CommandRecord | None | bool:
         # in a worker group the database is the truth: another worker may have moved the command
         rec = self.store.get(reply.id) if self.owner is not None else (self.active.get(reply.id) or self.store.get(reply.id))
+        if rec is None and self.holds.checker_reply(device_id, reply.id):
+            self.counters["checker_replies"] += 1  # `fleet device-check` published it, not the bridge
+            return None
         if rec is None or rec.device_id != device_id:
             self.counters["forged_replies"] += 1
             log.warning("reply for a command not sent to this device device_id=%s command_id=%s", device_id, reply.id)
@@ -223,7 +289,8 @@ class CommandBridge:
         state = {
             CommandState.SUCCEEDED: CommandState.SUCCEEDED,
             CommandState.FAILED: CommandState.FAILED,
-            CommandState.REJECTED: CommandState.EXPIRED if reply.detail == "expired" else CommandState.REJECTED,
+            # firmware_protocol.md 6: a device's "rejected: expired" is the hub's own expired state
+            CommandState.REJECTED: CommandState.EXPIRED if reply.detail == EXPIRED_DETAIL else CommandState.REJECTED,
         }[reply.state]
         if not self._move(rec, state, now, detail=reply.detail, result=dict(reply.result)):
             return False

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from protocol.codec import decode
 from protocol.errors import ProtocolError, Reason
+from protocol.refused import sequence_of
 from protocol.models import Alert, CommandReply, Status, Telemetry
 from protocol.topics import MessageClass, parse_topic
 
@@ -43,6 +44,13 @@ class Rejected:
     device_id: str | None
     reason: Reason
     detail: str
+    boot: int | None = None
+    seq: int | None = None
+    """The refused message's place in the device's seq stream, when the payload names it."""
+
+
+_SEQUENCED = (MessageClass.TELEMETRY, MessageClass.ALERT)
+_CONTENT_REASONS = (Reason.SCHEMA, Reason.UNKNOWN_METRIC, Reason.OUT_OF_RANGE)
 
 
 def classify(msg: Inbound) -> Accepted | Rejected | None:
@@ -58,5 +66,9 @@ def classify(msg: Inbound) -> Accepted | Rejected | None:
     try:
         message = decode(topic.cls, msg.payload)
     except ProtocolError as exc:
+        if topic.cls in _SEQUENCED and exc.reason in _CONTENT_REASONS:
+            place = sequence_of(msg.payload)
+            if place is not None:
+                return Rejected(topic.device_id, exc.reason, exc.detail, *place)
         return Rejected(topic.device_id, exc.reason, exc.detail)
     return Accepted(topic.device_id, topic.cls, message)  # type: ignore[arg-type]

@@ -14,12 +14,16 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from pydantic import ValidationError
 
 from hub.config import parse_broker_url
 from hub.errors import HubError
 from hub.transport import low_latency
+from protocol.limits import LIMITS
 from protocol.ops import (
     CommandUpdate,
+    HoldRequest,
+    HoldResponse,
     SendRequest,
     SendResponse,
     parse_ops_topic,
@@ -92,6 +96,9 @@ class OpsClient:
              answer_timeout: float = 5.0) -> SendResponse:
         """Ask the hub to create commands; returns its answer. Raises HubUnreachable when it says nothing."""
         assert self._client is not None, "connect() first"
+        if not 0 < ttl_s <= LIMITS.max_command_ttl_s:
+            raise HubError(f"command TTL {ttl_s:g} s is outside 0..{LIMITS.max_command_ttl_s} s "
+                             f"(firmware_protocol.md section 6: devices remember command ids for at most a day)")
         req = SendRequest(req_id=secrets.token_hex(6), devices=devices, name=name, args=args or {}, ttl_s=ttl_s)
         self._client.publish(request_topic(self.username), req.model_dump_json().encode(), qos=1)
         deadline = time.monotonic() + answer_timeout
@@ -103,6 +110,36 @@ class OpsClient:
             parsed = parse_ops_topic(topic)
             if parsed and parsed[1] == "res":
                 resp = SendResponse.model_validate_json(payload)
+                if resp.req_id in (req.req_id, "?"):
+                    return resp
+            elif parsed and parsed[1] == "cmd":
+                self._early.append(CommandUpdate.model_validate_json(payload))
+
+    def hold_watermarks(self, device_id: str, lease_s: float, answer_timeout: float = 5.0) -> HoldResponse:
+        """Ask the hub to withhold ``device_id``'s watermarks for ``lease_s`` (again to renew); its answer."""
+        return self._hold(HoldRequest(req_id=secrets.token_hex(6), op="hold_watermarks", device_id=device_id,
+                                      lease_s=lease_s), answer_timeout)
+
+    def release_watermarks(self, device_id: str, answer_timeout: float = 5.0) -> HoldResponse:
+        """End the hold: the hub publishes the device's current watermark at once."""
+        return self._hold(HoldRequest(req_id=secrets.token_hex(6), op="release_watermarks", device_id=device_id),
+                          answer_timeout)
+
+    def _hold(self, req: HoldRequest, answer_timeout: float) -> HoldResponse:
+        assert self._client is not None, "connect() first"
+        self._client.publish(request_topic(self.username), req.model_dump_json().encode(), qos=1)
+        deadline = time.monotonic() + answer_timeout
+        while True:
+            item = self._next(deadline)
+            if item is None:
+                raise HubUnreachable(f"no answer from the hub within {answer_timeout:g}s: is `fleet hub` running?")
+            topic, payload = item
+            parsed = parse_ops_topic(topic)
+            if parsed and parsed[1] == "res":
+                try:
+                    resp = HoldResponse.model_validate_json(payload)
+                except ValidationError:
+                    continue  # the answer to another request of this login
                 if resp.req_id in (req.req_id, "?"):
                     return resp
             elif parsed and parsed[1] == "cmd":

@@ -91,6 +91,12 @@ class CommandStore:
                               [rec.id, rec.state.value, now, ""])
         return rec
 
+    def count_unexpired(self, device_id: str, now: float) -> int:
+        """Commands to ``device_id`` whose expiry has not passed, in any state (a device may still see them)."""
+        row = self.conn.execute("SELECT COUNT(*) FROM commands WHERE device_id = ? AND expires_at > ?",
+                                [device_id, now]).fetchone()
+        return int(row[0])
+
     def transition(self, rec: CommandRecord, state: CommandState, *, detail: str = "",
                    result: dict[str, Any] | None = None, attempts: int | None = None,
                    next_attempt_at: float | None = None, now: float | None = None,

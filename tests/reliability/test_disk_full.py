@@ -68,4 +68,4 @@ def test_disk_full_stops_acks_and_resumes_without_loss(tmp_path: Path, db_path: 
         result, summary = finish(sim, ledger, db_path, time.time())
     print(f"disk full: {result.line()} resent={summary.resent}")
     assert result.ok and result.covered > DEVICES * 60, result.line()
-    assert result.overflowed == 0
+    assert result.overflow_dropped == 0, result.line()  # a buffer may overflow on a slow machine: nothing given up
