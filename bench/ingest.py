@@ -35,7 +35,7 @@ from common import (  # also puts the project on sys.path
 
 from broker.background import BackgroundBroker  # noqa: E402
 from broker.config import BrokerSettings  # noqa: E402
-from broker.registry import Registry, Role  # noqa: E402
+from broker.registry import Registry, Role, role_subject  # noqa: E402
 from broker.server import free_port  # noqa: E402
 from protocol.codec import encode  # noqa: E402
 from protocol.models import Reading, Telemetry  # noqa: E402
@@ -173,6 +173,8 @@ def bench_broker(name: str, workdir: Path, messages: int) -> list[Result]:
     registry = Registry(db)
     device_ids = [f"bench-{i}" for i in range(PUBLISHERS)]
     creds = {d: registry.add(d, Role.DEVICE) for d in device_ids}
+    # load generators, not devices: the embedded broker's per-device quota would measure itself
+    registry.set_quota(role_subject(Role.DEVICE), msgs_per_s=0, bytes_per_s=0)
     sub_secret = registry.add("bench-sub", Role.HUB)
     background: BackgroundBroker | None = None
     mosq: subprocess.Popen[bytes] | None = None

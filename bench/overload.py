@@ -29,7 +29,7 @@ from common import (
     stop,
 )
 
-from broker.registry import Registry, Role
+from broker.registry import Registry, Role, role_subject
 from protocol import Reading, Telemetry, encode
 from protocol.topics import MessageClass, topic_for
 
@@ -64,6 +64,8 @@ def run(kind: str, workdir: Path, seconds: float) -> dict[str, object]:
     registry = Registry(db)
     devs = [f"ov-{i}" for i in range(PUBLISHERS)]
     secrets = {d: registry.add(d, Role.DEVICE, replace=True) for d in devs}
+    # load generators, not devices: the embedded broker's per-device quota would measure itself
+    registry.set_quota(role_subject(Role.DEVICE), msgs_per_s=0, bytes_per_s=0)
     port, broker = start_mosquitto(workdir) if kind == "mosquitto" else start_embedded(db, log)
     hub = start_fleet(["--db", str(db), "hub", "--broker", f"mqtt://127.0.0.1:{port}", "--queue-size", "5000"], log)
     try:

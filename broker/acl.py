@@ -80,3 +80,15 @@ def is_allowed(role: Role, username: str, action: Action, topic: str) -> bool:
     if topic.startswith("$"):
         return False
     return any(filter_within(topic, g) for g in grants(role, username, action))
+
+
+RETAINED_CLASSES = (MessageClass.STATUS.value, MessageClass.WATERMARK.value)
+"""The device topics whose messages may be retained (firmware_protocol.md: ``s`` and the hub's ``w``)."""
+
+
+def may_retain(topic: str) -> bool:
+    """Whether a retained PUBLISH to ``topic`` may be stored: on device topics only ``s`` and ``w``."""
+    parts = topic.split("/")
+    if parts[0] != ROOT:
+        return True
+    return len(parts) == 3 and parts[2] in RETAINED_CLASSES

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.quota import Quota
 from protocol.limits import LIMITS
 
 
@@ -42,3 +43,18 @@ class BrokerSettings(BaseModel):
 
     Large by default: the hub's own persistent session queues the whole fleet's traffic while the
     hub restarts (Mosquitto's default of 1000 would drop it)."""
+    device_quota: Quota = Quota()
+    """Publish quota of every device (and anonymous demo client) unless the registry sets another
+    (``Registry.set_quota``); the hub and operators are unlimited unless the registry says otherwise.
+    Over quota, the device's socket is read more slowly; held back for ``hard_limit_s``, it is disconnected."""
+    max_inflight_in: int = Field(32, ge=1)
+    """QoS 2 PUBLISHes one client may have awaiting PUBREL; one more closes the connection."""
+    login_free_failures: int = Field(3, ge=1)
+    """Failed logins per device id before it backs off (1 s, doubling up to ``login_backoff_max_s``)."""
+    address_free_failures: int = Field(20, ge=1)
+    """Failed (checked) logins per source address before that address backs off the same way."""
+    login_backoff_max_s: float = Field(60.0, gt=0)
+    """Longest back-off; a login refused during a back-off is answered after min(back-off, 2 s)."""
+    log_summary_s: float = Field(10.0, gt=0)
+    """Repeated denials, refused logins and throttling are logged once per this many seconds per
+    client, then summarized with a count."""

@@ -1,4 +1,4 @@
-"""Redelivery of unacknowledged QoS 1 messages to persistent sessions (AMQTT_NOTES.md #4).
+"""Redelivery of unacknowledged QoS 1 and QoS 2 messages to persistent sessions (AMQTT_NOTES.md #4).
 
 amqtt 0.12.1 ``mqtt/protocol/handler.py`` ``ProtocolHandler._handle_qos1_message_flow`` removes an
 outgoing message from ``session.inflight_out`` in a ``finally`` block: on PUBACK, but also when
@@ -13,7 +13,13 @@ arrives; when the subscriber reconnects with the same client id and ``clean_sess
 retry resends it with DUP=1 (MQTT 3.1.1 section 4.4). A PUBACK that arrives after the broker
 stopped waiting still clears the message. The retry runs in the background: amqtt awaits it
 inside ``handler.start()``, which would stall the whole session for up to 10 s when the client is
-slow to acknowledge. QoS 2 flows are left to amqtt (the fleet protocol uses QoS 0 and 1 only).
+slow to acknowledge.
+
+QoS 2 had the same defect (``_handle_qos2_message_flow`` pops the message from ``inflight_out`` in
+``finally`` after a 5 s wait or a closed connection): here an outgoing QoS 2 message stays in
+flight until its PUBCOMP; a reconnect resends the PUBLISH (DUP=1) when no PUBREC came, or the
+PUBREL when it did (MQTT 3.1.1 section 4.4). Incoming QoS 2 (PUBREC, PUBREL, PUBCOMP) is handled
+by :mod:`broker.reader`.
 """
 
 from __future__ import annotations
@@ -22,9 +28,13 @@ import asyncio
 import logging
 
 from amqtt.errors import AMQTTError, ProtocolHandlerError
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
+from amqtt.mqtt.pubcomp import PubcompPacket
+from amqtt.mqtt.pubrec import PubrecPacket
+from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import OUTGOING, IncomingApplicationMessage, OutgoingApplicationMessage
+
+from broker.reader import StrictReaderHandler
 
 log = logging.getLogger("fleet.broker.inflight")
 
@@ -32,8 +42,8 @@ PUBACK_TIMEOUT_S = 30.0
 """How long one delivery attempt waits for its PUBACK; the message stays queued for redelivery after."""
 
 
-class FleetProtocolHandler(BrokerProtocolHandler):
-    """amqtt's broker-side protocol handler, keeping QoS 1 messages in flight until acknowledged."""
+class FleetProtocolHandler(StrictReaderHandler):
+    """amqtt's broker-side protocol handler, keeping QoS 1 and 2 messages in flight until acknowledged."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -96,12 +106,79 @@ class FleetProtocolHandler(BrokerProtocolHandler):
                 return
         log.debug("PUBACK for unknown packet_id=%s", packet_id)
 
+    async def _handle_qos2_message_flow(self, app_message: OutgoingApplicationMessage | IncomingApplicationMessage) -> None:
+        if app_message.direction != OUTGOING or not isinstance(app_message, OutgoingApplicationMessage):
+            await super()._handle_qos2_message_flow(app_message)
+            return
+        session = self.session
+        packet_id = app_message.packet_id
+        if session is None or packet_id is None:
+            raise AMQTTError("outgoing QoS 2 message without a session or packet id")
+        session.inflight_out[packet_id] = app_message
+        if app_message.pubrec_packet is None:
+            packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
+            app_message.publish_packet = packet
+            pubrec = await self._await_ack(self._pubrec_waiters, packet_id, packet, "PUBREC")
+            if pubrec is None:
+                return  # kept for redelivery of the PUBLISH
+            app_message.pubrec_packet = pubrec
+        if app_message.pubcomp_packet is None:
+            app_message.pubrel_packet = PubrelPacket.build(packet_id)
+            pubcomp = await self._await_ack(self._pubcomp_waiters, packet_id, app_message.pubrel_packet, "PUBCOMP")
+            if pubcomp is None:
+                return  # kept for redelivery of the PUBREL
+            app_message.pubcomp_packet = pubcomp
+        if session.inflight_out.get(packet_id) is app_message:
+            del session.inflight_out[packet_id]
+
+    async def _await_ack(self, waiters: dict, packet_id: int, packet: object, what: str):  # type: ignore[no-untyped-def,type-arg]
+        """Send ``packet`` and wait for its acknowledgement; None when the wait ended without one."""
+        waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        waiters[packet_id] = waiter  # before writing: the answer may come back at once
+        try:
+            await self._send_packet(packet)  # type: ignore[arg-type]
+            return await asyncio.wait_for(waiter, PUBACK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("no %s client_id=%s packet_id=%s; kept for redelivery", what,
+                        self.session.client_id if self.session else None, packet_id)
+            return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return None  # the connection closed: kept for the next connect
+        finally:
+            if waiters.get(packet_id) is waiter:
+                del waiters[packet_id]
+
+    async def handle_pubrec(self, pubrec: PubrecPacket) -> None:
+        waiter = self._pubrec_waiters.get(pubrec.packet_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(pubrec)
+            return
+        log.debug("PUBREC for unknown packet_id=%s", pubrec.packet_id)
+
+    async def handle_pubcomp(self, pubcomp: PubcompPacket) -> None:
+        packet_id = pubcomp.packet_id
+        waiter = self._pubcomp_waiters.get(packet_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(pubcomp)
+            return
+        session = self.session
+        message = session.inflight_out.get(packet_id) if session is not None else None
+        if session is not None and message is not None and message.pubrec_packet is not None:
+            message.pubcomp_packet = pubcomp  # a late PUBCOMP still settles the message
+            del session.inflight_out[packet_id]
+            return
+        log.debug("PUBCOMP for unknown packet_id=%s", packet_id)
+
     async def _retry_deliveries(self) -> None:
         """Resend what is still in flight for this session, in the background (see module doc)."""
         session = self.session
         if session is None:
             raise AMQTTError("session is not initialized")
-        pending = [*session.inflight_in.values(), *session.inflight_out.values()]
+        # incoming QoS 2 messages wait for the client to resend its PUBREL (broker.reader)
+        pending = list(session.inflight_out.values())
         if pending:
             log.info("redelivering client_id=%s messages=%d", session.client_id, len(pending))
         for message in pending:

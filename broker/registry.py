@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 from broker.secrets import hash_secret, new_secret, verify_secret
-from hub.storage import Principal, PrincipalStore, Role, open_database
+from hub.storage import QUOTA_FIELDS, Principal, PrincipalStore, QuotaStore, Role, open_database
 from protocol.errors import FleetError
 from protocol.topics import valid_device_id
 
-__all__ = ["Principal", "Registry", "RegistryError", "Role"]
+__all__ = ["Principal", "Registry", "RegistryError", "Role", "role_subject"]
 
 
 class RegistryError(FleetError):
@@ -33,6 +33,7 @@ class Registry:
     def __init__(self, db: sqlite3.Connection | str | Path, *, readonly: bool = False) -> None:
         self.conn = db if isinstance(db, sqlite3.Connection) else open_database(db, readonly=readonly)
         self.rows = PrincipalStore(self.conn)
+        self.quotas = QuotaStore(self.conn)
 
     def add(
         self,
@@ -77,9 +78,33 @@ class Registry:
         assert principal is not None
         return principal
 
+    def set_quota(self, subject: str, **fields: float | None) -> None:
+        """Override the publish quota of a principal id, or of a role with ``role_subject(role)``.
+
+        Fields are those of :class:`broker.quota.Quota`; a field left out (NULL) keeps the
+        broker's default. A rate of 0 means unlimited. Replaces any earlier override.
+        """
+        unknown = set(fields) - set(QUOTA_FIELDS)
+        if unknown:
+            raise RegistryError(f"unknown quota field(s) {sorted(unknown)}: use {', '.join(QUOTA_FIELDS)}")
+        self.quotas.put(subject, fields)
+
+    def clear_quota(self, subject: str) -> None:
+        """Remove the quota override of ``subject`` (back to the role's or the broker's default)."""
+        self.quotas.delete(subject)
+
+    def quota_override(self, principal_id: str, role: Role) -> dict[str, float | None]:
+        """The quota fields set for ``role`` and then for ``principal_id`` (the latter wins)."""
+        return {**self.quotas.get(role_subject(role)), **self.quotas.get(principal_id)}
+
     def ensure(self, principal_id: str, role: Role, secret: str) -> None:
         """Make sure ``principal_id`` exists with ``secret`` (used for the hub's own login)."""
         existing = self.get(principal_id)
         if existing and existing.active and existing.role is Role(role) and verify_secret(secret, existing.secret_hash):
             return
         self.add(principal_id, role, secret=secret, replace=True)
+
+
+def role_subject(role: Role) -> str:
+    """The quota subject that stands for every principal of ``role``."""
+    return f"role:{Role(role).value}"

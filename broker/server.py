@@ -9,7 +9,11 @@ mixed in, one module per concern:
 - :mod:`broker.routing`: drain before disconnect, offline queue without RETAIN, QoS, retained
   ACL, payload limit, checked wills (#1, #3, #5, #6, #11)
 - :mod:`broker.connection`: keep-alive enforcement and a packet size cap (#2, #11)
-- :mod:`broker.inflight`: redelivery of unacknowledged QoS 1 messages after a reconnect (#4)
+- :mod:`broker.inflight`: redelivery of unacknowledged QoS 1 and 2 messages after a reconnect (#4)
+- :mod:`broker.reader`: a strict packet reader (malformed packets close the connection at once)
+  with per-device quotas (:mod:`broker.quota`) enforced as backpressure on the device's own socket
+- :mod:`broker.login_throttle`: back-off for failed logins per device id and source address;
+  :mod:`broker.log_summary`: denials and refusals logged once per interval, then counted
 - :mod:`broker.access`: password hashes checked off the event loop (#9); :mod:`broker.acl`:
   topic rules without wildcard escalation (#7)
 """
@@ -26,10 +30,14 @@ from amqtt.broker import Broker
 from broker.access import AccessControl
 from broker.config import BrokerSettings
 from broker.connection import KeepAliveWatchdog
+from broker.log_summary import LogSummary
 from broker.login import LoginFirstMixin
-from broker.registry import Registry
+from broker.login_throttle import LoginThrottle
+from broker.quota import UNLIMITED, QuotaBook
+from broker.registry import Registry, Role
 from broker.revocation import RevocationWatch
 from broker.routing import RoutingMixin
+from broker.stats import BrokerCounters
 
 log = logging.getLogger("fleet.broker")
 
@@ -43,6 +51,14 @@ class FleetBroker(LoginFirstMixin, RoutingMixin, Broker):
     def __init__(self, config: dict[str, Any], access: AccessControl, settings: BrokerSettings) -> None:
         self.access = access
         self.settings = settings
+        self.counters = access.counters
+        self.notes = access.notes
+        self.quotas = QuotaBook(
+            {None: settings.device_quota, Role.DEVICE: settings.device_quota, Role.HUB: UNLIMITED,
+             Role.OPERATOR: UNLIMITED},
+            access.registry.quota_override,
+        )
+        self._housekeeping: asyncio.Task[None] | None = None
         super().__init__(config)
         self.keepalive = KeepAliveWatchdog(lambda: self._sessions.values(), settings.keepalive_grace)
         self.revocations = RevocationWatch(access.registry, access,
@@ -53,8 +69,18 @@ class FleetBroker(LoginFirstMixin, RoutingMixin, Broker):
         await super().start()
         self.keepalive.start()
         self.revocations.start()
+        self._housekeeping = asyncio.create_task(self._flush_notes(), name="fleet-log-summary")
+
+    async def _flush_notes(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.notes.flush()
 
     async def shutdown(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        self.notes.flush()
         await self.revocations.stop()
         await self.keepalive.stop()
         await super().shutdown()
@@ -114,7 +140,13 @@ class EmbeddedBroker:
     def __init__(self, settings: BrokerSettings | None = None, registry: Registry | None = None) -> None:
         self.settings = settings or BrokerSettings()
         self.registry = registry or Registry(self.settings.db)
-        self.access = AccessControl(self.registry, allow_anonymous=self.settings.allow_anonymous)
+        s = self.settings
+        self.access = AccessControl(
+            self.registry, allow_anonymous=s.allow_anonymous,
+            throttle=LoginThrottle(s.login_free_failures, s.address_free_failures, s.login_backoff_max_s),
+            notes=LogSummary(logging.getLogger("fleet.broker.guard"), s.log_summary_s),
+            counters=BrokerCounters(),
+        )
         self._broker: FleetBroker | None = None
 
     async def start(self) -> None:
@@ -129,6 +161,10 @@ class EmbeddedBroker:
             await self._broker.shutdown()
             self._broker = None
         self.access.close()
+
+    def counters(self) -> dict[str, float]:
+        """How often each guard acted (quotas, throttled logins, violations, denials); call on the loop."""
+        return self.access.counters.snapshot()
 
     async def disconnect_client(self, client_id: str) -> bool:
         """Close the live connection of ``client_id`` now (its will is published). False when not connected."""

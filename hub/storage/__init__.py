@@ -6,7 +6,7 @@ library and ``protocol``, so the broker (registry) and the hub (everything else)
     errors.py      StorageError: the one error, one readable line
     schema.py      the tables, PRAGMA user_version, migrations
     connection.py  open_database (WAL, busy timeout, migrate; read-only never creates), transaction
-    registry.py    principals: Role, Principal, PrincipalStore
+    registry.py    principals: Role, Principal, PrincipalStore; quotas: QuotaStore
     ingest.py      the writer's tables: IngestStore
     presence.py    devices and presence events: PresenceStore
     commands.py    commands and their history: CommandStore, CommandRecord
@@ -23,7 +23,7 @@ from hub.storage.errors import StorageError
 from hub.storage.firmware import FirmwareStore, ImageRow, RolloutDeviceRow, RolloutRow
 from hub.storage.ingest import GapRow, IngestStore, StreamRow
 from hub.storage.presence import DeviceLinkRow, DeviceRow, PresenceStore
-from hub.storage.registry import Principal, PrincipalStore, Role
+from hub.storage.registry import QUOTA_FIELDS, Principal, PrincipalStore, QuotaStore, Role
 from hub.storage.rollups import Period
 from hub.storage.schema import CURRENT_VERSION
 from hub.storage.status import Heartbeat, StatusStore
@@ -46,6 +46,8 @@ __all__ = [
     "PresenceStore",
     "Principal",
     "PrincipalStore",
+    "QUOTA_FIELDS",
+    "QuotaStore",
     "Role",
     "StatusStore",
     "StorageError",

@@ -1,4 +1,5 @@
-"""The ``principals`` table: who may connect, in which role, with which (hashed) secret.
+"""The ``principals`` table: who may connect, in which role, with which (hashed) secret; and the
+``quotas`` table: the broker's publish quota overrides per principal or role.
 
 Rules (valid ids, hashing, "already exists") live in :mod:`broker.registry`; this module only
 reads and writes rows.
@@ -105,6 +106,34 @@ class PrincipalStore:
         """Active devices with their group."""
         return dict(self.conn.execute(
             "SELECT id, grp FROM principals WHERE role = ? AND revoked_at IS NULL", [Role.DEVICE.value]).fetchall())
+
+
+QUOTA_FIELDS = ("msgs_per_s", "burst_msgs", "bytes_per_s", "burst_bytes", "hard_limit_s")
+"""The columns of ``quotas`` after ``subject`` (the fields of ``broker.quota.Quota``)."""
+
+
+class QuotaStore:
+    """Rows of the ``quotas`` table on one connection (rules in ``broker.registry``/``broker.quota``)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def put(self, subject: str, fields: dict[str, float | None]) -> None:
+        """Set the override of ``subject`` (fields left out are NULL), replacing any earlier one."""
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO quotas (subject, {', '.join(QUOTA_FIELDS)}) VALUES (?, ?, ?, ?, ?, ?)",
+            [subject, *(fields.get(name) for name in QUOTA_FIELDS)],
+        )
+
+    def delete(self, subject: str) -> None:
+        """Remove the override of ``subject``."""
+        self.conn.execute("DELETE FROM quotas WHERE subject = ?", [subject])
+
+    def get(self, subject: str) -> dict[str, float]:
+        """The non-null fields set for ``subject`` (empty when none)."""
+        row = self.conn.execute(f"SELECT {', '.join(QUOTA_FIELDS)} FROM quotas WHERE subject = ?",
+                                [subject]).fetchone()
+        return {k: v for k, v in zip(QUOTA_FIELDS, row, strict=True) if v is not None} if row else {}
 
 
 def _principal(row: tuple) -> Principal:  # type: ignore[type-arg]

@@ -24,6 +24,8 @@ Versions
     5   firmware images, rollouts and each device's part in a rollout (``firmware_images``,
         ``rollouts``, ``rollout_devices``; :mod:`hub.storage.firmware`): three new tables, nothing
         else touched.
+    6   ``quotas``: publish quotas of the embedded broker per principal or per role
+        (``broker.quota``); a NULL field keeps the broker's default.
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -426,9 +428,25 @@ def _to_v5(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(ddl)
 
 
+QUOTAS_TABLE = """CREATE TABLE IF NOT EXISTS quotas (
+    subject TEXT PRIMARY KEY,
+    msgs_per_s REAL,
+    burst_msgs REAL,
+    bytes_per_s REAL,
+    burst_bytes REAL,
+    hard_limit_s REAL
+)"""
+"""One row per principal id or per ``role:<role>`` (see ``broker.registry.role_subject``)."""
+
+
+def _to_v6_quotas(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 5 -> 6: the broker's per-principal publish quotas."""
+    conn.execute(QUOTAS_TABLE)
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5)
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5, _to_v6_quotas)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)

@@ -31,6 +31,7 @@ def test_acknowledged_burst_is_delivered_after_disconnect(embedded_broker, regis
     """2000 QoS 1 messages, all PUBACKed, then DISCONNECT at once: the hub gets every one (#1)."""
     hub, inbox = _hub(embedded_broker, registry, "d/+/t")
     creds = add_device(registry, "burst")
+    registry.set_quota("burst", msgs_per_s=0, bytes_per_s=0)  # far above a device's default quota
     n = 2000
     if publisher == "paho":
         dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="burst", protocol=mqtt.MQTTv311)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from hub_helpers import publish_seqs, scalar, stop_client, stored_messages, stored_readings
+
+from broker.registry import Role, role_subject
 from support import HubProcess, add_device, connect, wait_for
 
 DEVICES = 4
@@ -83,6 +85,8 @@ def test_sigkill_mid_stream_loses_nothing_on_mosquitto(mosquitto, registry, db_p
 def test_sigkill_mid_stream_loses_nothing_on_embedded_broker(embedded_broker, registry, db_path, hub_process):
     """Holds because broker/ redelivers unacknowledged QoS1 and queues for the offline hub (AMQTT_NOTES.md #3, #4)."""
     device_ids = [f"crash-{i}" for i in range(DEVICES)]
+    # 1,200 messages per device in a few seconds: far above a device's default quota (broker/quota.py)
+    registry.set_quota(role_subject(Role.DEVICE), msgs_per_s=0, bytes_per_s=0)
     clients = [connect(embedded_broker.port, add_device(registry, d)) for d in device_ids]
     try:
         crash_and_recover(embedded_broker.port, clients, device_ids, hub_process(embedded_broker.port), db_path)

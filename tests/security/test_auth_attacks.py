@@ -74,7 +74,9 @@ def test_brute_force_does_not_slow_other_devices_and_leaves_no_sessions(embedded
     p50, base50 = statistics.median(under_attack), statistics.median(baseline)
     print(f"brute force: {sum(refused)} refused logins in {ATTACK_S} s; QoS1 round trip p50 {base50 * 1000:.1f} ms "
           f"-> {p50 * 1000:.1f} ms under attack ({len(under_attack)} samples)")
-    assert sum(refused) >= ATTACKERS * 5
+    # the back-off answers a guesser late (broker.login_throttle), so 8 sequential guessers get
+    # only a few answers each in 4 s: the attack ran, and was slowed down
+    assert sum(refused) >= ATTACKERS * 2
     assert len(under_attack) >= 20
     assert p50 < max(0.1, base50 * 10), f"round trip p50 {p50 * 1000:.0f} ms under attack"
     assert dev.is_connected()
@@ -138,9 +140,17 @@ FOREIGN_FILTERS = ["#", "+/+/+", "d/#", "d/+/t", "d/+/s", "d/bob/#", "d/bob/t", 
                    "d/bob/r", "$SYS/#", "d/alice/#", "d/alice/+"]
 
 
+def broker_counters(broker: BackgroundBroker) -> dict[str, float]:
+    """The embedded broker's guard counters, read on its own loop."""
+    async def read() -> dict[str, float]:
+        assert broker.broker is not None
+        return broker.broker.counters()
+    return broker.call(read)  # type: ignore[no-any-return]
+
+
 def test_device_cannot_read_or_write_another_devices_topics(embedded_broker: BackgroundBroker,
                                                            registry: Registry, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="fleet.broker.access")
+    caplog.set_level(logging.WARNING, logger="fleet.broker.guard")
     port = embedded_broker.port
     bob = connect(port, add_device(registry, "bob"))
     hub = connect(port, add_device(registry, "hub", Role.HUB), client_id="hub")
@@ -168,10 +178,13 @@ def test_device_cannot_read_or_write_another_devices_topics(embedded_broker: Bac
         alice.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
     bob.publish("d/bob/t", b"live", qos=1).wait_for_publish(5)
     assert wait_for(lambda: ("d/bob/t", b"live") in seen_by_hub, 5)
-    # marker, not a fixed wait: the broker has refused each of alice's forgeries before we look
-    assert wait_for(lambda: all(any("denied action=publish" in r.getMessage() and f"topic={t}" in r.getMessage()
-                                    for r in caplog.records) for t in ("d/bob/t", "d/bob/s", "d/bob/w", "d/bob/c")),
-                    5), caplog.text
+    # marker, not a fixed wait: the broker has refused each of alice's forgeries before we look.
+    # Denials are counted; the log has the first of each kind per interval, then a count
+    # (broker/log_summary.py), so the counter is the marker and the log names the first forgery.
+    denied_subscriptions = len(FOREIGN_FILTERS)
+    assert wait_for(lambda: broker_counters(embedded_broker)["denials"] == denied_subscriptions + 4, 5), \
+        broker_counters(embedded_broker)
+    assert any("denied action=publish username=alice topic=d/bob/t" in r.getMessage() for r in caplog.records)
     genuine = {("d/bob/s", b'{"state":"online","boot":1}'), ("d/bob/t", b"live")}
     assert [m for m in seen_by_hub if m not in genuine] == [], seen_by_hub
     assert [m for m in seen_by_bob if m[0] == "d/bob/c" or b"9999" in m[1]] == []

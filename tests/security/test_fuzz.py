@@ -107,7 +107,11 @@ def test_malformed_mqtt_packets_leave_broker_and_hub_serving(embedded_broker: Ba
                                                               db_path: Path, start_hub) -> None:  # type: ignore[no-untyped-def]
     port = embedded_broker.port
     start_hub(port)
-    good = GoodDevice(port, add_device(registry, "good-1")).start()
+    good_creds = add_device(registry, "good-1")
+    # 50 messages/s for the whole test: above a device's default quota (broker/quota.py), which
+    # would hold it back and, on a slow machine, past the hard limit
+    registry.set_quota("good-1", msgs_per_s=0, bytes_per_s=0)
+    good = GoodDevice(port, good_creds).start()
     fuzz = add_device(registry, "fuzz-1")
     counts = [0]
     until = time.monotonic() + FUZZ_S
@@ -155,7 +159,11 @@ def test_malformed_payloads_are_dead_lettered_and_good_messages_stored(embedded_
                                                                        start_hub) -> None:  # type: ignore[no-untyped-def]
     port = embedded_broker.port
     hub = start_hub(port)
-    good = GoodDevice(port, add_device(registry, "good-2")).start()
+    good_creds = add_device(registry, "good-2")
+    # 50 messages/s for the whole test: above a device's default quota (broker/quota.py), which
+    # would hold it back and, on a slow machine, past the hard limit
+    registry.set_quota("good-2", msgs_per_s=0, bytes_per_s=0)
+    good = GoodDevice(port, good_creds).start()
     bad = connect(port, add_device(registry, "fuzz-2"))
     thrown = [0]
     deadline = time.monotonic() + 10.0
