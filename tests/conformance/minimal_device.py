@@ -352,7 +352,10 @@ class MinimalDevice:
             if Fault.CRASH_ON_MALFORMED in self.cfg.faults:
                 sock = self.client.socket()
                 if isinstance(sock, socket.socket):
-                    sock.shutdown(socket.SHUT_RDWR)  # a crash: no DISCONNECT, so the broker publishes the will
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)  # a crash: no DISCONNECT, so the broker publishes the will
+                    except OSError:  # the link is already gone (the broker closed it first): crashed either way
+                        pass
             return  # no usable id to answer
         cmd_id = cmd["id"]
         if cmd_id in self.ring and Fault.RUN_DUPLICATES not in self.cfg.faults:
