@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -291,23 +292,32 @@ def make_fleet(name: str, workdir: Path) -> tuple[Fleet, object]:
     return Fleet(name, port, db, secrets, sub_secret), proc
 
 
-def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], blaster: Path | None) -> list[Result]:
+def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], blaster: Path | None,
+                 profile: Path | None = None, only: str = "") -> list[Result]:
     fleet, broker = make_fleet(name, workdir)
     log(f"[{name}] broker on port {fleet.port}")
     loads = []  # (encoding, label, per_msg, skewed, messages per device, boot)
     for e, encoding in enumerate(encodings):
         for p, (label, per_msg, skewed) in enumerate(PHASES):
+            if only not in label:
+                continue
             per_device = max(1, (messages if per_msg == 1 else messages // 4) // DEVICES)
             loads.append((encoding, label, per_msg, skewed, per_device, 10 + e * 10 + p))
     raw: dict[tuple[str, str], float] = {}
     results: list[Result] = []
     proc: subprocess.Popen[bytes] | None = None
+    spy: subprocess.Popen[bytes] | None = None
     try:
         for encoding, label, per_msg, skewed, per_device, boot in loads:  # before the hub has a session
             files = write_load(workdir, encoding, boot, per_device, per_msg, skewed)
             raw[encoding, label] = raw_phase(fleet, workdir, files, encoding, blaster, per_device * DEVICES, label)
         proc, metrics_port = start_hub(fleet, workdir)
         hub = psutil.Process(proc.pid)
+        if profile is not None:  # py-spy needs root (ptrace); it samples every thread of the hub
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
+                                    "--rate", "250", "--format", "raw", "--threads", "--gil", "-o",
+                                    str(profile.with_name(f"{profile.name}-{name}.txt"))],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for encoding, label, per_msg, skewed, per_device, boot in loads:
             files = write_load(workdir, encoding, boot, per_device, per_msg, skewed)
             total = per_device * DEVICES
@@ -318,6 +328,9 @@ def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], 
         skew_lines = sum(1 for line in (workdir / f"hub-{name}.log").open(errors="replace") if "skew" in line)
         log(f"[{name}] hub log lines mentioning skew: {skew_lines}")
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         if proc is not None:
             stop(proc)
         if isinstance(broker, BackgroundBroker):
@@ -333,6 +346,9 @@ def main() -> None:
                     help="single-reading messages per phase (20-reading phases send a quarter as many)")
     ap.add_argument("--brokers", default="mosquitto", help="mosquitto, embedded, or both comma-separated")
     ap.add_argument("--encodings", default="json,cbor")
+    ap.add_argument("--phases", default="", help="only phases whose name holds this text (e.g. 'skewed')")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="record the hub with py-spy (raw collapsed stacks) to PROFILE-<broker>.txt")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of the figures (for run_all.py)")
     args = ap.parse_args()
     encodings = args.encodings.split(",")
@@ -341,7 +357,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         blaster = build_blaster(Path(tmp)) if "cbor" in encodings else None
         for name in args.brokers.split(","):
-            results.extend(bench_broker(name, Path(tmp), args.messages, encodings, blaster))
+            results.extend(bench_broker(name, Path(tmp), args.messages, encodings, blaster, args.profile, args.phases))
     print(f"\n{'broker':<10} {'enc':<5} {'phase':<24} {'messages':>9} {'raw msg/s':>10} {'hub msg/s':>10} "
           f"{'hub/raw':>8} {'readings/s':>11} {'hub RSS MB':>11} {'skewed':>8} {'load 1m':>8}")
     for r in results:

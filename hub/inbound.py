@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from protocol.codec import decode
 from protocol.errors import ProtocolError, Reason
+from protocol.fastpath import TelemetryRows, decode_telemetry_rows
 from protocol.models import Alert, CommandReply, Status, Telemetry
 from protocol.topics import MessageClass, parse_topic
 
@@ -35,7 +36,8 @@ class Inbound:
 class Accepted:
     device_id: str
     cls: MessageClass
-    message: Telemetry | Alert | Status | CommandReply
+    message: TelemetryRows | Alert | Status | CommandReply
+    """Telemetry arrives as plain rows (no pydantic model per reading: this is the hot path)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -53,10 +55,17 @@ def classify(msg: Inbound) -> Accepted | Rejected | None:
         return Rejected(None, exc.reason, exc.detail)
     if topic.cls not in HUB_RECEIVES:
         return Rejected(topic.device_id, Reason.BAD_TOPIC, f"the hub does not take {topic.cls.name.lower()} messages")
-    if topic.cls is MessageClass.STATUS and not msg.payload:
+    if topic.cls is MessageClass.TELEMETRY:
+        rows = decode_telemetry_rows(msg.payload)
+        if rows is not None:
+            return Accepted(topic.device_id, topic.cls, rows)
+    elif topic.cls is MessageClass.STATUS and not msg.payload:
         return None  # an empty retained payload clears the status: nothing to store
     try:
-        message = decode(topic.cls, msg.payload)
+        message = decode(topic.cls, msg.payload)  # the strict decoder: the verdict and its reason
     except ProtocolError as exc:
         return Rejected(topic.device_id, exc.reason, exc.detail)
+    if isinstance(message, Telemetry):
+        message = TelemetryRows(message.boot, message.seq, message.ts,
+                                [(r.dt, r.metric, r.value) for r in message.readings])
     return Accepted(topic.device_id, topic.cls, message)  # type: ignore[arg-type]

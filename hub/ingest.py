@@ -24,6 +24,7 @@ from hub.config import HubSettings
 from hub.errors import HubError
 from hub.inbound import HUB_RECEIVES, Inbound
 from hub.metrics import COMMIT_BUCKETS, Buckets
+from hub.skew import SKEW_SUMMARY_S
 from hub.store import HubStore
 from hub.transport import low_latency
 from hub.writer import BatchResult, BatchWriter
@@ -139,12 +140,18 @@ class Ingest:
         next_presence = time.monotonic() + s.presence_check_s
         next_retention = time.monotonic() + 1.0
         retention_more = False
+        next_skew = time.monotonic() + SKEW_SUMMARY_S
         try:
             while not self._stop.is_set():
                 batch = self._collect(timeout=0.1)
                 if batch:
                     self._commit(batch)
                 now_m = time.monotonic()
+                if now_m >= next_skew:
+                    next_skew = now_m + SKEW_SUMMARY_S
+                    line = self.writer.skew.summary(SKEW_SUMMARY_S)
+                    if line:
+                        log.info("%s", line)
                 if now_m >= next_presence:
                     next_presence = now_m + s.presence_check_s
                     if s.worker_group:
@@ -158,6 +165,9 @@ class Ingest:
                     if deleted:
                         log.info("retention deleted=%s more=%s", deleted, retention_more)
         finally:
+            line = self.writer.skew.summary(time.monotonic() - next_skew + SKEW_SUMMARY_S)
+            if line:
+                log.info("%s", line)
             store.close()
 
     def _collect(self, timeout: float) -> list[Inbound]:

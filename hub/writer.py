@@ -16,9 +16,11 @@ from hub.config import HubSettings
 from hub.gaps import SeqTracker
 from hub.inbound import Accepted, Inbound, Rejected, classify
 from hub.presence import PresenceEvent, PresenceTracker
+from hub.skew import SkewTally
 from hub.store import HubStore
 from protocol.errors import Reason
-from protocol.models import Alert, CommandReply, Status, Telemetry, Watermark
+from protocol.fastpath import TelemetryRows
+from protocol.models import Alert, CommandReply, Status, Watermark
 
 log = logging.getLogger("fleet.hub.writer")
 
@@ -67,6 +69,8 @@ class BatchWriter:
         self.store = store
         self.settings = settings
         self.stats = HubStats()
+        self.skew = SkewTally()
+        """Skewed messages since the last summary line (the ingest loop logs and resets it)."""
         self.presence = PresenceTracker(store, staleness_factor=settings.staleness_factor,
                                         staleness_min_s=settings.staleness_min_s)
         self._streams: dict[tuple[str, int], SeqTracker] = {}
@@ -93,6 +97,7 @@ class BatchWriter:
         dead: Counter[str] = Counter()
         readings: list[tuple[Any, ...]] = []
         latest: dict[tuple[str, str], tuple[str, str, float, float, float]] = {}
+        skew = SkewTally()
         with self.store.transaction():
             for msg, verdict in zip(batch, verdicts):
                 if verdict is None:
@@ -105,7 +110,7 @@ class BatchWriter:
                     self._dead_letter(msg, verdict)
                     dead[verdict.reason.value] += 1
                     continue
-                self._accept(msg, verdict, result, touched, counts, readings, latest)
+                self._accept(msg, verdict, result, touched, counts, readings, latest, skew)
             if readings:
                 self.store.insert_readings(readings)
                 self.store.upsert_latest(latest.values())
@@ -120,6 +125,7 @@ class BatchWriter:
         self.stats.duplicates += counts["duplicate"]
         self.stats.gaps += counts["gap"]
         self.stats.skewed += counts["skewed"]
+        self.skew.merge(skew)
         self.stats.deadletters.update(dead)
         for key, n in counts.items():  # after the commit, so a rolled-back batch counts nothing
             what, _, cls = key.partition(":")
@@ -137,9 +143,9 @@ class BatchWriter:
 
     def _accept(self, msg: Inbound, verdict: Accepted, result: BatchResult, touched: dict[str, tuple[int, SeqTracker]],
                 counts: Counter[str], readings: list[tuple[Any, ...]],
-                latest: dict[tuple[str, str], tuple[str, str, float, float, float]]) -> None:
+                latest: dict[tuple[str, str], tuple[str, str, float, float, float]], skew: SkewTally) -> None:
         device_id, message, now = verdict.device_id, verdict.message, msg.received_at
-        if not isinstance(message, (Telemetry, Alert)):
+        if not isinstance(message, (TelemetryRows, Alert)):
             counts["persisted:" + verdict.cls.value] += 1
         if isinstance(message, Status):
             event = self.presence.on_status(device_id, message, now)
@@ -153,30 +159,33 @@ class BatchWriter:
             self.store.insert_reply(device_id, message.id, message.state.value, message.detail, dict(message.result), now)
             result.replies.append((device_id, message))
             return
-        assert isinstance(message, (Telemetry, Alert))
-        skewed = abs(message.ts / 1000.0 - now) > self.settings.skew_threshold_s
-        kind = "t" if isinstance(message, Telemetry) else "a"
+        assert isinstance(message, (TelemetryRows, Alert))
+        offset = message.ts / 1000.0 - now
+        skewed = abs(offset) > self.settings.skew_threshold_s
+        kind = "t" if isinstance(message, TelemetryRows) else "a"
         if not self.store.insert_message(device_id, message.boot, message.seq, kind, message.ts, now, skewed):
             counts["duplicate"] += 1
             log.debug("duplicate device_id=%s boot=%s seq=%s mid=%s", device_id, message.boot, message.seq, msg.mid)
             return
         counts["stored"] += 1
         counts["persisted:" + kind] += 1
-        if skewed:
+        if skewed:  # counted, and summarized by the ingest loop: never a log line per message
             counts["skewed"] += 1
-            log.info("clock skew device_id=%s seq=%s device_ts=%s hub_ts=%.3f", device_id, message.seq, message.ts, now)
+            skew.add(device_id, offset)
         self._track(device_id, message.boot, message.seq, now, touched, counts)
         if isinstance(message, Alert):
             self.store.insert_alert(device_id, message.boot, message.seq, message.ts / 1000.0, message.code,
                                     message.severity.value, message.message, now)
             return
-        base = message.ts
-        for idx, r in enumerate(message.readings):
-            ts = (base + r.dt) / 1000.0
-            readings.append((device_id, message.boot, message.seq, idx, r.metric, r.value, ts, now, int(skewed)))
-            prev = latest.get((device_id, r.metric))
+        base, boot, seq, flag = message.ts, message.boot, message.seq, int(skewed)
+        append = readings.append
+        for idx, (dt, metric, value) in enumerate(message.readings):
+            ts = (base + dt) / 1000.0
+            append((device_id, boot, seq, idx, metric, value, ts, now, flag))
+            key = (device_id, metric)
+            prev = latest.get(key)
             if prev is None or ts >= prev[2]:
-                latest[(device_id, r.metric)] = (device_id, r.metric, ts, r.value, now)
+                latest[key] = (device_id, metric, ts, value, now)
 
     def _track(self, device_id: str, boot: int, seq: int, now: float, touched: dict[str, tuple[int, SeqTracker]],
                counts: Counter[str]) -> None:
