@@ -26,7 +26,7 @@ from hub.inbound import HUB_RECEIVES, Inbound
 from hub.metrics import COMMIT_BUCKETS, Buckets
 from hub.skew import SKEW_SUMMARY_S
 from hub.store import HubStore
-from hub.transport import low_latency
+from hub.transport import IngestClient, low_latency
 from hub.writer import BatchResult, BatchWriter
 from protocol.codec import encode
 from protocol.topics import MessageClass, subscription_for, topic_for
@@ -66,9 +66,9 @@ class Ingest:
 
     # ------------------------------------------------------------------ paho side (network thread)
 
-    def _make_client(self, password: str | None) -> mqtt.Client:
+    def _make_client(self, password: str | None) -> IngestClient:
         s = self.settings
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=s.mqtt_client_id, clean_session=False,
+        client = IngestClient(mqtt.CallbackAPIVersion.VERSION2, client_id=s.mqtt_client_id, clean_session=False,
                              protocol=mqtt.MQTTv311, manual_ack=True)
         if s.username:
             client.username_pw_set(s.username, password)
@@ -217,10 +217,8 @@ class Ingest:
             log.warning("database write works again after failures=%s size=%s", failures, len(batch))
             self.store_failing = None
         generation = self.generation
-        for msg in batch:
-            # a message from an older connection is redelivered on this one and acked then
-            if msg.qos > 0 and msg.generation == generation:
-                self.client.ack(msg.mid, msg.qos)
+        # a message from an older connection is redelivered on this one and acked then
+        self.client.ack_many([msg.mid for msg in batch if msg.qos == 1 and msg.generation == generation])
         for device_id, mark in result.watermarks.items():
             self.client.publish(topic_for(device_id, MessageClass.WATERMARK), encode(mark), qos=1, retain=True)
         for hook in self.hooks:
