@@ -1,7 +1,7 @@
 """Access control for the embedded broker: logins against the registry, and topic rules.
 
 Password hashes are checked in a small dedicated thread pool, never on the event loop
-(amqtt's own argon2 check blocks the loop; amqtt-notes #9). A successful check is cached
+(amqtt's own argon2 check blocks the loop; AMQTT_NOTES.md #9). A successful check is cached
 per username and password digest, so a reconnecting device costs one SQL lookup.
 """
 

@@ -2,7 +2,7 @@
 
 Pure functions, no broker state, so that every rule is unit-testable. Filters are
 compared level by level: a grant never lets ``+`` or ``#`` in a request reach wider than
-the grant itself (amqtt's own ACL plugin lets ``+`` admit ``#``; amqtt-notes #7).
+the grant itself (amqtt's own ACL plugin lets ``+`` admit ``#``; AMQTT_NOTES.md #7).
 """
 
 from __future__ import annotations

@@ -24,16 +24,16 @@ class BrokerSettings(BaseModel):
     db: Path = Path("fleet.db")
     allow_anonymous: bool = False
     max_payload_bytes: int = Field(LIMITS.max_payload_bytes, ge=64)
-    """Larger PUBLISH payloads from devices are dropped (amqtt has no such limit; amqtt-notes #11)."""
+    """Larger PUBLISH payloads from devices are dropped (amqtt has no such limit; AMQTT_NOTES.md #11)."""
     max_service_payload_bytes: int = Field(128 * 1024, ge=64)
     """The limit for the hub and operators, whose requests and answers name many devices at once."""
     keepalive_grace: float = Field(1.5, ge=1.0)
-    """A client silent for keepalive x this factor is disconnected and its will fires (amqtt-notes #2)."""
+    """A client silent for keepalive x this factor is disconnected and its will fires (AMQTT_NOTES.md #2)."""
     max_connections: int = -1
     connect_timeout: float = Field(10.0, gt=0)
     """Seconds a new connection has to send its CONNECT before it is closed."""
     max_packet_bytes: int = Field(256 * 1024, ge=1024)
-    """A client announcing a bigger packet is disconnected before the packet is read (amqtt-notes #11)."""
+    """A client announcing a bigger packet is disconnected before the packet is read (AMQTT_NOTES.md #11)."""
     revocation_check_s: float = Field(2.0, gt=0)
     """How often the registry is read for principals revoked by another process (``fleet devices revoke``);
     their live connections are closed then."""

@@ -1,4 +1,4 @@
-"""Per-connection guards: keep-alive enforcement (amqtt-notes #2) and a hard packet-size cap (#11).
+"""Per-connection guards: keep-alive enforcement (AMQTT_NOTES.md #2) and a hard packet-size cap (#11).
 
 amqtt 0.12.1 never enforces keep-alive: ``mqtt/protocol/broker_handler.py``
 ``BrokerProtocolHandler.handle_read_timeout`` is ``pass``, so a client that goes silent with its

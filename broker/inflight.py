@@ -1,4 +1,4 @@
-"""Redelivery of unacknowledged QoS 1 messages to persistent sessions (amqtt-notes #4).
+"""Redelivery of unacknowledged QoS 1 messages to persistent sessions (AMQTT_NOTES.md #4).
 
 amqtt 0.12.1 ``mqtt/protocol/handler.py`` ``ProtocolHandler._handle_qos1_message_flow`` removes an
 outgoing message from ``session.inflight_out`` in a ``finally`` block: on PUBACK, but also when

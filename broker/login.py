@@ -1,4 +1,4 @@
-"""Authenticate before touching sessions, and take sessions over cleanly (amqtt-notes #8).
+"""Authenticate before touching sessions, and take sessions over cleanly (AMQTT_NOTES.md #8).
 
 amqtt 0.12.1 ``broker.py`` ``Broker._initialize_client_session`` looks the client id up in the
 session table *before* anyone checked the password: with ``clean_session=1`` it deletes the
@@ -17,9 +17,9 @@ resume logic of amqtt runs on a session that is no longer connected.
 
 Two more changes on the way in: amqtt sends every retained message that matches *anyone's*
 subscription to a client on connect (``_handle_client_session``, "Publish retained messages to a
-pre-existing session's subscriptions"; amqtt-notes #6). MQTT sends retained messages on SUBSCRIBE
+pre-existing session's subscriptions"; AMQTT_NOTES.md #6). MQTT sends retained messages on SUBSCRIBE
 only, so nothing is sent on connect. And messages queued for an offline persistent session are
-flushed with RETAIN=0 (see :mod:`broker.routing`, amqtt-notes #3).
+flushed with RETAIN=0 (see :mod:`broker.routing`, AMQTT_NOTES.md #3).
 """
 
 from __future__ import annotations

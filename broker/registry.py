@@ -1,95 +1,38 @@
 """The device registry: who may connect, in which role, with which (hashed) secret.
 
-It lives in the same SQLite file as the hub's data, so one file holds a whole fleet.
+It lives in the same SQLite file as the hub's data, so one file holds a whole fleet; the rows
+are kept by :mod:`hub.storage.registry`, the rules (valid ids, hashing, no silent overwrite) here.
 Roles: ``device`` (one physical device), ``hub`` (the hub service) and ``operator``
 (the CLI and other tools that send commands).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
-import sqlite_utils
-
-from broker.secrets import hash_secret, new_secret
+from broker.secrets import hash_secret, new_secret, verify_secret
+from hub.storage import Principal, PrincipalStore, Role, open_database
 from protocol.errors import FleetError
 from protocol.topics import valid_device_id
 
-
-class Role(StrEnum):
-    DEVICE = "device"
-    HUB = "hub"
-    OPERATOR = "operator"
+__all__ = ["Principal", "Registry", "RegistryError", "Role"]
 
 
 class RegistryError(FleetError):
     """A registry operation that cannot be done as asked."""
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """One registered identity: a device, the hub, or an operator."""
-
-    id: str
-    role: Role
-    secret_hash: str = field(repr=False)
-    created_at: float
-    revoked_at: float | None = None
-    group: str | None = None
-    tags: tuple[str, ...] = ()
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-    def public(self) -> dict[str, object]:
-        """The fields safe to show (never the hash)."""
-        return {
-            "id": self.id,
-            "role": self.role.value,
-            "group": self.group,
-            "tags": list(self.tags),
-            "created_at": self.created_at,
-            "revoked_at": self.revoked_at,
-        }
-
-
-def open_db(path: str | Path) -> sqlite_utils.Database:
-    """Open the fleet database file in WAL mode with a busy timeout, creating it if needed."""
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return sqlite_utils.Database(conn)
-
-
 class Registry:
-    """Device registry backed by the ``principals`` table of the fleet database."""
+    """Device registry backed by the ``principals`` table of the fleet database.
 
-    TABLE = "principals"
+    Takes an open connection, or a path to open (``readonly`` for listings: never creates the file).
+    """
 
-    def __init__(self, db: sqlite_utils.Database | str | Path) -> None:
-        self.db = db if isinstance(db, sqlite_utils.Database) else open_db(db)
-        self._ensure_schema()
-
-    def _ensure_schema(self) -> None:
-        self.db.execute(
-            """CREATE TABLE IF NOT EXISTS principals (
-                id TEXT PRIMARY KEY,
-                role TEXT NOT NULL,
-                secret_hash TEXT NOT NULL,
-                created_at REAL NOT NULL,
-                revoked_at REAL,
-                grp TEXT,
-                tags TEXT NOT NULL DEFAULT '[]'
-            )"""
-        )
-        self.db.execute("CREATE INDEX IF NOT EXISTS principals_grp ON principals(grp)")
+    def __init__(self, db: sqlite3.Connection | str | Path, *, readonly: bool = False) -> None:
+        self.conn = db if isinstance(db, sqlite3.Connection) else open_database(db, readonly=readonly)
+        self.rows = PrincipalStore(self.conn)
 
     def add(
         self,
@@ -110,54 +53,33 @@ class Registry:
         if existing is not None and not replace:
             raise RegistryError(f"{existing.role.value} {principal_id!r} already exists (revoke it or use a new id)")
         secret = secret or new_secret()
-        self.db.execute(
-            """INSERT OR REPLACE INTO principals (id, role, secret_hash, created_at, revoked_at, grp, tags)
-               VALUES (?, ?, ?, ?, NULL, ?, ?)""",
-            [principal_id, Role(role).value, hash_secret(secret), time.time(), group, json.dumps(list(tags))],
-        )
+        self.rows.put(Principal(principal_id, Role(role), hash_secret(secret), time.time(), None, group, tuple(tags)))
         return secret
 
     def get(self, principal_id: str) -> Principal | None:
         """The principal called ``principal_id``, revoked or not, or None."""
-        row = self.db.execute(
-            "SELECT id, role, secret_hash, created_at, revoked_at, grp, tags FROM principals WHERE id = ?",
-            [principal_id],
-        ).fetchone()
-        return _principal(row) if row else None
+        return self.rows.get(principal_id)
 
     def list(self, role: Role | None = None, group: str | None = None) -> list[Principal]:
         """All principals, optionally of one role or group, ordered by id."""
-        sql = "SELECT id, role, secret_hash, created_at, revoked_at, grp, tags FROM principals WHERE 1=1"
-        params: list[object] = []
-        if role is not None:
-            sql += " AND role = ?"
-            params.append(Role(role).value)
-        if group is not None:
-            sql += " AND grp = ?"
-            params.append(group)
-        return [_principal(r) for r in self.db.execute(sql + " ORDER BY id", params).fetchall()]
+        return self.rows.list(role, group)
+
+    def revoked(self) -> dict[str, float]:
+        """Every revoked principal with the time it was revoked."""
+        return self.rows.revoked()
 
     def revoke(self, principal_id: str) -> Principal:
         """Revoke ``principal_id``: it can no longer log in. Returns the updated principal."""
         if self.get(principal_id) is None:
             raise RegistryError(f"no device or user {principal_id!r} in the registry")
-        self.db.execute(
-            "UPDATE principals SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", [time.time(), principal_id]
-        )
+        self.rows.revoke(principal_id, time.time())
         principal = self.get(principal_id)
         assert principal is not None
         return principal
 
     def ensure(self, principal_id: str, role: Role, secret: str) -> None:
         """Make sure ``principal_id`` exists with ``secret`` (used for the hub's own login)."""
-        from broker.secrets import verify_secret
-
         existing = self.get(principal_id)
         if existing and existing.active and existing.role is Role(role) and verify_secret(secret, existing.secret_hash):
             return
         self.add(principal_id, role, secret=secret, replace=True)
-
-
-def _principal(row: tuple) -> Principal:
-    pid, role, secret_hash, created_at, revoked_at, grp, tags = row
-    return Principal(pid, Role(role), secret_hash, created_at, revoked_at, grp, tuple(json.loads(tags or "[]")))

@@ -45,8 +45,7 @@ class RevocationWatch:
             self._task = None
 
     def _revoked(self) -> dict[str, float]:
-        rows = self.registry.db.execute("SELECT id, revoked_at FROM principals WHERE revoked_at IS NOT NULL")
-        return {pid: at for pid, at in rows.fetchall()}
+        return self.registry.revoked()
 
     async def check(self) -> list[str]:
         """One look at the registry; returns the principals newly revoked (and disconnected)."""

@@ -1,7 +1,7 @@
 """Message routing of the embedded broker: no acknowledged message lost, no retained leak, limits.
 
 Each override names the amqtt 0.12.1 ``broker.py`` method it replaces and the defect of
-``/work/shared/amqtt-notes.md`` it compensates for:
+``broker/AMQTT_NOTES.md`` it compensates for:
 
 - #1 ``Broker._client_message_loop`` stops at the client's DISCONNECT (or dropped socket) and
   abandons whatever is still in ``session.delivered_message_queue``, although every one of those

@@ -1,7 +1,7 @@
 """The embedded broker: amqtt with the registry's authentication and topic rules.
 
 ``EmbeddedBroker`` is the one object to start and stop. It binds 127.0.0.1 by default.
-``FleetBroker`` is amqtt's ``Broker`` with the workarounds of ``/work/shared/amqtt-notes.md``
+``FleetBroker`` is amqtt's ``Broker`` with the workarounds of ``broker/AMQTT_NOTES.md``
 mixed in, one module per concern:
 
 - :mod:`broker.login`: authenticate before touching sessions, clean take-over, nothing sent

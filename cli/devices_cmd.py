@@ -39,7 +39,7 @@ def add(obj: dict, device_id: str, role: str, group: str | None, tags: tuple[str
 @click.pass_obj
 def list_(obj: dict, role: str | None, group: str | None, fmt: str) -> None:
     """List registered devices and accounts, with presence (online/offline, last seen, fw, boot) from the hub."""
-    rows = devices_with_presence(obj["db"], [p.public() for p in Registry(obj["db"]).list(Role(role) if role else None, group)])
+    rows = devices_with_presence(obj["db"], [p.public() for p in Registry(obj["db"], readonly=True).list(Role(role) if role else None, group)])
     if fmt == "table":
         for row in rows:
             row["created_at"] = fmt_time(row["created_at"])  # type: ignore[arg-type]

@@ -15,11 +15,16 @@ from broker.credentials import ensure_local_principal
 from broker.registry import Registry, Role
 from cli.output import emit, fmt_time, json_option, stderr
 from cli.params import DURATION
-from hub.command_store import CommandStore
 from hub.ops_client import OpsClient
+from hub.storage import CommandStore
+from protocol.models import CommandState
 from protocol.ops import CommandUpdate
 
-EXIT = {"succeeded": 0, "failed": 3, "rejected": 4, "expired": 5, "timed_out": 6, "timeout": 6}
+EXIT = {CommandState.SUCCEEDED: 0, CommandState.FAILED: 3, CommandState.REJECTED: 4, CommandState.EXPIRED: 5,
+        CommandState.TIMED_OUT: 6}
+"""Exit status of ``fleet send`` per final state; any other outcome (refused, not final in time) is below."""
+NOT_FINAL = "timeout"
+"""The row state of a command that reached no final state within ``--timeout`` (exits like ``timed_out``)."""
 
 
 def parse_args(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -113,7 +118,7 @@ def send_command(obj: dict, words: tuple[str, ...], arg_pairs: tuple[str, ...], 
     rows = []
     for c in resp.commands:
         u = last.get(c.id)
-        rows.append({"id": c.id, "device_id": c.device_id, "state": u.state if u else "timeout",
+        rows.append({"id": c.id, "device_id": c.device_id, "state": u.state if u else NOT_FINAL,
                      "detail": (u.detail if u else "") or "", "result": u.result if u else {}})
     rows += [{"id": None, "device_id": r.device_id, "state": "refused", "detail": r.error, "result": {}}
              for r in resp.refused]
@@ -123,19 +128,19 @@ def send_command(obj: dict, words: tuple[str, ...], arg_pairs: tuple[str, ...], 
         row = rows[0]
         stderr.print(f"{row['device_id']} {name}: [bold]{row['state']}[/] {row['detail']} "
                      f"{row['result'] if row['result'] else ''}".rstrip())
-    codes = [EXIT.get(r["state"], 1) for r in rows]
+    codes = [EXIT.get(r["state"], EXIT[CommandState.TIMED_OUT] if r["state"] == NOT_FINAL else 1) for r in rows]
     sys.exit(max(codes) if codes else 1)
 
 
 def _follow(ops: OpsClient, single: str | None, ids: set[str], timeout: float, quiet: bool) -> dict[str, CommandUpdate]:
     if single and not quiet:
         click.echo(single)
-    done: dict[str, str] = {}
+    done: dict[str, CommandState] = {}
     status = Status(f"waiting for {len(ids)} command(s)", console=stderr)
 
     def on_update(u: CommandUpdate) -> None:
         done[u.id] = u.state
-        finals = sum(1 for s in done.values() if s in EXIT)
+        finals = sum(1 for s in done.values() if s.final)
         if single and not quiet:
             stderr.print(f"  {fmt_time(u.ts)} {u.state} {u.detail}".rstrip())
         status.update(f"{finals}/{len(ids)} final; latest {u.device_id}: {u.state}")
@@ -153,13 +158,14 @@ def commands_group() -> None:
 
 @commands_group.command("list")
 @click.argument("device_id", required=False)
-@click.option("--state", default=None, help="Only commands in this state.")
+@click.option("--state", default=None, type=click.Choice([s.value for s in CommandState]),
+              help="Only commands in this state.")
 @click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
 @json_option
 @click.pass_obj
 def list_commands(obj: dict, device_id: str | None, state: str | None, limit: int, fmt: str) -> None:
     """List commands, newest first."""
-    rows = [r.public() for r in CommandStore(str(obj["db"])).list(device_id, state, limit)]
+    rows = [r.public() for r in CommandStore(obj["db"], readonly=True).list(device_id, state, limit)]
     if fmt == "table":
         for row in rows:
             row["created_at"] = fmt_time(row["created_at"])
@@ -174,7 +180,7 @@ def list_commands(obj: dict, device_id: str | None, state: str | None, limit: in
 @click.pass_obj
 def show_command(obj: dict, command_id: str, fmt: str) -> None:
     """One command with its full state history."""
-    store = CommandStore(str(obj["db"]))
+    store = CommandStore(obj["db"], readonly=True)
     rec = store.get(command_id)
     if rec is None:
         raise click.ClickException(f"no command {command_id!r}")

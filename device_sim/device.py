@@ -15,7 +15,7 @@ Store-and-forward: each telemetry message stays in a bounded per-device buffer a
 is published. The hub's retained watermark ``Watermark(boot, seq)`` releases every message
 of that boot up to ``seq`` (and the PUBACKed messages of older boots: the hub has moved
 on). A PUBACK alone releases nothing, because a broker acknowledges on receipt and may
-still lose the message (amqtt-notes #1). After a reconnect the device re-sends, with the
+still lose the message (AMQTT_NOTES.md #1). After a reconnect the device re-sends, with the
 DUP flag, every buffered message the watermark does not cover; but until the device has
 seen any watermark (no hub running), it re-sends only what was never PUBACKed, so that a
 hub-less run does not replay its whole buffer on every reconnect. While connected, a

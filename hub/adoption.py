@@ -18,22 +18,12 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from broker.registry import open_db
 from hub.command_service import CommandService
 from hub.config import HubSettings
 from hub.ingest import Ingest
-from hub.status import read_heartbeats
+from hub.storage import CommandStore, Heartbeat, StatusStore, open_database
 
 log = logging.getLogger("fleet.hub.adoption")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS hub_adoptions (
-    worker TEXT PRIMARY KEY,
-    adopter TEXT NOT NULL,
-    since REAL NOT NULL
-)
-"""
-
 
 class AdoptedIngest(Ingest):
     """An ingest on a dead worker's session that never reconnects: losing the session means its owner is back."""
@@ -71,48 +61,44 @@ class Adopter:
         self._thread.join(15)
 
     def _run(self) -> None:
-        conn = open_db(self.settings.db).conn
-        conn.execute(SCHEMA)
+        conn = open_database(self.settings.db)
+        rows = StatusStore(conn)
         check_s = min(2.0, self.settings.adopt_after_s / 2)
         try:
             while not self._stop.wait(check_s):
                 try:
-                    self._check(conn)
+                    self._check(rows)
                 except Exception:  # a locked database or a broker hiccup: try again next round, with the trace logged
                     log.exception("adoption check failed worker=%s", self.me)
         finally:
             for worker in list(self.adopted):
-                self._release(conn, worker, "stopping")
+                self._release(rows, worker, "stopping")
             conn.close()
 
-    def _check(self, conn) -> None:  # type: ignore[no-untyped-def]
+    def _check(self, rows: StatusStore) -> None:
         now = time.time()
-        beats = {b["worker"]: b for b in read_heartbeats(conn)
-                 if b["stats"].get("worker_group") == self.settings.worker_group}
+        beats = {b.worker: b for b in rows.heartbeats() if b.stats.get("worker_group") == self.settings.worker_group}
         for worker, ingest in list(self.adopted.items()):
             beat = beats.get(worker)
-            if ingest.lost.is_set() or (beat is not None and now - beat["updated_at"] < self.settings.adopt_after_s):
-                self._release(conn, worker, "the worker is back")
+            if ingest.lost.is_set() or (beat is not None and now - beat.updated_at < self.settings.adopt_after_s):
+                self._release(rows, worker, "the worker is back")
         for worker, beat in beats.items():
-            if worker == self.me or worker in self.adopted or now - beat["updated_at"] < self.settings.adopt_after_s:
+            if worker == self.me or worker in self.adopted or now - beat.updated_at < self.settings.adopt_after_s:
                 continue
-            if self._claim(conn, worker, beats, now):
-                self._adopt(conn, worker)
+            if self._claim(rows, worker, beats, now):
+                self._adopt(rows, worker)
 
-    def _claim(self, conn, worker: str, beats: dict[str, dict], now: float) -> bool:  # type: ignore[no-untyped-def,type-arg]
+    def _claim(self, rows: StatusStore, worker: str, beats: dict[str, Heartbeat], now: float) -> bool:
         """Exactly one live worker adopts: the first to insert the row, or anyone whose adopter died too."""
-        conn.execute("INSERT OR IGNORE INTO hub_adoptions (worker, adopter, since) VALUES (?, ?, ?)", (worker, self.me, now))
-        row = conn.execute("SELECT adopter FROM hub_adoptions WHERE worker = ?", (worker,)).fetchone()
-        if row and row[0] == self.me:
+        holder = rows.claim_adoption(worker, self.me, now)
+        if holder == self.me:
             return True
-        adopter = beats.get(row[0]) if row else None
-        if adopter is not None and now - adopter["updated_at"] < self.settings.adopt_after_s:
+        adopter = beats.get(holder) if holder else None
+        if adopter is not None and now - adopter.updated_at < self.settings.adopt_after_s:
             return False  # a live peer has it
-        cur = conn.execute("UPDATE hub_adoptions SET adopter = ?, since = ? WHERE worker = ? AND adopter = ?",
-                           (self.me, now, worker, row[0] if row else None))
-        return cur.rowcount == 1
+        return rows.take_over_adoption(worker, self.me, holder, now)
 
-    def _adopt(self, conn, worker: str) -> None:  # type: ignore[no-untyped-def]
+    def _adopt(self, rows: StatusStore, worker: str) -> None:
         log.warning("adopting the session of silent worker=%s adopter=%s", worker, self.me)
         ingest = AdoptedIngest(self.settings.model_copy(update={"client_id": worker}), self.password)
         ingest.hooks.append(self.commands.on_batch)
@@ -120,20 +106,19 @@ class Adopter:
             ingest.start(timeout=10)
         except Exception as exc:  # the worker may have come back in the meantime; retried next round
             log.warning("adoption failed worker=%s error=%r", worker, exc)
-            conn.execute("DELETE FROM hub_adoptions WHERE worker = ? AND adopter = ?", (worker, self.me))
+            rows.release_adoption(worker, self.me)
             return
         self.adopted[worker] = ingest
-        moved = conn.execute("UPDATE commands SET owner = ? WHERE owner = ? AND state IN ('queued', 'sent', 'delivered')",
-                             (self.me, worker)).rowcount if _has_commands(conn) else 0
+        moved = CommandStore(rows.conn).hand_over(worker, self.me)
         if moved and self.commands.bridge is not None:
             bridge = self.commands.bridge
             bridge.post("call", bridge.load, _Discard())
         log.warning("adopted worker=%s adopter=%s commands=%d", worker, self.me, moved)
 
-    def _release(self, conn, worker: str, why: str) -> None:  # type: ignore[no-untyped-def]
+    def _release(self, rows: StatusStore, worker: str, why: str) -> None:
         ingest = self.adopted.pop(worker)
         ingest.stop()
-        conn.execute("DELETE FROM hub_adoptions WHERE worker = ? AND adopter = ?", (worker, self.me))
+        rows.release_adoption(worker, self.me)
         log.warning("released worker=%s adopter=%s reason=%s stats=%s", worker, self.me, why,
                     ingest.writer.stats.snapshot() if ingest.writer else {})
 
@@ -144,6 +129,3 @@ class _Discard:
     def put(self, item: object) -> None:
         pass
 
-
-def _has_commands(conn) -> bool:  # type: ignore[no-untyped-def]
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='commands'").fetchone() is not None

@@ -15,10 +15,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from broker.registry import Registry, Role
-from hub.command_store import CommandRecord, CommandStore
 from hub.commands import CommandBridge, CommandSettings, DeviceLink
 from hub.config import HubSettings
 from hub.errors import HubError
+from hub.storage import CommandRecord, CommandStore, PresenceStore
 from hub.transport import low_latency
 from hub.writer import BatchResult
 from protocol.ops import OPS_PREFIX, parse_ops_topic
@@ -66,7 +66,7 @@ class CommandService:
     def _main(self) -> None:
         db = str(self.settings.db)
         store = CommandStore(db)
-        registry = Registry(store.db)
+        registry = Registry(store.conn)
 
         def known_device(device_id: str) -> bool:
             p = registry.get(device_id)
@@ -74,11 +74,8 @@ class CommandService:
 
         owner = self.settings.mqtt_client_id if self.settings.worker_group else None
         self.bridge = CommandBridge(store, self._publish, known_device, self.command_settings, owner=owner)
-        try:
-            rows = store.db.execute("SELECT device_id, state, COALESCE(enc, 'json') FROM devices").fetchall()
-        except Exception:  # the hub's tables may not exist yet on a new database
-            rows = []
-        self.bridge.seed_presence({d: DeviceLink(s == "online", e) for d, s, e in rows})
+        links = PresenceStore(store.conn).links()
+        self.bridge.seed_presence({r.device_id: DeviceLink(r.state == "online", r.enc or "json") for r in links})
         self._ready.set()
         self.bridge.run(self._stop)
 

@@ -11,7 +11,7 @@ Delivery rules (firmware_protocol.md, "Commands"):
   (``expired``, never executed).
 * A command ``sent`` but not acknowledged within ``ack_timeout_s`` is re-sent with the same
   id, with exponential backoff and at most ``max_attempts`` sends (amqtt does not redeliver
-  unacknowledged QoS 1 after a reconnect: amqtt-notes #4). Devices de-duplicate by id.
+  unacknowledged QoS 1 after a reconnect: AMQTT_NOTES.md #4). Devices de-duplicate by id.
 * A reply is accepted only from the device the command was sent to.
 
 Several hub workers (``fleet hub --worker-group``): the worker that takes an operator request
@@ -37,7 +37,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub.metrics import COMMAND_BUCKETS, Buckets
-from hub.command_store import FINAL, CommandRecord, CommandStore, HubState
+from hub.storage import CommandRecord, CommandStore, PresenceStore
 from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
 from protocol.errors import FleetError
 from protocol.ops import CommandUpdate, CreatedCommand, RefusedDevice, SendRequest, SendResponse, response_topic, updates_topic
@@ -214,16 +214,16 @@ class CommandBridge:
             return rec  # late or repeated reply; the first final state stands
         now = max(now, rec.updated_at)  # another worker's clock may be a little ahead: history stays in order
         if reply.state is CommandState.RECEIVED:
-            if rec.state in (HubState.QUEUED, HubState.SENT):
-                if not self._move(rec, HubState.DELIVERED, now, next_attempt_at=now + self.settings.result_timeout_s):
+            if rec.state in (CommandState.QUEUED, CommandState.SENT):
+                if not self._move(rec, CommandState.DELIVERED, now, next_attempt_at=now + self.settings.result_timeout_s):
                     return False
                 if rec.id in self.active:
                     self.active[rec.id] = rec  # the owner keeps the fresh record (result timer)
             return rec
         state = {
-            CommandState.SUCCEEDED: HubState.SUCCEEDED,
-            CommandState.FAILED: HubState.FAILED,
-            CommandState.REJECTED: HubState.EXPIRED if reply.detail == "expired" else HubState.REJECTED,
+            CommandState.SUCCEEDED: CommandState.SUCCEEDED,
+            CommandState.FAILED: CommandState.FAILED,
+            CommandState.REJECTED: CommandState.EXPIRED if reply.detail == "expired" else CommandState.REJECTED,
         }[reply.state]
         if not self._move(rec, state, now, detail=reply.detail, result=dict(reply.result)):
             return False
@@ -241,7 +241,7 @@ class CommandBridge:
             return
         now = time.time() if now is None else now
         for rec in list(self.active.values()):
-            if rec.device_id == device_id and rec.state in (HubState.QUEUED, HubState.SENT):
+            if rec.device_id == device_id and rec.state in (CommandState.QUEUED, CommandState.SENT):
                 self._dispatch(rec, now, force=True)
 
     def sync(self) -> None:
@@ -261,17 +261,11 @@ class CommandBridge:
             elif (row.state, row.updated_at) != (mine.state, mine.updated_at):
                 self.active[row.id] = row
         devices = sorted({rec.device_id for rec in self.active.values()})
-        try:
-            rows = [r for i in range(0, len(devices), 500) for r in self.store.db.execute(
-                f"SELECT device_id, state, enc FROM devices WHERE device_id IN ({','.join('?' * len(devices[i:i + 500]))})",
-                devices[i:i + 500]).fetchall()]
-        except Exception:  # no presence table yet on a brand-new database
-            rows = []
-        for device_id, state, enc in rows:
-            online = state == "online"
-            link = self.links.get(device_id)
+        for row in PresenceStore(self.store.conn).links(devices):
+            online = row.state == "online"
+            link = self.links.get(row.device_id)
             if link is None or link.online != online:
-                self.on_presence(device_id, online, enc)
+                self.on_presence(row.device_id, online, row.enc)
 
     def tick(self, now: float | None = None) -> None:
         """Expire, retry and time out commands whose timers ran out."""
@@ -279,15 +273,15 @@ class CommandBridge:
             self.sync()
         now = time.time() if now is None else now
         for rec in list(self.active.values()):
-            if rec.state in (HubState.QUEUED, HubState.SENT) and now >= rec.expires_at:
-                self._move(rec, HubState.EXPIRED, now, detail="ttl passed before the device acknowledged")
-            elif rec.state is HubState.DELIVERED and rec.next_attempt_at and now >= rec.next_attempt_at:
-                self._move(rec, HubState.TIMED_OUT, now, detail="no result from the device")
-            elif rec.state is HubState.QUEUED:
+            if rec.state in (CommandState.QUEUED, CommandState.SENT) and now >= rec.expires_at:
+                self._move(rec, CommandState.EXPIRED, now, detail="ttl passed before the device acknowledged")
+            elif rec.state is CommandState.DELIVERED and rec.next_attempt_at and now >= rec.next_attempt_at:
+                self._move(rec, CommandState.TIMED_OUT, now, detail="no result from the device")
+            elif rec.state is CommandState.QUEUED:
                 self._dispatch(rec, now)
-            elif rec.state is HubState.SENT and rec.next_attempt_at and now >= rec.next_attempt_at:
+            elif rec.state is CommandState.SENT and rec.next_attempt_at and now >= rec.next_attempt_at:
                 if rec.attempts >= self.settings.max_attempts:
-                    self._move(rec, HubState.TIMED_OUT, now, detail=f"no acknowledgement after {rec.attempts} sends")
+                    self._move(rec, CommandState.TIMED_OUT, now, detail=f"no acknowledgement after {rec.attempts} sends")
                 else:
                     self._dispatch(rec, now)
 
@@ -295,31 +289,27 @@ class CommandBridge:
 
     def _stored_encoding(self, device_id: str) -> str | None:
         """The encoding the device asked for in its last birth, as the hub stored it."""
-        try:
-            row = self.store.db.execute("SELECT enc FROM devices WHERE device_id=?", [device_id]).fetchone()
-        except Exception:  # no presence table yet on a brand-new database
-            return None
-        return row[0] if row and row[0] else None
+        return PresenceStore(self.store.conn).stored_encoding(device_id)
 
     def _dispatch(self, rec: CommandRecord, now: float, force: bool = False) -> None:
         link = self.links.get(rec.device_id)
         if link is None or not link.online:
             return
-        if rec.state is HubState.SENT and not force and rec.next_attempt_at and now < rec.next_attempt_at:
+        if rec.state is CommandState.SENT and not force and rec.next_attempt_at and now < rec.next_attempt_at:
             return
-        if rec.state is HubState.SENT:
+        if rec.state is CommandState.SENT:
             self.counters["resends"] += 1
         attempts = rec.attempts + 1
         wait = self.settings.ack_timeout_s * self.settings.backoff ** (attempts - 1)
         command = Command(id=rec.id, name=rec.name, args=rec.args, expires=int(rec.expires_at * 1000))
         # commit "sent" first: a crash after this line re-sends the same id, which devices de-duplicate;
         # the move is conditional, so nothing goes out once another worker recorded the acknowledgement
-        if not self._move(rec, HubState.SENT, now, attempts=attempts, next_attempt_at=now + wait,
+        if not self._move(rec, CommandState.SENT, now, attempts=attempts, next_attempt_at=now + wait,
                           detail="" if attempts == 1 else f"attempt {attempts}"):
             return
         self.publish(topic_for(rec.device_id, MessageClass.COMMAND), encode(command, link.encoding), 1, False)
 
-    def _move(self, rec: CommandRecord, state: HubState, now: float, **kwargs: Any) -> bool:
+    def _move(self, rec: CommandRecord, state: CommandState, now: float, **kwargs: Any) -> bool:
         """Commit ``rec``'s move to ``state`` if the row is still where ``rec`` says; False (and the row's
         current version taken in) when another worker moved it first."""
         if not self.store.transition(rec, state, now=now, expect=(rec.state,), **kwargs):
@@ -331,7 +321,7 @@ class CommandBridge:
             log.info("command moved by another worker command_id=%s device_id=%s state=%s",
                      rec.id, rec.device_id, current.state.value if current else "gone")
             return False
-        if rec.state in FINAL:
+        if rec.final:
             self.active.pop(rec.id, None)
             self.latency.observe(max(0.0, now - rec.created_at))
         log.info("command state command_id=%s device_id=%s state=%s", rec.id, rec.device_id, state.value)

@@ -1,7 +1,7 @@
 """Export readings as a stream: CSV, JSON lines, or Parquet when pyarrow is installed.
 
-Rows come from a server-side cursor in chunks, so memory stays flat however many readings
-are exported. The readings' ``id`` is receive order, so the export walks the primary key.
+Rows come from :func:`hub.storage.queries.iter_readings` in chunks, so memory stays flat however
+many readings are exported.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-from hub import store
 from hub.errors import HubError
+from hub.storage import queries, reading
 
-COLUMNS = ("device_id", "metric", "value", "ts", "received_at", "boot", "seq", "idx", "skewed")
+COLUMNS = queries.READING_COLUMNS
 CHUNK = 5_000
 
 
@@ -30,50 +30,15 @@ class ExportFormat(StrEnum):
 def count_readings(db: str | Path, since: float | None = None, until: float | None = None,
                    device_id: str | None = None) -> int:
     """How many readings an export with these bounds would write (for a progress bar)."""
-    where, params = _where(since, until, device_id)
-    conn = store.connect(db)
-    try:
-        if not store.has_table(conn, "readings"):
-            return 0
-        return int(conn.execute(f"SELECT COUNT(*) FROM readings {where}", params).fetchone()[0])
-    finally:
-        conn.close()
+    with reading(db) as conn:
+        return queries.count_readings(conn, since, until, device_id)
 
 
 def iter_readings(db: str | Path, since: float | None = None, until: float | None = None,
                   device_id: str | None = None, chunk: int = CHUNK) -> Iterator[list[tuple[Any, ...]]]:
-    """Readings in chunks of ``chunk`` rows (tuples in :data:`COLUMNS` order), keyset-paginated by id."""
-    where, params = _where(since, until, device_id)
-    conn = store.connect(db)
-    try:
-        if not store.has_table(conn, "readings"):
-            return
-        last_id = 0
-        glue = "AND" if where else "WHERE"
-        while True:
-            rows = conn.execute(
-                f"SELECT id, {', '.join(COLUMNS)} FROM readings {where} {glue} id > ? ORDER BY id LIMIT ?",
-                [*params, last_id, chunk]).fetchall()
-            if not rows:
-                return
-            last_id = rows[-1][0]
-            yield [r[1:] for r in rows]
-    finally:
-        conn.close()
-
-
-def _where(since: float | None, until: float | None, device_id: str | None) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    if since is not None:
-        clauses.append("ts >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("ts < ?")
-        params.append(until)
-    if device_id is not None:
-        clauses.append("device_id = ?")
-        params.append(device_id)
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+    """Readings in chunks of ``chunk`` rows (tuples in :data:`COLUMNS` order), keyset-paginated."""
+    with reading(db) as conn:
+        yield from queries.iter_readings(conn, since, until, device_id, chunk)
 
 
 def export_readings(db: str | Path, out: IO[bytes], fmt: ExportFormat, since: float | None = None,

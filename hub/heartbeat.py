@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from broker.registry import open_db
-from hub.status import write_heartbeat
+from hub.storage import StatusStore, open_database
 
 log = logging.getLogger("fleet.hub.heartbeat")
 
@@ -35,7 +35,8 @@ class Heartbeat:
         self._thread.join(5)
 
     def _run(self) -> None:
-        conn = open_db(self.db).conn
+        conn = open_database(self.db)
+        rows = StatusStore(conn)
         last: tuple[float, int, int] | None = None
         try:
             while True:
@@ -47,14 +48,14 @@ class Heartbeat:
                     stats["messages_per_s"] = (messages - last[1]) / (now - last[0])
                 last = (now, messages, readings)
                 try:
-                    write_heartbeat(conn, self.worker, os.getpid(), self.started_at, self.broker, self.connected(),
-                                    stats, now)
-                except Exception as exc:  # a locked or read-only db must not kill the hub; ingest reports it too
+                    rows.write_heartbeat(self.worker, os.getpid(), self.started_at, self.broker, self.connected(),
+                                         stats, now)
+                except (sqlite3.Error, OSError) as exc:  # a locked or read-only db must not kill the hub; ingest reports it too
                     log.warning("heartbeat not written error=%r", exc)
                 if self._stop.wait(self.interval_s):
                     break
         finally:
             # a clean stop removes the row, so the dashboard says "hub down" at once, not after a timeout
-            with contextlib.suppress(Exception):
-                conn.execute("DELETE FROM hub_status WHERE worker = ?", [self.worker])
+            with contextlib.suppress(sqlite3.Error, OSError):
+                rows.delete_heartbeat(self.worker)
             conn.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import ssl
 import threading
 import time
@@ -203,7 +204,7 @@ class Ingest:
                 result = self.writer.write(batch)
                 self.commit_seconds.observe(time.perf_counter() - started)
                 break
-            except Exception as exc:  # sqlite3.Error and friends: keep the batch, unacked, and retry
+            except (sqlite3.Error, OSError) as exc:  # a full disk, a lock: keep the batch, unacked, and retry
                 failures += 1
                 self.write_failures += 1
                 self.store_failing = repr(exc)
@@ -259,7 +260,7 @@ class Ingest:
             self._probe_shared(min(timeout, 3.0))
 
     def _probe_shared(self, timeout: float) -> None:
-        """Refuse to run as a worker on a broker that grants ``$share`` but delivers nothing (amqtt-notes #10)."""
+        """Refuse to run as a worker on a broker that grants ``$share`` but delivers nothing (AMQTT_NOTES.md #10)."""
         shared = self.settings.shared(self._probe_topic)
         self.client.subscribe(shared, qos=0)
         deadline = time.monotonic() + timeout

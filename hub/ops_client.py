@@ -27,9 +27,6 @@ from protocol.ops import (
     updates_topic,
 )
 
-FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "expired", "timed_out"})
-
-
 class HubUnreachable(HubError):
     """The broker or the hub did not answer."""
 

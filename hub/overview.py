@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from hub.status import alive, read_heartbeats
+from hub.status import alive
+from hub.storage import StorageError, open_database, queries
+from protocol.models import CommandState
 
 
 class SortKey(StrEnum):
@@ -53,7 +55,7 @@ class CommandView:
     id: str
     device_id: str
     name: str
-    state: str
+    state: CommandState
     updated_at: float
 
 
@@ -114,16 +116,14 @@ class OverviewLoader:
     def __init__(self, db: str | Path, history: int = 60, trend: int = 12) -> None:
         self.db = Path(db)
         self._conn: sqlite3.Connection | None = None
-        self._last: tuple[float, int, int] | None = None  # (time, max reading id, max message id)
+        self._last: tuple[float, int, int] | None = None  # (time, readings mark, messages mark)
         self._rates: deque[float] = deque(maxlen=history)
         self._trends: dict[tuple[str, str], deque[float]] = {}
         self._trend_len = trend
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            if not self.db.exists():
-                raise FileNotFoundError(f"no fleet database at {self.db}")
-            self._conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=2, check_same_thread=False)
+            self._conn = open_database(self.db, readonly=True)
         return self._conn
 
     def close(self) -> None:
@@ -136,50 +136,39 @@ class OverviewLoader:
         now = time.time() if now is None else now
         try:
             return self._load(now, commands, events)
-        except (sqlite3.Error, FileNotFoundError) as exc:
+        except (StorageError, sqlite3.Error) as exc:  # missing, foreign, or busy beyond the read timeout: said on screen
             self.close()
             return Snapshot(taken_at=now, hub_alive=False, hub_message=f"database: {exc}")
 
     def _load(self, now: float, n_commands: int, n_events: int) -> Snapshot:
-        conn = self._db()
-        q = lambda sql, *p: conn.execute(sql, p).fetchall()  # noqa: E731
-        tables = {r[0] for r in q("SELECT name FROM sqlite_master WHERE type='table'")}
-
-        beats = read_heartbeats(conn)
+        rows = queries.overview(self._db(), n_commands, n_events)
+        beats = rows.heartbeats
         live = [b for b in beats if alive(b, now)]
         stats: dict[str, float] = {}
         for b in live:
-            for key, value in b["stats"].items():
+            for key, value in b.stats.items():
                 if isinstance(value, (int, float)):
                     stats[key] = stats.get(key, 0) + value
         if live:
             message = ""
         elif beats:
-            message = f"no heartbeat for {now - max(b['updated_at'] for b in beats):.0f}s"
+            message = f"no heartbeat for {now - max(b.updated_at for b in beats):.0f}s"
         else:
             message = "no hub has run on this database"
 
-        max_reading = q("SELECT COALESCE(MAX(id), 0) FROM readings")[0][0] if "readings" in tables else 0
-        max_message = q("SELECT COALESCE(MAX(id), 0) FROM messages")[0][0] if "messages" in tables else 0
         persisted_rate = in_rate = 0.0
         if self._last is not None and now > self._last[0]:
             dt = now - self._last[0]
-            persisted_rate = max(0, max_reading - self._last[1]) / dt
-            in_rate = max(0, max_message - self._last[2]) / dt
-        self._last = (now, max_reading, max_message)
+            persisted_rate = max(0, rows.readings_mark - self._last[1]) / dt
+            in_rate = max(0, rows.messages_mark - self._last[2]) / dt
+        self._last = (now, rows.readings_mark, rows.messages_mark)
         self._rates.append(persisted_rate)
 
-        registered: dict[str, str | None] = dict(q(
-            "SELECT id, grp FROM principals WHERE role='device' AND revoked_at IS NULL")) if "principals" in tables else {}
-        presence = {r[0]: r for r in q("SELECT device_id, state, last_seen, fw FROM devices")} if "devices" in tables else {}
-        gaps = dict(q("SELECT device_id, SUM(missing) FROM gaps GROUP BY device_id")) if "gaps" in tables else {}
-        births = dict(q("SELECT device_id, COUNT(*) FROM presence_events WHERE state='online' GROUP BY device_id")) \
-            if "presence_events" in tables else {}
-        dead = dict(q("SELECT device_id, COUNT(*) FROM deadletters GROUP BY device_id")) if "deadletters" in tables else {}
+        registered = rows.groups
+        presence = rows.presence
         latest: dict[str, list[tuple[str, float]]] = {}
-        if "latest" in tables:
-            for dev, metric, value in q("SELECT device_id, metric, value FROM latest"):
-                latest.setdefault(dev, []).append((metric, value))
+        for dev, metric, value in rows.latest:
+            latest.setdefault(dev, []).append((metric, value))
 
         devices = []
         for dev in sorted(set(registered) | set(presence)):
@@ -191,31 +180,21 @@ class OverviewLoader:
                     trend.append(value)
                 metrics.append(MetricView(metric, value, tuple(trend)))
             devices.append(DeviceView(
-                id=dev, group=registered.get(dev), online=bool(p and p[1] == "online"), last_seen=p[2] if p else None, fw=(p[3] or "") if p else "",
-                metrics=tuple(metrics), gaps=int(gaps.get(dev) or 0), reconnects=max(0, int(births.get(dev, 0)) - 1),
-                deadletters=int(dead.get(dev, 0)),
+                id=dev, group=registered.get(dev), online=bool(p and p[0] == "online"), last_seen=p[1] if p else None,
+                fw=(p[2] or "") if p else "", metrics=tuple(metrics), gaps=rows.gaps.get(dev, 0),
+                reconnects=max(0, int(rows.births.get(dev, 0)) - 1), deadletters=int(rows.deadletters_by_device.get(dev, 0)),
             ))
 
-        command_rows: list[CommandView] = []
-        if "commands" in tables:
-            command_rows = [CommandView(*r) for r in q(
-                "SELECT id, device_id, name, state, updated_at FROM commands ORDER BY updated_at DESC LIMIT ?", n_commands)]
-        event_rows: list[EventView] = []
-        if "alerts" in tables:
-            event_rows += [EventView(r[0], "alert", r[1], f"{r[2]} {r[3]} {r[4]}".strip()) for r in q(
-                "SELECT received_at, device_id, severity, code, message FROM alerts ORDER BY id DESC LIMIT ?", n_events)]
-        if "deadletters" in tables:
-            event_rows += [EventView(r[0], "deadletter", r[1], f"{r[2]}: {r[3]}") for r in q(
-                "SELECT received_at, device_id, reason, detail FROM deadletters ORDER BY id DESC LIMIT ?", n_events)]
+        command_rows = [CommandView(i, d, n, CommandState(s), u) for i, d, n, s, u in rows.commands]
+        event_rows = [EventView(r[0], "alert", r[1], f"{r[2]} {r[3]} {r[4]}".strip()) for r in rows.alerts]
+        event_rows += [EventView(r[0], "deadletter", r[1], f"{r[2]}: {r[3]}") for r in rows.deadletter_events]
         event_rows.sort(key=lambda e: -e.ts)
 
-        total_gaps = sum(int(v or 0) for v in gaps.values())
-        total_dead = q("SELECT COUNT(*) FROM deadletters")[0][0] if "deadletters" in tables else 0
         summary = Summary(
             devices_total=len(devices), online=sum(1 for d in devices if d.online),
             readings_in_per_s=float(stats.get("readings_in_per_s", in_rate)), persisted_per_s=persisted_rate,
-            rate_history=tuple(self._rates), duplicates=int(stats.get("duplicates", 0)), gaps=total_gaps,
-            deadletters=int(total_dead), ingest_lag_s=stats.get("lag_s") if live else None,
+            rate_history=tuple(self._rates), duplicates=int(stats.get("duplicates", 0)), gaps=sum(rows.gaps.values()),
+            deadletters=rows.deadletters_total, ingest_lag_s=stats.get("lag_s") if live else None,
         )
         return Snapshot(taken_at=now, hub_alive=bool(live), hub_message=message, summary=summary,
                         devices=tuple(devices), commands=tuple(command_rows), events=tuple(event_rows[:n_events]))

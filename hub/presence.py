@@ -1,7 +1,7 @@
 """Device presence: online/offline from birth and will messages, plus a staleness timeout.
 
 A device is online after its birth (``d/<id>/s`` state online) and offline after its will
-(state offline). Because a broker may never fire a will (amqtt-notes #2), a device that sent
+(state offline). Because a broker may never fire a will (AMQTT_NOTES.md #2), a device that sent
 nothing for ``max(staleness_min_s, interval_s x staleness_factor)`` is also marked offline
 (reason ``stale``); its next message brings it back online (reason ``message``). A will is
 final until the next birth. Every transition is stored in ``presence_events``.
@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from hub.store import DeviceRow, HubStore
+from hub.storage import DeviceRow
+from hub.store import HubStore
 from protocol.models import Status, StatusState
 
 log = logging.getLogger("fleet.hub.presence")

@@ -9,6 +9,8 @@ from protocol.errors import FleetError, ProtocolError, Reason
 from protocol.limits import LIMITS, Limits
 from protocol.metrics import METRICS, Metric, metric_by_id, metric_by_name
 from protocol.models import (
+    DEVICE_REPLY_STATES,
+    FINAL_COMMAND_STATES,
     Alert,
     Command,
     CommandReply,
@@ -23,6 +25,8 @@ from protocol.models import (
 from protocol.topics import MessageClass, Topic, parse_topic, topic_for
 
 __all__ = [
+    "DEVICE_REPLY_STATES",
+    "FINAL_COMMAND_STATES",
     "LIMITS",
     "METRICS",
     "Alert",

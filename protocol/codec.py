@@ -23,8 +23,8 @@ from protocol.metrics import metric_by_id, metric_by_name
 from protocol.models import (
     Alert,
     Command,
+    DEVICE_REPLY_STATES,
     CommandReply,
-    CommandState,
     Message,
     Reading,
     Severity,
@@ -67,7 +67,7 @@ _LONG_KEYS = {model: {v: k for k, v in keys.items()} for model, keys in SHORT_KE
 ENUM_CODES: dict[str, tuple[Any, ...]] = {
     "severity": (Severity.INFO, Severity.WARNING, Severity.CRITICAL),
     "state:Status": (StatusState.OFFLINE, StatusState.ONLINE),
-    "state:CommandReply": (CommandState.RECEIVED, CommandState.SUCCEEDED, CommandState.FAILED, CommandState.REJECTED),
+    "state:CommandReply": DEVICE_REPLY_STATES,
     "enc": ("json", "cbor"),
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 from protocol.limits import LIMITS
 
@@ -91,12 +91,35 @@ class Command(WireModel):
 
 
 class CommandState(StrEnum):
-    """States a device reports for a command (the hub adds its own: queued, sent, expired, ...)."""
+    """Every state of a command: the one enum of the hub, the CLI, the dashboard and the devices.
 
+    A device replies only with :data:`DEVICE_REPLY_STATES` (``received``, then a result); the hub
+    records the others: ``queued`` (stored, not yet sent), ``sent``, ``delivered`` (the device
+    said ``received``), and the final ``expired`` and ``timed_out``.
+    """
+
+    QUEUED = "queued"
+    SENT = "sent"
     RECEIVED = "received"
+    DELIVERED = "delivered"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REJECTED = "rejected"
+    EXPIRED = "expired"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def final(self) -> bool:
+        """True for the states a command never leaves."""
+        return self in FINAL_COMMAND_STATES
+
+
+FINAL_COMMAND_STATES = frozenset({CommandState.SUCCEEDED, CommandState.FAILED, CommandState.REJECTED,
+                                  CommandState.EXPIRED, CommandState.TIMED_OUT})
+"""A command in one of these states is done; nothing moves it again."""
+
+DEVICE_REPLY_STATES = (CommandState.RECEIVED, CommandState.SUCCEEDED, CommandState.FAILED, CommandState.REJECTED)
+"""The states a device may put in a :class:`CommandReply` (in this order in the binary form)."""
 
 
 class CommandReply(WireModel):
@@ -106,6 +129,13 @@ class CommandReply(WireModel):
     state: Annotated[CommandState, Field(strict=False)]
     detail: Text = ""
     result: Annotated[dict[ShortText, ArgValue], Field(max_length=LIMITS.max_command_args)] = {}
+
+    @field_validator("state")
+    @classmethod
+    def _device_state(cls, state: CommandState) -> CommandState:
+        if state not in DEVICE_REPLY_STATES:
+            raise ValueError(f"a device replies {', '.join(DEVICE_REPLY_STATES)}, not {state.value!r}")
+        return state
 
 
 class Watermark(WireModel):

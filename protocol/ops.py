@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.limits import LIMITS
-from protocol.models import ArgValue, ShortText
+from protocol.models import ArgValue, CommandState, ShortText
 
 OPS_PREFIX = "fleet/ops"
 
@@ -79,7 +79,7 @@ class CommandUpdate(OpsModel):
     id: str
     device_id: str
     name: str
-    state: str
+    state: CommandState
     ts: float
     final: bool
     detail: str = ""

@@ -9,13 +9,16 @@ from rich.table import Table
 from rich.text import Text
 
 from hub.overview import DeviceView, Snapshot, SortKey, ViewState
+from protocol.models import CommandState
 
 SPARKS = "▁▂▃▄▅▆▇█"
 MAIN_METRICS = ("temperature", "humidity", "power_w", "speed_kmh", "battery_v")
 STATE_STYLE = {
-    "queued": "white", "sent": "cyan", "delivered": "blue", "succeeded": "green",
-    "failed": "red", "rejected": "magenta", "expired": "yellow", "timed_out": "yellow",
+    CommandState.QUEUED: "white", CommandState.SENT: "cyan", CommandState.RECEIVED: "blue",
+    CommandState.DELIVERED: "blue", CommandState.SUCCEEDED: "green", CommandState.FAILED: "red",
+    CommandState.REJECTED: "magenta", CommandState.EXPIRED: "yellow", CommandState.TIMED_OUT: "yellow",
 }
+"""The color of each command state (every state has one)."""
 
 
 def sparkline(values: tuple[float, ...] | list[float], width: int = 20) -> str:

@@ -1,4 +1,4 @@
-"""The pure topic rules of broker.acl, including the wildcard escalations amqtt allows (amqtt-notes #7)."""
+"""The pure topic rules of broker.acl, including the wildcard escalations amqtt allows (AMQTT_NOTES.md #7)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What the embedded broker promises about delivery, against amqtt's defaults.
 
-amqtt-notes #1 (acknowledged burst lost at DISCONNECT), #3 (offline queue with RETAIN=1, QoS 0
+AMQTT_NOTES.md #1 (acknowledged burst lost at DISCONNECT), #3 (offline queue with RETAIN=1, QoS 0
 queued as QoS 1), #4 (unacknowledged QoS 1 not redelivered after reconnect), #11 (no size limit).
 """
 

@@ -1,4 +1,4 @@
-"""Keep-alive is enforced and the last will fires (amqtt-notes #2)."""
+"""Keep-alive is enforced and the last will fires (AMQTT_NOTES.md #2)."""
 
 from __future__ import annotations
 

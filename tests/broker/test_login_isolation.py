@@ -1,4 +1,4 @@
-"""Failed logins touch nothing (amqtt-notes #8) and never stall the broker (#9)."""
+"""Failed logins touch nothing (AMQTT_NOTES.md #8) and never stall the broker (#9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Devices see only their own topics: retained messages (amqtt-notes #6), wildcard escalation (#7),
+"""Devices see only their own topics: retained messages (AMQTT_NOTES.md #6), wildcard escalation (#7),
 denied publishes and subscriptions, and revocation of a connected device."""
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from hub.command_store import CommandStore, HubState
+from hub.storage import CommandStore
+from protocol.models import CommandState
 from hub.commands import CommandBridge, CommandError, CommandSettings
 from protocol import CommandReply, MessageClass, decode
 
@@ -44,7 +45,7 @@ def test_round_trip_online_device(bridge):
     bridge.on_reply("dev-1", CommandReply(id=rec.id, state="received"), now=T0 + 0.1)
     bridge.on_reply("dev-1", CommandReply(id=rec.id, state="succeeded", result={"pong": 1}), now=T0 + 0.2)
     stored = bridge.store.get(rec.id)
-    assert stored.state is HubState.SUCCEEDED and stored.result == {"pong": 1}
+    assert stored.state is CommandState.SUCCEEDED and stored.result == {"pong": 1}
     assert [h["state"] for h in bridge.store.history(rec.id)] == ["queued", "sent", "delivered", "succeeded"]
 
 
@@ -58,11 +59,11 @@ def test_offline_device_gets_command_on_birth_and_expiry_wins_after_ttl(bridge):
     early = bridge.submit("dev-2", "reboot", ttl_s=60, now=T0)
     late = bridge.submit("dev-3", "reboot", ttl_s=10, now=T0)
     bridge.tick(now=T0 + 5)
-    assert bridge.pub.sent == [] and bridge.store.get(early.id).state is HubState.QUEUED
+    assert bridge.pub.sent == [] and bridge.store.get(early.id).state is CommandState.QUEUED
     bridge.on_presence("dev-2", True, now=T0 + 20)
     assert [c.id for c in bridge.pub.commands("dev-2")] == [early.id]
     bridge.tick(now=T0 + 11)
-    assert bridge.store.get(late.id).state is HubState.EXPIRED
+    assert bridge.store.get(late.id).state is CommandState.EXPIRED
     bridge.on_presence("dev-3", True, now=T0 + 12)
     assert bridge.pub.commands("dev-3") == []  # an expired command is never sent
 
@@ -77,7 +78,7 @@ def test_unacknowledged_send_is_retried_with_same_id_then_times_out(bridge):
     ids = [c.id for c in bridge.pub.commands("dev-4")]
     assert ids == [rec.id] * 3
     bridge.tick(now=T0 + 5.0 + 10.0 + 20.0)
-    assert bridge.store.get(rec.id).state is HubState.TIMED_OUT
+    assert bridge.store.get(rec.id).state is CommandState.TIMED_OUT
 
 
 def test_rejected_failed_and_device_side_expiry(bridge):
@@ -88,10 +89,10 @@ def test_rejected_failed_and_device_side_expiry(bridge):
     bridge.on_reply("dev-5", CommandReply(id=a.id, state="rejected", detail="unknown command"), now=T0 + 1)
     bridge.on_reply("dev-5", CommandReply(id=b.id, state="failed", detail="seconds must be > 0"), now=T0 + 1)
     bridge.on_reply("dev-5", CommandReply(id=c.id, state="rejected", detail="expired"), now=T0 + 1)
-    assert bridge.store.get(a.id).state is HubState.REJECTED
-    assert bridge.store.get(b.id).state is HubState.FAILED
+    assert bridge.store.get(a.id).state is CommandState.REJECTED
+    assert bridge.store.get(b.id).state is CommandState.FAILED
     assert bridge.store.get(b.id).detail == "seconds must be > 0"
-    assert bridge.store.get(c.id).state is HubState.EXPIRED
+    assert bridge.store.get(c.id).state is CommandState.EXPIRED
 
 
 def test_reply_from_another_device_is_ignored(bridge):
@@ -99,7 +100,7 @@ def test_reply_from_another_device_is_ignored(bridge):
     rec = bridge.submit("dev-6", "reboot", now=T0)
     assert bridge.on_reply("dev-7", CommandReply(id=rec.id, state="succeeded"), now=T0 + 1) is None
     assert bridge.counters["forged_replies"] == 1
-    assert bridge.store.get(rec.id).state is HubState.SENT
+    assert bridge.store.get(rec.id).state is CommandState.SENT
 
 
 def test_restart_resumes_commands_in_flight(bridge, tmp_path):
@@ -119,5 +120,5 @@ def test_final_state_is_not_overwritten_by_late_replies(bridge):
     bridge.on_reply("dev-9", CommandReply(id=rec.id, state="succeeded"), now=T0 + 1)
     bridge.on_reply("dev-9", CommandReply(id=rec.id, state="failed"), now=T0 + 2)
     bridge.on_reply("dev-9", CommandReply(id=rec.id, state="received"), now=T0 + 3)
-    assert bridge.store.get(rec.id).state is HubState.SUCCEEDED
+    assert bridge.store.get(rec.id).state is CommandState.SUCCEEDED
     assert [h["state"] for h in bridge.store.history(rec.id)][-1] == "succeeded"

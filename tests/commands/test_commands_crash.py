@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from command_device import CommandDevice
-from hub.command_store import CommandStore, HubState
+from hub.storage import CommandStore
+from protocol.models import CommandState
 from support import HubProcess, add_device, wait_for
 
 
@@ -27,13 +28,13 @@ def test_queued_command_survives_hub_sigkill(embedded_broker, registry, db_path,
                 break
         assert res is not None and res.exit_code == 0, res.output if res else ""
         cid = json.loads(res.stdout)[0]["id"]
-        assert store.get(cid).state is HubState.QUEUED  # the device is offline
+        assert store.get(cid).state is CommandState.QUEUED  # the device is offline
         hub.kill()
 
         hub.start()
         device = CommandDevice(port, creds).connect()
         try:
-            assert wait_for(lambda: store.get(cid).state is HubState.SUCCEEDED, timeout=20), hub.log.read_text()[-2000:]
+            assert wait_for(lambda: store.get(cid).state is CommandState.SUCCEEDED, timeout=20), hub.log.read_text()[-2000:]
             assert device.executed == [cid]
         finally:
             device.disconnect()
@@ -58,9 +59,9 @@ def test_sent_but_unacknowledged_command_is_resent_after_hub_restart(embedded_br
         cid = json.loads(res.stdout)[0]["id"]
         assert wait_for(lambda: cid in device.received, timeout=10)  # delivered once, silently dropped
         hub.kill()
-        assert store.get(cid).state is HubState.SENT
+        assert store.get(cid).state is CommandState.SENT
         hub.start()
-        assert wait_for(lambda: store.get(cid).state is HubState.SUCCEEDED, timeout=30), hub.log.read_text()[-2000:]
+        assert wait_for(lambda: store.get(cid).state is CommandState.SUCCEEDED, timeout=30), hub.log.read_text()[-2000:]
         assert device.executed == [cid]
     finally:
         device.disconnect()

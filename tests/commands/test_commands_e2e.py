@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from broker.registry import Role
 from cli.main import cli
 from command_device import CommandDevice
-from hub.command_store import CommandStore, HubState
+from hub.storage import CommandStore
+from protocol.models import CommandState
 from hub.config import HubSettings
 from hub.service import Hub
 from protocol import CommandReply
@@ -81,13 +82,13 @@ def test_offline_device_gets_command_after_reconnect_within_ttl_and_never_after(
     code, out, _ = fleet(db_path, embedded_broker.port, "send", "dev-expire", "ping", "--no-wait", "--ttl", "1s", "--json")
     expire_id = json.loads(out)[0]["id"]
     store = CommandStore(str(db_path))
-    assert store.get(late_id).state is HubState.QUEUED
-    assert wait_for(lambda: store.get(expire_id).state is HubState.EXPIRED, timeout=5)
+    assert store.get(late_id).state is CommandState.QUEUED
+    assert wait_for(lambda: store.get(expire_id).state is CommandState.EXPIRED, timeout=5)
 
     dev_a = CommandDevice(embedded_broker.port, creds_a).connect()
     dev_b = CommandDevice(embedded_broker.port, creds_b).connect()
     try:
-        assert wait_for(lambda: store.get(late_id).state is HubState.SUCCEEDED, timeout=10)
+        assert wait_for(lambda: store.get(late_id).state is CommandState.SUCCEEDED, timeout=10)
         assert dev_a.executed == [late_id]
         time.sleep(1.0)
         assert dev_b.received == [] and dev_b.executed == []
@@ -101,7 +102,7 @@ def test_redelivered_command_executes_once(embedded_broker, registry, db_path, h
     try:
         rec = hub.commands.submit("dev-dup", "ping")
         store = CommandStore(str(db_path))
-        assert wait_for(lambda: store.get(rec.id).state is HubState.SUCCEEDED, timeout=10)
+        assert wait_for(lambda: store.get(rec.id).state is CommandState.SUCCEEDED, timeout=10)
         # force a redelivery of the very same command id, as a broker or a hub retry would
         from protocol import Command, MessageClass, encode, topic_for
 
@@ -122,7 +123,7 @@ def test_unacknowledged_command_is_resent_with_same_id(embedded_broker, registry
         hub.commands.bridge.settings = hub.commands.bridge.settings.model_copy(update={"ack_timeout_s": 0.5})
         rec = hub.commands.submit("dev-deaf", "ping")
         store = CommandStore(str(db_path))
-        assert wait_for(lambda: store.get(rec.id).state is HubState.SUCCEEDED, timeout=10)
+        assert wait_for(lambda: store.get(rec.id).state is CommandState.SUCCEEDED, timeout=10)
         assert dev.received.count(rec.id) >= 2 and dev.executed == [rec.id]
         assert store.get(rec.id).attempts >= 2
     finally:
@@ -149,7 +150,7 @@ def test_device_cannot_command_another_device_or_forge_a_result(embedded_broker,
         attacker.reply(CommandReply(id=rec.id, state="succeeded"), wait=True)
         time.sleep(1.0)
         assert "evil-1" not in victim.received
-        assert CommandStore(str(db_path)).get(rec.id).state is HubState.SENT
+        assert CommandStore(str(db_path)).get(rec.id).state is CommandState.SENT
         assert wait_for(lambda: hub.commands.bridge.counters["forged_replies"] >= 1, timeout=5)
     finally:
         victim.disconnect()

@@ -10,7 +10,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from hub.config import HubSettings
-from hub.store import connect as connect_db
+from hub.storage import open_database as connect_db
 from protocol.codec import encode
 from protocol.models import Reading, Status, Telemetry
 from protocol.topics import MessageClass, topic_for

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from hub.storage import open_database
 from hub_helpers import birth, publish, publish_seqs, stop_client, stored_messages
 from protocol.codec import encode
 from protocol.topics import MessageClass
@@ -59,5 +60,11 @@ def test_devices_list_shows_presence(filled_db):
 
 
 def test_readings_on_an_empty_db(tmp_path):
+    open_database(tmp_path / "empty.db").close()  # a database no hub has written to yet
     assert json.loads(run(tmp_path / "empty.db", "readings", "x", "--json")) == []
     assert json.loads(run(tmp_path / "empty.db", "deadletters", "--json")) == []
+
+
+def test_readings_without_a_database_is_one_line_and_creates_nothing(tmp_path):
+    res = CliRunner().invoke(cli, ["--db", str(tmp_path / "fleet.db"), "readings", "x"])
+    assert res.exit_code == 1 and res.stderr.startswith("Error: no database at") and not (tmp_path / "fleet.db").exists()

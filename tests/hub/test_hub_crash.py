@@ -81,7 +81,7 @@ def test_sigkill_mid_stream_loses_nothing_on_mosquitto(mosquitto, registry, db_p
 
 
 def test_sigkill_mid_stream_loses_nothing_on_embedded_broker(embedded_broker, registry, db_path, hub_process):
-    """Holds because broker/ redelivers unacknowledged QoS1 and queues for the offline hub (amqtt-notes #3, #4)."""
+    """Holds because broker/ redelivers unacknowledged QoS1 and queues for the offline hub (AMQTT_NOTES.md #3, #4)."""
     device_ids = [f"crash-{i}" for i in range(DEVICES)]
     clients = [connect(embedded_broker.port, add_device(registry, d)) for d in device_ids]
     try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import cbor2
 
-from hub.store import connect as connect_db, deadletter_counts, query_deadletters
+from hub.storage import open_database as connect_db
+from hub.storage.queries import deadletter_counts, deadletters as query_deadletters
 from hub_helpers import stop_client, stored_messages, telemetry
 from protocol.codec import encode
 from protocol.errors import Reason

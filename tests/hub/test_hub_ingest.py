@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from hub.store import connect as connect_db, query_gaps, query_latest, query_readings
+from hub.storage import open_database as connect_db
+from hub.storage.queries import gaps as query_gaps, latest as query_latest, readings as query_readings
 from hub_helpers import publish_seqs, stop_client, stored_messages, stored_readings, scalar
 from support import add_device, connect, wait_for
 

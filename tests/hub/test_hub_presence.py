@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from hub.store import connect as connect_db, query_presence, query_presence_events
+from hub.storage import open_database as connect_db
+from hub.storage.queries import presence as query_presence, presence_events as query_presence_events
 from hub_helpers import birth, publish, publish_seqs, stop_client
 from protocol.codec import encode
 from protocol.models import Status

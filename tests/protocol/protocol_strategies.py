@@ -12,7 +12,7 @@ from protocol import (
     Alert,
     Command,
     CommandReply,
-    CommandState,
+    DEVICE_REPLY_STATES,
     Reading,
     Severity,
     Status,
@@ -47,7 +47,7 @@ statuses = st.builds(Status, state=st.sampled_from(StatusState), boot=u32, fw=st
                      caps=st.lists(short_text, max_size=32), enc=st.sampled_from(["json", "cbor"]),
                      interval_s=st.integers(1, 86_400))
 commands = st.builds(Command, id=short_text, name=short_text, args=args, expires=epoch_ms)
-replies = st.builds(CommandReply, id=short_text, state=st.sampled_from(CommandState), detail=text, result=args)
+replies = st.builds(CommandReply, id=short_text, state=st.sampled_from(DEVICE_REPLY_STATES), detail=text, result=args)
 watermarks = st.builds(Watermark, boot=u32, seq=u32)
 messages = st.one_of(telemetry, alerts, statuses, commands, replies, watermarks)
 

@@ -12,7 +12,8 @@ from support import add_device, wait_for
 from test_worker_group import DEVICES, Producer, _workers_up, stored
 
 from cli.main import cli
-from hub.command_store import CommandStore, HubState
+from hub.storage import CommandStore
+from protocol.models import CommandState
 
 pytestmark = pytest.mark.mosquitto
 
@@ -64,14 +65,14 @@ def test_dead_workers_commands_move_to_the_adopter(mosquitto, registry, db_path,
         assert res is not None and res.exit_code == 0, res.output if res else ""
         cid = json.loads(res.stdout)[0]["id"]
         store = CommandStore(str(db_path))
-        assert store.get(cid).owner == "hub-ops-1" and store.get(cid).state is HubState.QUEUED
+        assert store.get(cid).owner == "hub-ops-1" and store.get(cid).state is CommandState.QUEUED
         b = WorkerProcess(db_path, mosquitto.port, "ops", "hub-ops-2", tmp_path / "b.log", "--adopt-after", "3s").start()
         assert wait_for(lambda: _workers_up(db_path) == 2, 15), b.log.read_text()
         a.kill()
         assert wait_for(lambda: store.get(cid).owner == "hub-ops-2", 20), b.log.read_text()[-3000:]
         device = CommandDevice(mosquitto.port, creds).connect()
         try:
-            assert wait_for(lambda: store.get(cid).state is HubState.SUCCEEDED, 20), b.log.read_text()[-3000:]
+            assert wait_for(lambda: store.get(cid).state is CommandState.SUCCEEDED, 20), b.log.read_text()[-3000:]
             assert device.executed == [cid]
         finally:
             device.disconnect()

@@ -9,7 +9,7 @@ import pytest
 from command_device import CommandDevice
 from support import add_device, wait_for
 
-from hub.command_store import CommandStore
+from hub.storage import CommandStore
 from hub.config import HubSettings
 from hub.ops_client import OpsClient
 from hub.service import Hub
@@ -31,7 +31,7 @@ def test_commands_exactly_once_with_two_workers(mosquitto, registry, db_path, wo
     store = CommandStore(str(db_path))
     try:
         # both workers must see the births (in the db) before commands are sent
-        assert wait_for(lambda: store.db.execute("SELECT COUNT(*) FROM devices WHERE state='online'").fetchone()[0] == 3, 10)
+        assert wait_for(lambda: store.conn.execute("SELECT COUNT(*) FROM devices WHERE state='online'").fetchone()[0] == 3, 10)
         ids: list[str] = []
         with OpsClient(f"mqtt://127.0.0.1:{mosquitto.port}", "ops-1", "any") as ops:
             for _ in range(8):

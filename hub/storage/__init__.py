@@ -1,0 +1,48 @@
+"""fleet.db: its schema, its migrations, and every query on it. Nothing else in the project writes SQL.
+
+This package sits below ``broker/`` and the rest of ``hub/``: it imports only the standard
+library and ``protocol``, so the broker (registry) and the hub (everything else) share it.
+
+    errors.py      StorageError: the one error, one readable line
+    schema.py      the tables, PRAGMA user_version, migrations
+    connection.py  open_database (WAL, busy timeout, migrate; read-only never creates), transaction
+    registry.py    principals: Role, Principal, PrincipalStore
+    ingest.py      the writer's tables: IngestStore
+    presence.py    devices and presence events: PresenceStore
+    commands.py    commands and their history: CommandStore, CommandRecord
+    status.py      hub heartbeats and worker adoptions: StatusStore
+    queries.py     read queries of the CLI, the dashboard and the exporter
+"""
+
+from hub.storage.commands import ACTIVE_STATES, CommandRecord, CommandStore, new_command_id
+from hub.storage.connection import dict_rows, open_database, reading, transaction
+from hub.storage.errors import StorageError
+from hub.storage.ingest import GapRow, IngestStore, StreamRow
+from hub.storage.presence import DeviceLinkRow, DeviceRow, PresenceStore
+from hub.storage.registry import Principal, PrincipalStore, Role
+from hub.storage.schema import CURRENT_VERSION
+from hub.storage.status import Heartbeat, StatusStore
+
+__all__ = [
+    "ACTIVE_STATES",
+    "CURRENT_VERSION",
+    "CommandRecord",
+    "CommandStore",
+    "DeviceLinkRow",
+    "DeviceRow",
+    "GapRow",
+    "Heartbeat",
+    "IngestStore",
+    "PresenceStore",
+    "Principal",
+    "PrincipalStore",
+    "Role",
+    "StatusStore",
+    "StorageError",
+    "StreamRow",
+    "dict_rows",
+    "new_command_id",
+    "open_database",
+    "reading",
+    "transaction",
+]

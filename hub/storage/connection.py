@@ -1,0 +1,104 @@
+"""Opening fleet.db: the one place that connects to it.
+
+:func:`open_database` opens for writing (WAL, busy timeout, schema brought to the current
+version, the file created when missing). ``readonly=True`` is for the CLI's listings and the
+dashboard: it never creates the file ("no database at PATH" instead) and never writes, except
+that a file from an older release is upgraded once, in place, before it is read.
+Every failure to open is a :class:`~hub.storage.errors.StorageError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hub.storage.errors import StorageError, storage_error
+from hub.storage.schema import CURRENT_VERSION, check_version, migrate
+
+BUSY_TIMEOUT_S = 30.0
+"""How long a writer waits for another writer's lock before SQLite says "database is locked"."""
+
+READ_BUSY_TIMEOUT_S = 2.0
+"""Readers (CLI, dashboard) never wait long: WAL readers only wait during a checkpoint or an upgrade."""
+
+
+def open_database(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to the fleet database at ``path``, in autocommit mode (transactions are explicit).
+
+    Writable (the default): WAL journal, ``synchronous=NORMAL``, a busy timeout, the schema migrated
+    to the current version; the file is created when it does not exist. ``readonly``: the file must
+    exist. Raises :class:`StorageError` for a missing, unreadable, locked or foreign file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise StorageError(p, f"{p} is a folder, not a fleet database", "pass --db with a file path")
+    if readonly:
+        return _open_readonly(p)
+    try:
+        conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+    except (sqlite3.Error, OSError) as exc:
+        raise storage_error(p, exc) from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrate(conn, p)
+    except StorageError:
+        conn.close()
+        raise
+    except sqlite3.Error as exc:
+        conn.close()
+        raise storage_error(p, exc) from None
+    return conn
+
+
+def _open_readonly(p: Path) -> sqlite3.Connection:
+    if not p.exists():
+        raise StorageError(p, f"no database at {p}",
+                           "start the hub or the broker once (fleet up), or pass --db / set FLEET_DB")
+    try:
+        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=READ_BUSY_TIMEOUT_S,
+                               check_same_thread=False, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(READ_BUSY_TIMEOUT_S * 1000)}")
+        version = check_version(conn, p)
+    except sqlite3.Error as exc:
+        raise storage_error(p, exc) from None
+    if version == CURRENT_VERSION:
+        return conn
+    conn.close()
+    open_database(p).close()  # a file of an older release: upgrade it in place once, then read it
+    return _open_readonly(p)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE``): committed at the end, rolled back when the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection for one query or a few; SQLite errors while reading become StorageError."""
+    conn = open_database(path, readonly=True)
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        raise storage_error(path, exc) from None
+    finally:
+        conn.close()
+
+
+def dict_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """The rows of ``sql`` as dicts keyed by column name."""
+    cur = conn.execute(sql, params)
+    cols = [c[0] for c in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
