@@ -2,12 +2,14 @@
 
 :func:`classify` turns one raw PUBLISH into an :class:`Accepted` message, a
 :class:`Rejected` one (a dead letter with its reason) or None (nothing to store, e.g. a
-cleared retained status). It never raises: bad input is data, not an error.
+cleared retained status). It never raises: bad input is data, not an error. The three are
+named tuples, not frozen dataclasses: one of each per message, and a frozen dataclass's
+``__init__`` sets every field through ``object.__setattr__``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from protocol.codec import decode
 from protocol.errors import ProtocolError, Reason
@@ -18,8 +20,7 @@ from protocol.topics import MessageClass, parse_topic
 HUB_RECEIVES = (MessageClass.TELEMETRY, MessageClass.ALERT, MessageClass.STATUS, MessageClass.REPLY)
 
 
-@dataclass(slots=True, frozen=True)
-class Inbound:
+class Inbound(NamedTuple):
     """One PUBLISH as paho handed it over, plus when it arrived and on which connection."""
 
     topic: str
@@ -32,16 +33,14 @@ class Inbound:
     """Connection number: a message is acked only on the connection that delivered it."""
 
 
-@dataclass(slots=True, frozen=True)
-class Accepted:
+class Accepted(NamedTuple):
     device_id: str
     cls: MessageClass
     message: TelemetryRows | Alert | Status | CommandReply
     """Telemetry arrives as plain rows (no pydantic model per reading: this is the hot path)."""
 
 
-@dataclass(slots=True, frozen=True)
-class Rejected:
+class Rejected(NamedTuple):
     device_id: str | None
     reason: Reason
     detail: str

@@ -41,7 +41,8 @@ class IngestClient(mqtt.Client):
     from one large read, and ``loop_read`` keeps going while that buffer holds bytes (the
     socket may have nothing more to say, so ``select`` would not wake paho for them).
     :meth:`ack_many` queues the PUBACKs of a whole committed batch as one write instead of
-    one queued packet and one wake-up per message.
+    one queued packet and one wake-up per message. ``message_callback_add`` is not supported:
+    every message goes to ``on_message``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -69,6 +70,14 @@ class IngestClient(mqtt.Client):
     def _sock_close(self) -> None:  # a new connection must not read the old one's leftovers
         self._rbuf, self._rpos = b"", 0
         super()._sock_close()
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:  # overrides paho's
+        # paho matches every message against message_callback_add filters first (a topic tree
+        # walk per message); the hub uses only on_message, so call it directly
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
 
     def ack_many(self, mids: list[int]) -> None:
         """Acknowledge QoS 1 messages by packet id in one queued write (``manual_ack`` clients)."""
