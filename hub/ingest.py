@@ -62,6 +62,7 @@ class Ingest:
         self._store_ready = threading.Event()
         self._store_error: BaseException | None = None
         self._probe_topic = f"fleet/probe/{settings.mqtt_client_id}"
+        self._probe_topic_bytes = self._probe_topic.encode()
         self._probe_seen = threading.Event()
         self.client = self._make_client(password)
 
@@ -81,6 +82,7 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.publish_sink = self._on_publish
         return client
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
@@ -108,15 +110,18 @@ class Ingest:
             log.warning("disconnected broker=%s reason=%s (paho reconnects)", self.settings.broker, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = message._topic.decode("utf-8", "replace")  # dead-lettered as bad_topic
-        if topic == self._probe_topic:
+        # what IngestClient's fast path does not cut out of its buffer arrives here
+        self._on_publish(message._topic, message.payload, message.mid, message.qos, bool(message.retain))
+
+    def _on_publish(self, topic_bytes: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
+        if topic_bytes == self._probe_topic_bytes:
             self._probe_seen.set()
             return
-        item = Inbound(topic, message.payload, message.mid, message.qos, bool(message.retain), time.time(),
-                       self.generation)
+        try:
+            topic = topic_bytes.decode()
+        except UnicodeDecodeError:
+            topic = topic_bytes.decode("utf-8", "replace")  # dead-lettered as bad_topic
+        item = Inbound(topic, payload, mid, qos, retain, time.time(), self.generation)
         # Block while the writer is behind: the broker holds what we do not read (never drop).
         while not self._stop.is_set():
             try:
