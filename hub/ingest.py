@@ -122,6 +122,11 @@ class Ingest:
         except UnicodeDecodeError:
             topic = topic_bytes.decode("utf-8", "replace")  # dead-lettered as bad_topic
         item = Inbound(topic, payload, mid, qos, retain, time.time(), self.generation)
+        try:
+            self.queue.put_nowait(item)  # the common case, without put()'s timeout bookkeeping
+            return
+        except queue.Full:
+            pass
         # Block while the writer is behind: the broker holds what we do not read (never drop).
         while not self._stop.is_set():
             try:
