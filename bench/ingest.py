@@ -74,6 +74,8 @@ class Result:
     hub_msg_per_s: float
     readings_per_s: float
     hub_rss_mb: float
+    hub_cpu_us_per_msg: float
+    """The hub's CPU time (user + system, all threads) per message: steadier than rates on a busy machine."""
     skewed_counted: int
     load_1m: float
 
@@ -240,9 +242,10 @@ def start_hub(fleet: Fleet, workdir: Path) -> tuple[subprocess.Popen[bytes], int
 
 
 def hub_phase(fleet: Fleet, hub: psutil.Process, metrics_port: int, files: dict[str, Path], encoding: str,
-              blaster: Path | None, messages: int, per_msg: int, label: str) -> tuple[float, float, int]:
-    """(msg/s, peak RSS MB, skewed messages counted) while the hub persists ``files``."""
+              blaster: Path | None, messages: int, per_msg: int, label: str) -> tuple[float, float, float, int]:
+    """(msg/s, peak RSS MB, CPU us per message, skewed messages counted) while the hub persists ``files``."""
     base = hub_counters(metrics_port)
+    cpu0 = sum(hub.cpu_times()[:2])
     target = messages * per_msg
     peak = hub.memory_info().rss
     start = time.perf_counter()
@@ -263,8 +266,9 @@ def hub_phase(fleet: Fleet, hub: psutil.Process, metrics_port: int, files: dict[
             next_print += 1
             progress(f"{fleet.name} {encoding} hub {label}", done, target, start)
     seconds = time.perf_counter() - start
+    cpu_us = (sum(hub.cpu_times()[:2]) - cpu0) * 1e6 / messages
     finish_publishers(procs)
-    return messages / seconds, peak / 2**20, int(now.get("skewed", 0) - base.get("skewed", 0))
+    return messages / seconds, peak / 2**20, cpu_us, int(now.get("skewed", 0) - base.get("skewed", 0))
 
 
 # ---------------------------------------------------------------------- brokers
@@ -322,9 +326,9 @@ def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], 
         for encoding, label, per_msg, skewed, per_device, boot in loads:
             files = write_load(workdir, encoding, boot, per_device, per_msg, skewed)
             total = per_device * DEVICES
-            rate, rss, skew_count = hub_phase(fleet, hub, metrics_port, files, encoding, blaster, total, per_msg, label)
+            rate, rss, cpu_us, skew_count = hub_phase(fleet, hub, metrics_port, files, encoding, blaster, total, per_msg, label)
             results.append(Result(name, encoding, label, total, total * per_msg, round(raw[encoding, label], 1),
-                                  round(rate, 1), round(rate * per_msg, 1), round(rss, 1), skew_count,
+                                  round(rate, 1), round(rate * per_msg, 1), round(rss, 1), round(cpu_us, 1), skew_count,
                                   os.getloadavg()[0]))
         skew_lines = sum(1 for line in (workdir / f"hub-{name}.log").open(errors="replace") if "skew" in line)
         log(f"[{name}] hub log lines mentioning skew: {skew_lines}")
@@ -360,10 +364,11 @@ def main() -> None:
         for name in args.brokers.split(","):
             results.extend(bench_broker(name, Path(tmp), args.messages, encodings, blaster, args.profile, args.phases))
     print(f"\n{'broker':<10} {'enc':<5} {'phase':<24} {'messages':>9} {'raw msg/s':>10} {'hub msg/s':>10} "
-          f"{'hub/raw':>8} {'readings/s':>11} {'hub RSS MB':>11} {'skewed':>8} {'load 1m':>8}")
+          f"{'hub/raw':>8} {'readings/s':>11} {'hub RSS MB':>11} {'CPU us/msg':>11} {'skewed':>8} {'load 1m':>8}")
     for r in results:
         print(f"{r.broker:<10} {r.encoding:<5} {r.phase:<24} {r.messages:>9} {r.raw_msg_per_s:>10.0f} "
               f"{r.hub_msg_per_s:>10.0f} {r.ratio:>8.2f} {r.readings_per_s:>11.0f} {r.hub_rss_mb:>11.0f} "
+              f"{r.hub_cpu_us_per_msg:>11.1f} "
               f"{r.skewed_counted:>8} {r.load_1m:>8.2f}")
     print(f"uptime load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
