@@ -330,8 +330,6 @@ def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], 
             results.append(Result(name, encoding, label, total, total * per_msg, round(raw[encoding, label], 1),
                                   round(rate, 1), round(rate * per_msg, 1), round(rss, 1), round(cpu_us, 1), skew_count,
                                   os.getloadavg()[0]))
-        skew_lines = sum(1 for line in (workdir / f"hub-{name}.log").open(errors="replace") if "skew" in line)
-        log(f"[{name}] hub log lines mentioning skew: {skew_lines}")
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -342,6 +340,9 @@ def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], 
             broker.stop()
         else:
             stop(broker)  # type: ignore[arg-type]
+    hub_log = workdir / f"hub-{name}.log"  # read after the hub stopped: it logs the last skew summary then
+    skew_lines = [line.strip() for line in hub_log.open(errors="replace") if "skew" in line]
+    log(f"[{name}] hub log lines mentioning skew: {len(skew_lines)}" + "".join(f"\n    {x[:160]}" for x in skew_lines[:3]))
     return results
 
 
