@@ -122,14 +122,19 @@ def mqtt_client(port: int, client_id: str, creds: tuple[str, str] | None = None,
 
 
 def persisted_readings(db: Path) -> int:
-    """The highest readings id in ``db``: readings persisted so far (ids are assigned in commit order)."""
+    """Readings persisted in ``db`` so far (the store's running total; 0 before the hub created the file)."""
     import sqlite3
 
+    from hub.storage import StorageError, open_database
+    from hub.storage.queries import readings_stored
+
     try:
-        conn = sqlite3.connect(db, timeout=10)
-        try:
-            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
+        conn = open_database(db, readonly=True)
+    except StorageError:
         return 0
+    try:
+        return readings_stored(conn)
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()

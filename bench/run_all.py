@@ -91,11 +91,13 @@ def main() -> None:
     ingest_cmd = ["ingest.py", "--messages", "5000" if q else "20000", "--brokers", "mosquitto,embedded", "--json"]
     commands_cmd = ["commands.py", "--devices", "200" if q else "1000", "--commands", "200" if q else "1000", "--json"]
     overload_cmd = ["overload.py", "--seconds", "10" if q else "30"]
+    storage_cmd = ["storage.py", "--readings", "1000000" if q else "10000000"]
     scale_cmd = ["sim_scale.py", "--sizes", "1000" if q else "1000,5000,10000", "--connect-bound", "120", "--hold", "5"]
 
     ingest = median_rows([run_script(ingest_cmd, 1800)[-1] for _ in range(args.runs)], ("broker", "encoding", "phase"))
     commands = median_rows([run_script(commands_cmd, 1800)[-1] for _ in range(args.runs)], ("broker",))
     overload = median_rows([run_script(overload_cmd, 600) for _ in range(max(1, args.runs // 2))], ("broker",))
+    storage = run_script(storage_cmd, 3600)[-1:]
     scale_lines = run_script(scale_cmd, 3600)
     wire = next((x["bytes_per_reading"] for x in scale_lines if isinstance(x, dict) and "bytes_per_reading" in x), {})
     scale = [x for x in scale_lines if isinstance(x, dict) and "broker" in x]
@@ -136,6 +138,12 @@ def main() -> None:
         "",
         "### Bandwidth: MQTT bytes on the wire per reading (whole PUBLISH, env profile)\n",
         md_table([{"form": k, "bytes": v} for k, v in wire.items()], [("form", "form"), ("bytes", "bytes/reading")]),
+        "",
+        f"### Storage: bytes per reading on disk, `fleet readings DEV --since 1h`\n\n`python bench/{' '.join(storage_cmd)}`\n",
+        md_table(storage, [("bytes_per_reading_single", "B/reading, fleet-up messages"),
+                           ("bytes_per_reading_batch20", "B/reading, 20-reading messages"),
+                           ("query_db_readings", "readings in db"), ("query_ms_median", "query p50 ms"),
+                           ("query_ms_p95", "query p95 ms"), ("query_rows_median", "rows"), ("load_after", "load")]),
         "",
         f"### Hub RSS under sustained overload\n\n`python bench/{' '.join(overload_cmd)}`\n",
         md_table(overload, [("broker", "broker"), ("seconds", "s"), ("published_readings", "published"),

@@ -10,7 +10,8 @@ import click
 
 from cli.output import emit, fmt_time, json_option
 from cli.params import DURATION
-from hub.queries import deadletters, readings
+from hub.queries import deadletters, readings, rollups
+from hub.storage.rollups import Period
 
 
 @click.command("readings")
@@ -18,21 +19,30 @@ from hub.queries import deadletters, readings
 @click.option("--metric", default=None, help="Only this metric.")
 @click.option("--since", type=DURATION, default=None, help="Only readings newer than this (e.g. 10m, 2h, 7d).")
 @click.option("--limit", type=int, default=10_000, help="At most this many rows.")
+@click.option("--every", type=click.Choice([p.label for p in Period]), default=None,
+              help="Per-minute or per-hour aggregates (count, min, max, mean, last); kept after retention.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
 @json_option
 @click.pass_obj
-def readings_command(obj: dict, device_id: str, metric: str | None, since: float | None, limit: int, as_csv: bool,
-                     fmt: str) -> None:
-    """Readings of DEVICE_ID in time order (device time)."""
-    rows = readings(obj["db"], device_id, metric=metric, since=time.time() - since if since else None, limit=limit)
-    columns = ["ts", "metric", "value", "boot", "seq", "received_at", "skewed"]
+def readings_command(obj: dict, device_id: str, metric: str | None, since: float | None, limit: int,
+                     every: str | None, as_csv: bool, fmt: str) -> None:
+    """Readings of DEVICE_ID in time order (device time), or their aggregates with --every."""
+    lo = time.time() - since if since else None
+    if every:
+        rows = rollups(obj["db"], device_id, Period.from_label(every), metric=metric, since=lo, limit=limit)
+        columns = ["start", "metric", "count", "min", "max", "mean", "last"]
+        time_columns = ["start"]
+    else:
+        rows = readings(obj["db"], device_id, metric=metric, since=lo, limit=limit)
+        columns = ["ts", "metric", "value", "boot", "seq", "received_at", "skewed"]
+        time_columns = ["ts", "received_at"]
     if as_csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         return
     if fmt == "table":
-        rows = [{**r, "ts": fmt_time(r["ts"]), "received_at": fmt_time(r["received_at"])} for r in rows]
+        rows = [{**r, **{c: fmt_time(r[c]) for c in time_columns}} for r in rows]
     emit(rows, fmt, columns, title=f"readings of {device_id}")
 
 

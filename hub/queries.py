@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.storage import queries, reading
+from hub.storage.rollups import Period
 
 
 def readings(db: str | Path, device_id: str, metric: str | None = None, since: float | None = None,
@@ -18,6 +19,16 @@ def readings(db: str | Path, device_id: str, metric: str | None = None, since: f
     """Readings of one device, oldest first."""
     with reading(db) as conn:
         return queries.readings(conn, device_id, metric=metric, since=since, limit=limit)
+
+
+def rollups(db: str | Path, device_id: str, every: Period, metric: str | None = None, since: float | None = None,
+            limit: int | None = None) -> list[dict[str, Any]]:
+    """Per-minute or per-hour aggregates of one device (count, min, max, mean, last), oldest first.
+
+    They are kept after retention has deleted the raw readings they cover.
+    """
+    with reading(db) as conn:
+        return queries.rollups(conn, device_id, every, metric=metric, since=since, limit=limit)
 
 
 def deadletters(db: str | Path, reason: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

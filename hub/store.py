@@ -7,13 +7,11 @@ The SQL and the schema live in :mod:`hub.storage`; this module holds none.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 from hub.gaps import Gap, SeqTracker
-from hub.storage import IngestStore, PresenceStore, PrincipalStore, open_database, transaction
+from hub.storage import IngestStore, PresenceStore, PrincipalStore, open_database
 
 
 class HubStore(IngestStore, PresenceStore):
@@ -27,12 +25,6 @@ class HubStore(IngestStore, PresenceStore):
 
     def close(self) -> None:
         self.conn.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; rolled back when the block raises."""
-        with transaction(self.conn) as conn:
-            yield conn
 
     def active_devices(self, device_ids: Iterable[str]) -> set[str]:
         """The ids among ``device_ids`` that are registered, active devices."""

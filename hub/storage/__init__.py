@@ -12,6 +12,8 @@ library and ``protocol``, so the broker (registry) and the hub (everything else)
     commands.py    commands and their history: CommandStore, CommandRecord
     status.py      hub heartbeats and worker adoptions: StatusStore
     queries.py     read queries of the CLI, the dashboard and the exporter
+    values.py      reading values packed losslessly into small integers
+    rollups.py     per-minute and per-hour aggregates: Period, fold
 """
 
 from hub.storage.commands import ACTIVE_STATES, CommandRecord, CommandStore, new_command_id
@@ -20,6 +22,7 @@ from hub.storage.errors import StorageError
 from hub.storage.ingest import GapRow, IngestStore, StreamRow
 from hub.storage.presence import DeviceLinkRow, DeviceRow, PresenceStore
 from hub.storage.registry import Principal, PrincipalStore, Role
+from hub.storage.rollups import Period
 from hub.storage.schema import CURRENT_VERSION
 from hub.storage.status import Heartbeat, StatusStore
 
@@ -33,6 +36,7 @@ __all__ = [
     "GapRow",
     "Heartbeat",
     "IngestStore",
+    "Period",
     "PresenceStore",
     "Principal",
     "PrincipalStore",

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from hub.storage.connection import transaction
+from hub.storage.rollups import fold
+from hub.storage.schema import ROLLUP_UPSERT, rollup_rows
+from hub.storage.values import pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,30 +38,141 @@ class StreamRow:
 
 
 class IngestStore:
-    """The writer's tables, on one connection."""
+    """The writer's tables, on one connection.
+
+    Device and series keys are cached per store; the cache is dropped whenever a transaction
+    rolls back (a key inserted in it is gone), so a cached key always exists in the file.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._devices: dict[str, int] = {}
+        self._series: dict[tuple[str, str], int] = {}
+        self._counted = {"readings": 0, "messages": 0}
+        self._retention_series = 0  # the retention pass goes round the series; where it stopped
+        self._round_deleted = 0  # readings deleted so far in this round
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; the running totals are added in it; rolled back when the block raises."""
+        try:
+            with transaction(self.conn):
+                yield self.conn
+                for name, n in self._counted.items():
+                    if n:
+                        self.conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, name))
+        except BaseException:
+            self._devices.clear()
+            self._series.clear()
+            raise
+        finally:
+            self._counted = dict.fromkeys(self._counted, 0)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and truncate it (tools and benchmarks; the hub lets SQLite do it)."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # ------------------------------------------------------------------ keys
+
+    def device_key(self, device_id: str) -> int:
+        """The integer key of ``device_id`` (created on first use)."""
+        key = self._devices.get(device_id)
+        if key is None:
+            self.conn.execute("INSERT OR IGNORE INTO device_keys (device_id) VALUES (?)", (device_id,))
+            key = self.conn.execute("SELECT id FROM device_keys WHERE device_id = ?", (device_id,)).fetchone()[0]
+            self._devices[device_id] = key
+        return key
+
+    def series_key(self, device_id: str, metric: str) -> int:
+        """The integer key of (device, metric) (created on first use)."""
+        key = self._series.get((device_id, metric))
+        if key is None:
+            device = self.device_key(device_id)
+            self.conn.execute("INSERT OR IGNORE INTO metric_keys (metric) VALUES (?)", (metric,))
+            self.conn.execute(
+                "INSERT OR IGNORE INTO series (device, metric) SELECT ?, id FROM metric_keys WHERE metric = ?",
+                (device, metric))
+            key = self.conn.execute(
+                "SELECT s.id FROM series s JOIN metric_keys m ON m.id = s.metric WHERE s.device = ? AND m.metric = ?",
+                (device, metric)).fetchone()[0]
+            self._series[(device_id, metric)] = key
+        return key
 
     # ------------------------------------------------------------------ messages and readings
 
     def insert_message(self, device_id: str, boot: int, seq: int, kind: str, ts: int, received_at: float,
                        skewed: bool) -> bool:
-        """Store one message's key; False when (device_id, boot, seq) is already stored (a duplicate)."""
+        """Store one message's key; False when (device_id, boot, seq) is already stored (a duplicate).
+
+        ``kind`` is "t" or "a"; ``ts`` the device's time in ms; ``received_at`` the hub's, in seconds.
+        """
+        received_ms = round(received_at * 1000)
         cur = self.conn.execute(
-            "INSERT OR IGNORE INTO messages (device_id, boot, seq, kind, ts, received_at, skewed)"
+            "INSERT OR IGNORE INTO message_keys (device, boot, seq, kind, received_at, lag_ms, skewed)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (device_id, boot, seq, kind, ts, received_at, int(skewed)),
+            (self.device_key(device_id), boot, seq, 0 if kind == "t" else 1, received_ms, received_ms - ts,
+             int(skewed)),
         )
-        return cur.rowcount == 1
+        if cur.rowcount == 1:
+            self._counted["messages"] += 1
+            return True
+        return False
+
+    def insert_messages(self, rows: Sequence[tuple[str, int, int, str, int, float, bool]]) -> list[bool]:
+        """Batch twin of :meth:`insert_message` for rows of (device_id, boot, seq, kind, ts, received_at, skewed).
+
+        Returns, per row, True when it was stored and False for a duplicate (stored before, or
+        earlier in ``rows``). Two statements per batch instead of one per message; call it inside
+        :meth:`transaction` (the write lock makes the look-up and the insert one step).
+        """
+        keyed = []
+        for device_id, boot, seq, kind, ts, received_at, skewed in rows:
+            received_ms = round(received_at * 1000)
+            keyed.append((self.device_key(device_id), boot, seq, 0 if kind == "t" else 1, received_ms,
+                          received_ms - ts, int(skewed)))
+        existing: set[tuple[int, int, int]] = set()
+        for i in range(0, len(keyed), 300):  # 3 bound variables a row, under SQLite's limit
+            chunk = keyed[i:i + 300]
+            # a join, not "(device, boot, seq) IN (VALUES ...)": SQLite answers that one with a full scan
+            existing.update(self.conn.execute(
+                "WITH batch (device, boot, seq) AS (VALUES " + ",".join(["(?, ?, ?)"] * len(chunk)) + ")"
+                " SELECT k.device, k.boot, k.seq FROM batch JOIN message_keys k"
+                " ON k.device = batch.device AND k.boot = batch.boot AND k.seq = batch.seq",
+                [v for r in chunk for v in r[:3]]).fetchall())
+        stored, new = [], []
+        for row in keyed:
+            key = row[:3]
+            fresh = key not in existing
+            existing.add(key)
+            stored.append(fresh)
+            if fresh:
+                new.append(row)
+        self.conn.executemany(
+            "INSERT INTO message_keys (device, boot, seq, kind, received_at, lag_ms, skewed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            new)
+        self._counted["messages"] += len(new)
+        return stored
 
     def insert_readings(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows of (device_id, boot, seq, idx, metric, value, ts, received_at, skewed)."""
+        """Rows of (device_id, boot, seq, idx, metric, value, ts, received_at, skewed); ts in seconds.
+
+        ``received_at`` and ``skewed`` are the message's and are kept once, with its key.
+        """
+        series = self._series
+        out, folding = [], []
+        for device_id, boot, seq, idx, metric, value, ts, _received_at, _skewed in rows:
+            key = series.get((device_id, metric))
+            if key is None:
+                key = self.series_key(device_id, metric)
+            ts_ms = round(ts * 1000)
+            out.append((key, ts_ms, boot, seq, idx, pack(value)))
+            folding.append((key, ts_ms, value))
         self.conn.executemany(
-            "INSERT OR IGNORE INTO readings (device_id, boot, seq, idx, metric, value, ts, received_at, skewed)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+            "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", out)
+        self._counted["readings"] += len(out)
+        # one upsert per (series, period, start) per batch; the values as the devices sent them
+        acc = fold(folding)
+        self.conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
 
     def upsert_latest(self, rows: Iterable[tuple[str, str, float, float, float]]) -> None:
         """Rows of (device_id, metric, ts, value, received_at); an older ts never replaces a newer one."""
@@ -139,19 +254,31 @@ class IngestStore:
     # ------------------------------------------------------------------ retention
 
     def delete_old_readings(self, cutoff: float, chunk: int) -> int:
-        """Delete up to ``chunk`` of the oldest readings received before ``cutoff``, in one short transaction.
+        """Delete up to ``chunk`` readings older than ``cutoff`` (device time, Unix seconds) in one short transaction.
 
-        Rows are visited in id order, which is receive order (one writer assigns ids), so each
-        call touches at most ``chunk`` rows and needs no index on ``received_at``.
+        The pass goes round the series, range-deleting the oldest rows of each (the table is
+        clustered on series and time, so no scan); once round, it drops the message keys
+        received before ``cutoff``, device by device. Returns the readings deleted.
         """
-        with transaction(self.conn):
-            cur = self.conn.execute(
-                "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?) AND received_at < ?",
-                (chunk, cutoff),
-            )
-            deleted = cur.rowcount
-            self.conn.execute(
-                "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?) AND received_at < ?",
-                (chunk, cutoff),
-            )
+        cutoff_ms = round(cutoff * 1000)
+        deleted = 0
+        with self.transaction():
+            ids = [r[0] for r in self.conn.execute("SELECT id FROM series WHERE id > ? ORDER BY id",
+                                                   (self._retention_series,))]
+            for sid in ids:
+                cur = self.conn.execute(
+                    "DELETE FROM samples WHERE (series, ts, boot, seq, idx) IN (SELECT series, ts, boot, seq, idx"
+                    " FROM samples WHERE series = ? AND ts < ? ORDER BY ts LIMIT ?)", (sid, cutoff_ms, chunk - deleted))
+                deleted += cur.rowcount
+                if deleted >= chunk:
+                    break
+                self._retention_series = sid
+            else:
+                self._retention_series = 0  # round done: old message keys next (if the round found old rows)
+                if self._round_deleted + deleted:
+                    for (device,) in self.conn.execute("SELECT id FROM device_keys").fetchall():
+                        self.conn.execute("DELETE FROM message_keys WHERE device = ? AND received_at < ?",
+                                          (device, cutoff_ms))
+                self._round_deleted = -deleted
+            self._round_deleted += deleted
         return deleted

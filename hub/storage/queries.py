@@ -14,28 +14,144 @@ from typing import Any
 
 from hub.storage.connection import dict_rows
 from hub.storage.registry import PrincipalStore
+from hub.storage.rollups import Period
 from hub.storage.status import Heartbeat, StatusStore
+from hub.storage.values import unpack
 
 READING_COLUMNS = ("device_id", "metric", "value", "ts", "received_at", "boot", "seq", "idx", "skewed")
 """The columns of a reading as the CLI, the exporter and the tests see it."""
 
 
+_READINGS_FROM = (
+    " FROM series r JOIN metric_keys m ON m.id = r.metric JOIN samples s ON s.series = r.id"
+    " LEFT JOIN message_keys k ON k.device = r.device AND k.boot = s.boot AND k.seq = s.seq")
+_READINGS_SELECT = "SELECT m.metric, s.value, s.ts, k.received_at, s.boot, s.seq, s.idx, k.skewed"
+
+
+def _readings_sql(metric: str | None, since: float | None, limit: int | None) -> str:
+    sql = _READINGS_SELECT + _READINGS_FROM + " WHERE r.device = (SELECT id FROM device_keys WHERE device_id = ?)"
+    if metric is not None:
+        sql += " AND m.metric = ?"
+    if since is not None:
+        sql += " AND s.ts >= ?"
+    sql += " ORDER BY s.ts, s.seq, s.idx"
+    if limit is not None:
+        sql += " LIMIT ?"
+    return sql
+
+
+def _readings_params(device_id: str, metric: str | None, since: float | None, limit: int | None) -> list[Any]:
+    return [device_id, *([metric] if metric is not None else []), *([round(since * 1000)] if since is not None else []),
+            *([limit] if limit is not None else [])]
+
+
 def readings(conn: sqlite3.Connection, device_id: str, metric: str | None = None, since: float | None = None,
              limit: int | None = None) -> list[dict[str, Any]]:
-    """Readings of one device in time order, optionally of one metric and since a Unix time."""
-    sql = f"SELECT {', '.join(READING_COLUMNS)} FROM readings WHERE device_id = ?"
-    params: list[Any] = [device_id]
-    if since is not None:
-        sql += " AND ts >= ?"
-        params.append(since)
+    """Readings of one device in time order, optionally of one metric and since a Unix time.
+
+    One device and one metric over a time range is one range scan of ``samples``.
+    """
+    rows = conn.execute(_readings_sql(metric, since, limit), _readings_params(device_id, metric, since, limit))
+    return [{"device_id": device_id, "metric": mt, "value": unpack(v), "ts": ts / 1000.0,
+             "received_at": None if rcv is None else rcv / 1000.0, "boot": boot, "seq": seq, "idx": idx,
+             "skewed": skewed or 0}
+            for mt, v, ts, rcv, boot, seq, idx, skewed in rows]
+
+
+ROLLUP_COLUMNS = ("device_id", "metric", "period", "start", "count", "min", "max", "mean", "last", "last_ts")
+"""The columns of an aggregate row as the CLI and the exporter see them (times in Unix seconds)."""
+
+
+def _rollup_row(device_id: str, metric: str, period: int, start: int, count: int, low: float, high: float,
+                total: float, last: float, last_dt: int) -> dict[str, Any]:
+    return {"device_id": device_id, "metric": metric, "period": period, "start": start / 1000.0, "count": count,
+            "min": low, "max": high, "mean": total / count, "last": last, "last_ts": (start + last_dt) / 1000.0}
+
+
+def rollups(conn: sqlite3.Connection, device_id: str, period: Period, metric: str | None = None,
+            since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Aggregates of one device per ``period`` (count, min, max, mean, last), oldest first.
+
+    They outlive the raw readings: retention deletes readings, not aggregates.
+    """
+    sql = ("SELECT m.metric, g.start, g.count, g.low, g.high, g.total, g.last, g.last_dt FROM series r"
+           " JOIN metric_keys m ON m.id = r.metric JOIN rollups g ON g.series = r.id AND g.period = ?"
+           " WHERE r.device = (SELECT id FROM device_keys WHERE device_id = ?)")
+    params: list[Any] = [int(period), device_id]
     if metric is not None:
-        sql += " AND metric = ?"
+        sql += " AND m.metric = ?"
         params.append(metric)
-    sql += " ORDER BY ts, seq, idx"
+    if since is not None:
+        sql += " AND g.start >= ?"
+        params.append(round(since * 1000) // (int(period) * 1000) * int(period) * 1000)  # the period holding since
+    sql += " ORDER BY g.start, m.metric"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return dict_rows(conn, sql, params)
+    return [_rollup_row(device_id, mt, int(period), *rest) for mt, *rest in conn.execute(sql, params)]
+
+
+def _rollup_bounds(period: Period, since: float | None, until: float | None,
+                   device_id: str | None) -> tuple[str, list[Any]]:
+    clauses, params = ["g.period = ?"], [int(period)]
+    if since is not None:
+        clauses.append("g.start >= ?")
+        params.append(round(since * 1000) // (int(period) * 1000) * int(period) * 1000)
+    if until is not None:
+        clauses.append("g.start < ?")
+        params.append(round(until * 1000))
+    if device_id is not None:
+        clauses.append("r.device = (SELECT id FROM device_keys WHERE device_id = ?)")
+        params.append(device_id)
+    return " AND ".join(clauses), params
+
+
+def count_rollups(conn: sqlite3.Connection, period: Period, since: float | None = None, until: float | None = None,
+                  device_id: str | None = None) -> int:
+    """How many aggregate rows lie within these bounds."""
+    where, params = _rollup_bounds(period, since, until, device_id)
+    return int(conn.execute(f"SELECT COUNT(*) FROM rollups g JOIN series r ON r.id = g.series WHERE {where}",
+                            params).fetchone()[0])
+
+
+def iter_rollups(conn: sqlite3.Connection, period: Period, since: float | None = None, until: float | None = None,
+                 device_id: str | None = None, chunk: int = 5_000) -> Iterator[list[tuple[Any, ...]]]:
+    """Aggregate rows in chunks of tuples in :data:`ROLLUP_COLUMNS` order, by series then time (keyset-paginated)."""
+    where, params = _rollup_bounds(period, since, until, device_id)
+    names = _series_names(conn)
+    last = (0, 0)
+    while True:
+        rows = conn.execute(
+            "SELECT g.series, g.start, g.count, g.low, g.high, g.total, g.last, g.last_dt FROM rollups g"
+            f" JOIN series r ON r.id = g.series WHERE {where} AND (g.series, g.start) > (?, ?)"
+            " ORDER BY g.series, g.period, g.start LIMIT ?", [*params, *last, chunk]).fetchall()
+        if not rows:
+            return
+        last = rows[-1][:2]
+        yield [tuple(_rollup_row(*names[sid], int(period), *rest).values()) for sid, *rest in rows]
+
+
+def _series_names(conn: sqlite3.Connection) -> dict[int, tuple[str, str]]:
+    return {sid: (device, metric) for sid, device, metric in conn.execute(
+        "SELECT r.id, d.device_id, m.metric FROM series r JOIN device_keys d ON d.id = r.device"
+        " JOIN metric_keys m ON m.id = r.metric")}
+
+
+def readings_plan(conn: sqlite3.Connection, device_id: str, metric: str | None = None,
+                  since: float | None = None) -> str:
+    """SQLite's plan for :func:`readings` (tests and the bench check it is a range scan)."""
+    sql = "EXPLAIN QUERY PLAN " + _readings_sql(metric, since, None)
+    return " | ".join(str(r[-1]) for r in conn.execute(sql, _readings_params(device_id, metric, since, None)))
+
+
+def readings_stored(conn: sqlite3.Connection) -> int:
+    """Readings stored since the file was created (retention does not lower it): rates from two looks."""
+    return int(conn.execute("SELECT value FROM counters WHERE name = 'readings'").fetchone()[0])
+
+
+def messages_stored(conn: sqlite3.Connection) -> int:
+    """Messages stored since the file was created (retention does not lower it)."""
+    return int(conn.execute("SELECT value FROM counters WHERE name = 'messages'").fetchone()[0])
 
 
 def latest(conn: sqlite3.Connection, device_id: str | None = None) -> list[dict[str, Any]]:
@@ -104,19 +220,27 @@ def table_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {name: int(conn.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]) for name in names}
 
 
+def space_by_table(conn: sqlite3.Connection) -> dict[str, int]:
+    """Bytes on disk per table and index (SQLite's ``dbstat``; empty when this SQLite lacks it)."""
+    try:
+        return dict(conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall())
+    except sqlite3.OperationalError:
+        return {}
+
+
 # ---------------------------------------------------------------------- export
 
 
 def _reading_bounds(since: float | None, until: float | None, device_id: str | None) -> tuple[str, list[Any]]:
     clauses, params = [], []
     if since is not None:
-        clauses.append("ts >= ?")
-        params.append(since)
+        clauses.append("s.ts >= ?")
+        params.append(round(since * 1000))
     if until is not None:
-        clauses.append("ts < ?")
-        params.append(until)
+        clauses.append("s.ts < ?")
+        params.append(round(until * 1000))
     if device_id is not None:
-        clauses.append("device_id = ?")
+        clauses.append("r.device = (SELECT id FROM device_keys WHERE device_id = ?)")
         params.append(device_id)
     return " AND ".join(clauses) or "1=1", params
 
@@ -125,22 +249,35 @@ def count_readings(conn: sqlite3.Connection, since: float | None = None, until: 
                    device_id: str | None = None) -> int:
     """How many readings lie within these bounds."""
     where, params = _reading_bounds(since, until, device_id)
-    return int(conn.execute(f"SELECT COUNT(*) FROM readings WHERE {where}", params).fetchone()[0])
+    return int(conn.execute(f"SELECT COUNT(*) FROM samples s JOIN series r ON r.id = s.series WHERE {where}",
+                            params).fetchone()[0])
 
 
 def iter_readings(conn: sqlite3.Connection, since: float | None = None, until: float | None = None,
                   device_id: str | None = None, chunk: int = 5_000) -> Iterator[list[tuple[Any, ...]]]:
-    """Readings in chunks of ``chunk`` tuples in :data:`READING_COLUMNS` order, keyset-paginated (flat memory)."""
+    """Readings in chunks of ``chunk`` tuples in :data:`READING_COLUMNS` order, keyset-paginated (flat memory).
+
+    Ordered by device and metric (series), then time: the table's own order, so no sort.
+    """
     where, params = _reading_bounds(since, until, device_id)
-    last_id = 0
+    names = _series_names(conn)
+    last: tuple[int, int, int, int, int] = (0, 0, 0, 0, -1)
     while True:
         rows = conn.execute(
-            f"SELECT id, {', '.join(READING_COLUMNS)} FROM readings WHERE {where} AND id > ? ORDER BY id LIMIT ?",
-            [*params, last_id, chunk]).fetchall()
+            "SELECT s.series, s.ts, s.boot, s.seq, s.idx, s.value, k.received_at, k.skewed FROM samples s"
+            " JOIN series r ON r.id = s.series"
+            " LEFT JOIN message_keys k ON k.device = r.device AND k.boot = s.boot AND k.seq = s.seq"
+            f" WHERE {where} AND (s.series, s.ts, s.boot, s.seq, s.idx) > (?, ?, ?, ?, ?)"
+            " ORDER BY s.series, s.ts, s.boot, s.seq, s.idx LIMIT ?", [*params, *last, chunk]).fetchall()
         if not rows:
             return
-        last_id = rows[-1][0]
-        yield [r[1:] for r in rows]
+        last = rows[-1][:5]
+        out = []
+        for series, ts, boot, seq, idx, value, rcv, skewed in rows:
+            device, metric = names[series]
+            out.append((device, metric, unpack(value), ts / 1000.0, None if rcv is None else rcv / 1000.0, boot, seq,
+                        idx, skewed or 0))
+        yield out
 
 
 # ---------------------------------------------------------------------- the dashboard's overview
@@ -171,8 +308,8 @@ def overview(conn: sqlite3.Connection, n_commands: int, n_events: int) -> Overvi
     q = lambda sql, *p: conn.execute(sql, p).fetchall()  # noqa: E731
     return OverviewRows(
         heartbeats=StatusStore(conn).heartbeats(),
-        readings_mark=int(q("SELECT COALESCE(MAX(id), 0) FROM readings")[0][0]),
-        messages_mark=int(q("SELECT COALESCE(MAX(id), 0) FROM messages")[0][0]),
+        readings_mark=readings_stored(conn),
+        messages_mark=messages_stored(conn),
         groups=PrincipalStore(conn).device_groups(),
         presence={r[0]: (r[1], r[2], r[3]) for r in q("SELECT device_id, state, last_seen, fw FROM devices")},
         gaps={d: int(n or 0) for d, n in q("SELECT device_id, SUM(missing) FROM gaps GROUP BY device_id")},

@@ -9,6 +9,15 @@ Versions
         before this package have ``user_version`` 0 and some or all of the version-1 tables
         (each component created its own): migration 1 creates the missing ones.
     1   the schema of that release, unchanged (so its files upgrade without touching a row).
+    2   the compact time-series layout: integer keys for devices, metrics and (device, metric)
+        series; readings in ``samples``, a WITHOUT ROWID table clustered on (series, ts, ...) so
+        one device's metric over a time range is one range scan; values packed
+        (:mod:`hub.storage.values`); message keys in ``message_keys`` (WITHOUT ROWID, the
+        exactly-once key (device, boot, seq) is its primary key). ``readings`` and ``messages``
+        become read-only views with the version-1 columns (less the row ids), for ad-hoc SQL.
+    3   ``rollups``: count, min, max, sum and last value per series, period (60 s, 3600 s) and
+        period start, kept when retention deletes the raw readings (:mod:`hub.storage.rollups`);
+        built from the readings already stored.
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -22,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hub.storage.errors import StorageError
+from hub.storage.rollups import Fold, fold
+from hub.storage.values import SQL_UNPACK, pack, unpack
 
 # Version 1: the tables as the release before this package created them (byte-for-byte the same DDL,
 # so an upgraded file and a new one are the same).
@@ -209,9 +220,139 @@ def _to_v1(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(ddl)
 
 
+V2_TABLES = (
+    """CREATE TABLE device_keys (
+    id INTEGER PRIMARY KEY,
+    device_id TEXT NOT NULL UNIQUE
+)""",
+    """CREATE TABLE metric_keys (
+    id INTEGER PRIMARY KEY,
+    metric TEXT NOT NULL UNIQUE
+)""",
+    """CREATE TABLE series (
+    id INTEGER PRIMARY KEY,
+    device INTEGER NOT NULL REFERENCES device_keys (id),
+    metric INTEGER NOT NULL REFERENCES metric_keys (id),
+    UNIQUE (device, metric)
+)""",
+    # ts: device time in ms; boot/seq/idx: the message and position it came in (unique per device);
+    # value: packed, see hub/storage/values.py (no declared type, so SQLite converts nothing)
+    """CREATE TABLE samples (
+    series INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    value NOT NULL,
+    PRIMARY KEY (series, ts, boot, seq, idx)
+) WITHOUT ROWID""",
+    # the exactly-once key; kind 0 telemetry, 1 alert; received_at in ms; the device's own ts is
+    # received_at - lag_ms (a small number for a device with a good clock: 1 to 3 bytes instead of 6)
+    """CREATE TABLE message_keys (
+    device INTEGER NOT NULL,
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    lag_ms INTEGER NOT NULL,
+    skewed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (device, boot, seq)
+) WITHOUT ROWID""",
+    # running totals of rows ever stored (retention does not lower them): rates without counting
+    """CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID""",
+)
+
+V2_VIEWS = (
+    f"""CREATE VIEW readings AS
+SELECT d.device_id AS device_id, s.boot AS boot, s.seq AS seq, s.idx AS idx, m.metric AS metric,
+       {SQL_UNPACK.format(col="s.value")} AS value, s.ts / 1000.0 AS ts, k.received_at / 1000.0 AS received_at,
+       COALESCE(k.skewed, 0) AS skewed
+FROM samples s JOIN series r ON r.id = s.series JOIN device_keys d ON d.id = r.device
+JOIN metric_keys m ON m.id = r.metric
+LEFT JOIN message_keys k ON k.device = r.device AND k.boot = s.boot AND k.seq = s.seq""",
+    """CREATE VIEW messages AS
+SELECT d.device_id AS device_id, k.boot AS boot, k.seq AS seq, CASE k.kind WHEN 0 THEN 't' ELSE 'a' END AS kind,
+       k.received_at - k.lag_ms AS ts, k.received_at / 1000.0 AS received_at, k.skewed AS skewed
+FROM message_keys k JOIN device_keys d ON d.id = k.device""",
+)
+
+
+def _to_v2(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 1 -> 2: move readings and messages into the compact layout, row by row, then drop the old tables."""
+    conn.create_function("fleet_pack", 1, pack, deterministic=True)
+    for ddl in V2_TABLES:
+        conn.execute(ddl)
+    conn.execute("INSERT INTO device_keys (device_id) SELECT device_id FROM readings UNION SELECT device_id FROM messages")
+    conn.execute("INSERT INTO metric_keys (metric) SELECT DISTINCT metric FROM readings ORDER BY metric")
+    conn.execute("INSERT INTO series (device, metric) SELECT DISTINCT d.id, m.id FROM readings r"
+                 " JOIN device_keys d ON d.device_id = r.device_id JOIN metric_keys m ON m.metric = r.metric"
+                 " ORDER BY d.id, m.id")
+    conn.execute(
+        "INSERT INTO samples (series, ts, boot, seq, idx, value)"
+        " SELECT s.id, CAST(round(r.ts * 1000) AS INTEGER), r.boot, r.seq, r.idx, fleet_pack(r.value)"
+        " FROM readings r JOIN device_keys d ON d.device_id = r.device_id JOIN metric_keys m ON m.metric = r.metric"
+        " JOIN series s ON s.device = d.id AND s.metric = m.id ORDER BY s.id, 2, r.boot, r.seq, r.idx")
+    conn.execute(
+        "INSERT INTO message_keys (device, boot, seq, kind, received_at, lag_ms, skewed)"
+        " SELECT d.id, g.boot, g.seq, CASE g.kind WHEN 't' THEN 0 ELSE 1 END,"
+        " CAST(round(g.received_at * 1000) AS INTEGER), CAST(round(g.received_at * 1000) AS INTEGER) - g.ts, g.skewed"
+        " FROM messages g JOIN device_keys d ON d.device_id = g.device_id ORDER BY d.id, g.boot, g.seq")
+    conn.execute("INSERT INTO counters (name, value) SELECT 'readings', COUNT(*) FROM samples")
+    conn.execute("INSERT INTO counters (name, value) SELECT 'messages', COUNT(*) FROM message_keys")
+    conn.execute("DROP TABLE readings")
+    conn.execute("DROP TABLE messages")
+    for ddl in V2_VIEWS:
+        conn.execute(ddl)
+
+
+V3_ROLLUPS = """CREATE TABLE rollups (
+    series INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    low REAL NOT NULL,
+    high REAL NOT NULL,
+    total REAL NOT NULL,
+    last REAL NOT NULL,
+    last_dt INTEGER NOT NULL,
+    PRIMARY KEY (series, period, start)
+) WITHOUT ROWID"""
+"""period in seconds; start in ms like ``samples.ts``; last_dt: ms from start to the last value (3 bytes,
+not 6); mean = total / count. Values stay REAL: an aggregate row covers many readings, and packing
+them would cost the writer three conversions per row for about half a byte per reading."""
+
+ROLLUP_UPSERT = (
+    "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
+    " count = count + excluded.count, low = MIN(low, excluded.low), high = MAX(high, excluded.high),"
+    " total = total + excluded.total,"
+    " last = CASE WHEN excluded.last_dt >= last_dt THEN excluded.last ELSE last END,"
+    " last_dt = MAX(last_dt, excluded.last_dt)")
+"""Merge a batch's aggregate into the stored one."""
+
+
+def rollup_rows(acc: Fold) -> list[tuple[int, int, int, int, float, float, float, float, int]]:
+    """Folded aggregates as ``rollups`` rows (the last value's time relative to the period start)."""
+    return [(series, period, start, count, low, high, total, last, last_ts - start)
+            for (series, period, start), (count, low, high, total, last, last_ts) in acc.items()]
+
+
+def _to_v3(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 2 -> 3: the rollups table, filled from the readings already stored (series by series)."""
+    conn.execute(V3_ROLLUPS)
+    series_ids = [r[0] for r in conn.execute("SELECT id FROM series ORDER BY id")]
+    for sid in series_ids:
+        acc = fold((sid, ts, unpack(v)) for ts, v in conn.execute(
+            "SELECT ts, value FROM samples WHERE series = ? ORDER BY ts", (sid,)))
+        conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1,)
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)

@@ -16,7 +16,8 @@ from hub.store import HubStore
 
 def fill(db, n: int, now: float) -> None:
     store = HubStore(db)
-    rows = [("dev-a" if i % 2 else "dev-b", 1, i, 0, "temperature", float(i % 50), now - (n - i), now, 0)
+    # 10 s apart, half a step off the minute: `--since 100s` read a few seconds later still cuts between two readings
+    rows = [("dev-a" if i % 2 else "dev-b", 1, i, 0, "temperature", float(i % 50), now - (n - i) * 10 + 5, now, 0)
             for i in range(n)]
     with store.transaction():
         store.insert_readings(rows)
@@ -37,7 +38,7 @@ def test_export_csv_jsonl_filters_and_chunks(db_path, tmp_path):
     res = runner.invoke(cli, ["--db", str(db_path), "export", "--format", "jsonl", "--since", "100s", "--device", "dev-a"])
     lines = [json.loads(x) for x in io.StringIO(res.stdout)]
     assert lines and all(x["device_id"] == "dev-a" and x["ts"] >= now - 101 for x in lines)
-    assert len(lines) == 50
+    assert len(lines) == 5  # dev-a's readings 5, 25, 45, 65 and 85 s ago
 
     chunks = list(iter_readings(db_path, chunk=5000))
     assert [len(c) for c in chunks] == [5000, 5000, 2000]
