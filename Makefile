@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test test-stress bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"; exit 1; }
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the suite beside two busy loops (a loaded 2-core machine); tests/stress.py ends the loops with the run
+test-stress: $(STAMP)
+	$(BIN)/python tests/stress.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'

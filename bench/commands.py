@@ -38,14 +38,20 @@ from device_sim.fleet import device_id, provision  # noqa: E402
 from hub.ops_client import HubUnreachable, OpsClient  # noqa: E402
 
 
-def wait_online(db: Path, n: int, timeout: float) -> float:
+def wait_online(db: Path, n: int, timeout: float, since: float) -> float:
+    """Wait until ``n`` devices are online as seen by the hub started at ``since`` (Unix time).
+
+    Presence rows left by an earlier run on the same database still say "online"; counting them
+    let the first command go out before this run's hub had even subscribed (issue 12).
+    """
     import sqlite3
 
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         try:
             conn = sqlite3.connect(db)
-            online = conn.execute("SELECT COUNT(*) FROM devices WHERE state='online'").fetchone()[0]
+            online = conn.execute("SELECT COUNT(*) FROM devices WHERE state='online' AND last_seen >= ?",
+                                  [since]).fetchone()[0]
             conn.close()
         except sqlite3.OperationalError:
             online = 0
@@ -74,11 +80,12 @@ def run_broker(kind: str, db: Path, workdir: Path, n: int, commands: int) -> dic
     port, broker = start_mosquitto(workdir) if kind == "mosquitto" else start_embedded(db, log)
     url = f"mqtt://127.0.0.1:{port}"
     hub = sim = None
+    since = time.time()
     try:
         hub = start_fleet(["--db", str(db), "hub", "--broker", url, "--staleness-min", "5m"], log)
         sim = start_fleet(["--db", str(db), "sim", "--devices", str(n), "--broker", url, "--rate", "0.02",
                            "--heartbeat", "600", "--connect-concurrency", "32"], log)
-        connect_s = wait_online(db, n, timeout=300)
+        connect_s = wait_online(db, n, timeout=300, since=since)
         ops = connect_operator(url, ensure_local_principal(db, "operator", Role.OPERATOR))
         rng = random.Random(7)
         ids = [device_id("sim", i + 1) for i in range(n)]

@@ -24,7 +24,6 @@ def local_secret(db: Path, principal_id: str) -> str:
     path = secret_path(db, principal_id)
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     secret = new_secret()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -37,6 +36,7 @@ def local_secret(db: Path, principal_id: str) -> str:
 
 def ensure_local_principal(db: Path, principal_id: str, role: Role) -> str:
     """Register ``principal_id`` in ``db``'s registry with its local secret; return the secret."""
+    registry = Registry(db)  # first: a database that cannot be opened is the error to report, not the secret file
     secret = local_secret(db, principal_id)
-    Registry(db).ensure(principal_id, role, secret)
+    registry.ensure(principal_id, role, secret)
     return secret

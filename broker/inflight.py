@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from amqtt.errors import AMQTTError
+from amqtt.errors import AMQTTError, ProtocolHandlerError
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.session import OUTGOING, IncomingApplicationMessage, OutgoingApplicationMessage
@@ -41,7 +41,14 @@ class FleetProtocolHandler(BrokerProtocolHandler):
 
     async def _handle_qos1_message_flow(self, app_message: OutgoingApplicationMessage | IncomingApplicationMessage) -> None:
         if app_message.direction != OUTGOING or not isinstance(app_message, OutgoingApplicationMessage):
-            await super()._handle_qos1_message_flow(app_message)
+            try:
+                await super()._handle_qos1_message_flow(app_message)
+            except ProtocolHandlerError:
+                # The client closed while its PUBACK was being written (a device that replies, then
+                # reboots). amqtt queued the message for routing before that, so nothing is lost, but it
+                # raises into a task nobody awaits: "Task exception was never retrieved" with a traceback.
+                log.debug("client gone before its PUBACK client_id=%s packet_id=%s",
+                          self.session.client_id if self.session else None, app_message.packet_id)
             return
         session = self.session
         packet_id = app_message.packet_id

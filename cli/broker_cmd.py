@@ -10,6 +10,8 @@ from typing import Any
 import click
 from click_default_group import DefaultGroup
 
+from amqtt.errors import BrokerError
+
 from broker.config import BrokerSettings
 from broker.mosquitto_export import acl_text, password_text, plan_export, write_private
 from broker.server import EmbeddedBroker
@@ -60,11 +62,20 @@ def run_command(obj: dict, host: str, port: int, ws_port: int | None, tls_port: 
                               max_queued_messages=max_queued_messages)
 
     async def main(stop: asyncio.Event) -> None:
-        async with EmbeddedBroker(settings) as broker:
+        try:
+            broker = EmbeddedBroker(settings)
+            await broker.start()
+        except BrokerError as exc:  # amqtt wraps the bind error; ours is the one line (port in use, ...)
+            if isinstance(exc.__cause__, OSError):
+                raise exc.__cause__ from None
+            raise
+        try:
             stderr.print(f"[green]broker up[/] on mqtt://{settings.host}:{broker.port} (db {settings.db})"
                          + ("  [yellow]anonymous access ON[/]" if allow_anonymous else ""))
             await stop.wait()
             stderr.print("stopping broker")
+        finally:
+            await broker.stop()
 
     run_service(main)
 

@@ -57,5 +57,12 @@ def load_default_map(path: Path | None) -> dict[str, Any]:
 
 
 def _normalise(data: dict[str, Any]) -> dict[str, Any]:
-    # click's default_map uses parameter names (underscores); TOML users write either
-    return {k.replace("-", "_"): _normalise(v) if isinstance(v, dict) else v for k, v in data.items()}
+    """Parameter keys take click's parameter names (``out-dir`` -> ``out_dir``); a table is a command,
+    whose name keeps its dash (``[device-check]``; ``[device_check]`` is accepted for it too)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out[key.replace("_", "-")] = _normalise(value)
+        else:
+            out[key.replace("-", "_")] = value
+    return out

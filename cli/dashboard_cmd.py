@@ -11,7 +11,8 @@ import time
 import click
 
 from cli.dashboard.app import run_dashboard
-from cli.output import stdout
+from cli.database import existing_database, probe_password
+from cli.output import safe, stdout
 from hub.health import check_health
 
 
@@ -33,12 +34,13 @@ def dashboard_command(obj: dict, refresh: float) -> None:
 @click.pass_obj
 def status_command(obj: dict, broker: str, max_lag: float, as_json: bool) -> None:
     """One-shot health summary; exits 1 when something is unhealthy (for scripts and probes)."""
-    health = check_health(obj["db"], broker, max_lag)
+    db = existing_database(obj["db"])
+    health = check_health(db, broker, max_lag, "operator", probe_password(db))
     if as_json:
         click.echo(json.dumps(health.model_dump(), indent=2))
     else:
         mark = lambda ok: "[green]ok[/]" if ok else "[red]FAIL[/]"  # noqa: E731
-        stdout.print(f"broker   {mark(health.broker_reachable)} {health.broker}")
+        stdout.print(f"broker   {mark(health.broker_reachable)} {safe(health.broker)}: {safe(health.broker_detail)}")
         stdout.print(f"hub      {mark(health.hub_alive)} {health.hub_detail}")
         lag = "-" if health.ingest_lag_s is None else f"{health.ingest_lag_s:.2f}s"
         stdout.print(f"ingest   {mark(health.lag_ok)} lag {lag}")

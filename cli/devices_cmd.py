@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from broker.registry import Registry, Role
-from cli.output import emit, fmt_time, json_option, stderr
+from cli.database import existing_database, known_device
+from cli.output import emit, fmt_time, json_option, safe, stderr
 from hub.queries import devices_with_presence
 
 
@@ -29,7 +30,7 @@ def add(obj: dict, device_id: str, role: str, group: str | None, tags: tuple[str
         emit([{"id": device_id, "role": role, "secret": secret}], "json")
         return
     click.echo(secret)
-    stderr.print(f"[green]added[/] {role} [bold]{device_id}[/]; the line above is its secret, shown only once")
+    stderr.print(f"[green]added[/] {role} [bold]{safe(device_id)}[/]; the line above is its secret, shown only once")
 
 
 @devices_group.command("list")
@@ -38,16 +39,19 @@ def add(obj: dict, device_id: str, role: str, group: str | None, tags: tuple[str
 @json_option
 @click.pass_obj
 def list_(obj: dict, role: str | None, group: str | None, fmt: str) -> None:
-    """List registered devices and accounts, with presence (online/offline, last seen, fw, boot) from the hub."""
-    rows = devices_with_presence(obj["db"], [p.public() for p in Registry(obj["db"], readonly=True).list(Role(role) if role else None, group)])
+    """List registered devices and accounts, with presence (online/offline, last seen, fw, boot, resets) from the hub."""
+    db = existing_database(obj["db"])
+    rows = devices_with_presence(db, [p.public() for p in Registry(db, readonly=True).list(Role(role) if role else None, group)])
     if fmt == "table":
         for row in rows:
             row["created_at"] = fmt_time(row["created_at"])  # type: ignore[arg-type]
             row["revoked_at"] = fmt_time(row["revoked_at"]) if row["revoked_at"] else None  # type: ignore[arg-type]
             row["last_seen"] = fmt_time(row["last_seen"]) if row["last_seen"] else None  # type: ignore[arg-type]
             row["tags"] = ",".join(row["tags"]) or None  # type: ignore[arg-type]
-    emit(rows, fmt, ["id", "role", "group", "tags", "state", "last_seen", "fw", "boot", "created_at", "revoked_at"],
-         title="registry")
+    emit(rows, fmt, ["id", "role", "group", "tags", "state", "last_seen", "fw", "boot", "resets", "created_at",
+                     "revoked_at"],
+         title="registry", shrink=["revoked_at", "created_at", "tags", "boot", "resets", "group", "role", "fw",
+                                   "last_seen"])
 
 
 @devices_group.command("revoke")
@@ -55,5 +59,7 @@ def list_(obj: dict, role: str | None, group: str | None, fmt: str) -> None:
 @click.pass_obj
 def revoke(obj: dict, device_id: str) -> None:
     """Revoke DEVICE_ID: its logins are refused from now on."""
-    Registry(obj["db"]).revoke(device_id)
-    stderr.print(f"[yellow]revoked[/] {device_id}")
+    db = existing_database(obj["db"])
+    known_device(db, device_id)
+    Registry(db).revoke(device_id)
+    stderr.print(f"[yellow]revoked[/] {safe(device_id)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from cli.database import existing_database, known_device
 from cli.output import stderr
 from cli.params import DURATION
 from hub.export import ExportFormat, count_readings, export_readings, require_format
@@ -30,17 +31,20 @@ def export_command(obj: dict, since: float | None, until: float | None, device_i
                    every: str | None, output: Path | None) -> None:
     """Export readings in receive order without loading them all in memory."""
     require_format(ExportFormat(fmt))
+    db = existing_database(obj["db"])
+    if device_id is not None:
+        known_device(db, device_id)
     now = time.time()
     lo = now - since if since is not None else None
     hi = now - until if until is not None else None
     period = Period.from_label(every) if every else None
-    total = count_readings(obj["db"], lo, hi, device_id, period)
+    total = count_readings(db, lo, hi, device_id, period)
     out = output.open("wb") if output else sys.stdout.buffer
     try:
         with Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
             task = progress.add_task("export", total=total)
-            written = export_readings(obj["db"], out, ExportFormat(fmt), lo, hi, device_id,
+            written = export_readings(db, out, ExportFormat(fmt), lo, hi, device_id,
                                       progress=lambda n: progress.advance(task, n), every=period)
     finally:
         if output:

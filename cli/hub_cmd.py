@@ -13,7 +13,11 @@ from pydantic import SecretStr
 from cli.output import stderr
 from cli.params import DURATION
 from cli.runtime import run_service
+from broker.registry import Registry
+from cli.errors import CliError, ExitCode
 from hub.config import HubSettings
+from hub.errors import HubError
+from hub.health import probe_broker
 from hub.service import Hub
 
 
@@ -57,10 +61,18 @@ def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, pass
                            retain_days=retain_days, staleness_min_s=staleness_min_s, queue_size=queue_size,
                            register_hub=not no_register, metrics_port=metrics_port, worker_group=worker_group,
                            adopt_after_s=adopt_after_s)
+    Registry(settings.db)  # the database first: one that cannot be opened is the error, before any secret file is made
     hub = Hub(settings)
 
     async def main(stop: asyncio.Event) -> None:
-        await asyncio.to_thread(hub.start)
+        try:
+            await asyncio.to_thread(hub.start)
+        except HubError as exc:
+            # say the first cause: a broker that is not there at all reads better than "could not subscribe"
+            reachable, why = await asyncio.to_thread(probe_broker, settings.broker)
+            if not reachable:
+                raise CliError(f"broker not reachable: {why}", ExitCode.BROKER, "is the broker running? check --broker") from None
+            raise exc from None
         stderr.print(f"[green]hub up[/]: {settings.broker} -> {settings.db}"
                      + (f", retention {retain_days} days" if retain_days else "")
                      + (f", worker {settings.mqtt_client_id} of group {worker_group}" if worker_group else "")

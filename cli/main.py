@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cli.broker_cmd import broker_command
 from cli.config import config_path, load_default_map
+from cli.device_check_cmd import device_check_command
 from cli.devices_cmd import devices_group
 from cli.dashboard_cmd import dashboard_command, status_command
+from cli.errors import CliError, ExitCode, to_cli_error
 from cli.export_cmd import export_command
 from cli.runtime import setup_logging
 from cli.sim_cmd import sim_command
@@ -24,13 +29,43 @@ CONTEXT = {"help_option_names": ["--help"], "auto_envvar_prefix": "FLEET", "show
 
 
 class FleetGroup(click.Group):
-    """Turns every FleetError into click's one-line error and exit status 1, in scripts and tests alike."""
+    """The ``fleet`` group: every failure it can name is one line on stderr with its own exit code.
+
+    :func:`cli.errors.to_cli_error` names the failure; usage errors are folded to one line too
+    (click prints usage plus a hint on several). Works the same from the console script and
+    from click's ``CliRunner`` in tests.
+    """
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except FleetError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (FleetError, sqlite3.Error, OSError) as exc:
+            db = ctx.obj.get("db") if isinstance(ctx.obj, dict) else None
+            error = to_cli_error(exc, db)
+            if error is None:
+                raise
+            raise error from None
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"Error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            sys.exit(ExitCode.USAGE)
+        except CliError as exc:
+            click.echo(exc.one_line(), err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=FleetGroup, context_settings=CONTEXT)
@@ -59,6 +94,7 @@ cli.add_command(sim_command)
 cli.add_command(hub_command)
 cli.add_command(readings_command)
 cli.add_command(deadletters_command)
+cli.add_command(device_check_command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,6 +103,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         default_map = load_default_map(config_path(args))
         cli.main(args=args, prog_name="fleet", default_map=default_map)
-    except FleetError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+    except FleetError as exc:  # the config file, read before click runs
+        click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
+        sys.exit(ExitCode.ERROR)

@@ -10,12 +10,14 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from protocol.text import inert
+
 
 def setup_logging(level: str = "INFO", file: str | None = None) -> None:
     """Structured logs on stderr, or appended to ``file`` (text on a terminal, JSON lines otherwise)."""
     handler: logging.Handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
     if (sys.stderr.isatty() and not file) or os.environ.get("FLEET_LOG_FORMAT") == "text":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S"))
     else:
         handler.setFormatter(_JsonFormatter())
     root = logging.getLogger()
@@ -23,10 +25,28 @@ def setup_logging(level: str = "INFO", file: str | None = None) -> None:
     root.setLevel(level.upper())
     # amqtt logs every connection at INFO; keep our own lines readable
     logging.getLogger("amqtt").setLevel(max(logging.WARNING, root.level))
+    # amqtt logs a failed bind with a traceback before raising it; the CLI says it in one line instead
+    broker_log = logging.getLogger("amqtt.broker")
+    if not any(isinstance(f, _StartupFailureFilter) for f in broker_log.filters):
+        broker_log.addFilter(_StartupFailureFilter())
     logging.getLogger("transitions").setLevel(logging.WARNING)
 
 
+class _StartupFailureFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Broker startup failed"
+
+
+class _TextFormatter(logging.Formatter):
+    """Log lines carry device-supplied text (client ids, topics, details): escape it before a terminal sees it."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return inert(super().formatMessage(record))
+
+
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line; json.dumps escapes every control character, so device text stays inert."""
+
     def format(self, record: logging.LogRecord) -> str:
         import json
 

@@ -21,12 +21,14 @@ from rich.progress import (
 from rich.table import Table
 
 from broker.url import parse_broker_url
+from cli.errors import CliError, ExitCode
 from cli.output import stderr, stdout
 from cli.runtime import run_service
 from device_sim.faults import FaultKind, parse_fault
 from device_sim.fleet import Fleet, SimSummary, device_id, provision
 from device_sim.settings import Behaviour, SimSettings
 from device_sim.signals import Profile
+from hub.health import probe_broker
 from protocol.errors import FleetError
 
 PROFILES = [p.value for p in Profile]
@@ -131,7 +133,7 @@ def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rat
     fleet_ids = [device_id(prefix, settings.first_index + i) for i in range(devices)]
 
     with Progress(TextColumn("provisioning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=stderr, transient=True) as progress:
+                  console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task("provision", total=None)
 
         def on_progress(done: int, total: int) -> None:
@@ -139,11 +141,19 @@ def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rat
 
         creds = provision(db, fleet_ids, progress=on_progress)
 
+    # one clean MQTT login with the first device's credentials: an unreachable broker or one that
+    # does not know these devices is one line and exit 10 here, not a run of failed reconnects
+    first = fleet_ids[0]
+    reachable, why = probe_broker(broker, first, creds.devices[first].secret, client_id=first)
+    if not reachable or why.startswith("up;"):
+        raise CliError(f"devices cannot log in to {broker}: {why}", ExitCode.BROKER,
+                       "is the broker running, and does it use this --db's registry?")
     result: list[SimSummary] = []
 
     async def main(stop: asyncio.Event) -> None:
         fleet = Fleet(settings, creds)
-        with Live(render(fleet.summary(), devices), console=stderr, refresh_per_second=2, transient=False) as live:
+        with Live(render(fleet.summary(), devices), console=stderr, refresh_per_second=2,
+                  transient=not stderr.is_terminal) as live:
             result.append(await fleet.run(stop, on_tick=lambda s: live.update(Group(render(s, devices)))))
 
     run_service(main)
@@ -152,3 +162,6 @@ def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rat
         click.echo(json.dumps(asdict(summary), indent=2))
     else:
         stdout.print(render(summary, devices))
+    if devices and summary.connects == 0:
+        raise CliError(f"no device could connect to {broker} ({summary.errors} errors, {summary.refused} logins "
+                       f"refused)", ExitCode.BROKER, "is the broker running?")

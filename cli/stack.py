@@ -21,7 +21,7 @@ from device_sim.fleet import Fleet, SimSummary, device_id, provision
 from device_sim.settings import SimSettings
 from hub.config import HubSettings
 from hub.service import Hub
-from protocol.errors import FleetError
+from cli.errors import CliError, ExitCode
 
 log = logging.getLogger("fleet.up")
 
@@ -61,8 +61,10 @@ class Stack:
         try:
             ready.result(timeout)
         except OSError as exc:
-            raise FleetError(f"broker could not listen on {self.broker_settings.host}:{self.broker_settings.port}: "
-                             f"{exc.strerror or exc} (is another broker running? try --port)") from None
+            self.stop()
+            raise CliError(f"broker could not listen on {self.broker_settings.host}:{self.broker_settings.port}: "
+                           f"{exc.strerror or exc}", ExitCode.CANNOT_LISTEN,
+                           "is another broker running? try --port") from None
         self.hub = Hub(HubSettings(db=self.db, broker=self.broker_url))
         self.hub.start(timeout)
         if self.devices:
@@ -112,7 +114,7 @@ class Stack:
         if self.hub is not None:
             self.hub.stop()
             self.hub = None
-        if self._loop is not None and self._loop_stop is not None:
+        if self._loop is not None and self._loop_stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._loop_stop.set)
         if self._thread is not None:
             self._thread.join(15)

@@ -43,7 +43,7 @@ def up_command(obj: dict, host: str, port: int, devices: int, no_sim: bool, rate
         stderr.print(f"logs go to {log_file}")
     stack = Stack(db, host, port, 0 if no_sim else devices, rate, seed)
     with Progress(TextColumn("provisioning devices"), BarColumn(), MofNCompleteColumn(), console=stderr,
-                  transient=True) as progress:
+                  transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task("provision", total=None)
         stack.provision(lambda done, total: progress.update(task, completed=done, total=total))
 
@@ -51,6 +51,10 @@ def up_command(obj: dict, host: str, port: int, devices: int, no_sim: bool, rate
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    try:
         stderr.print(f"[green]fleet up[/]: broker {stack.broker_url}, hub on {db}, {stack.devices} simulated devices. "
                      f"In another terminal: fleet send, fleet readings, fleet devices list. Ctrl-C stops.")
         if show:

@@ -11,20 +11,17 @@ A device speaks only ``firmware_protocol.md`` through :mod:`protocol`:
   is not a reboot);
 * on a clean stop: ``Status(offline)`` then DISCONNECT.
 
-Store-and-forward: each telemetry message stays in a bounded per-device buffer after it
-is published. The hub's retained watermark ``Watermark(boot, seq)`` releases every message
-of that boot up to ``seq`` (and the PUBACKed messages of older boots: the hub has moved
-on). A PUBACK alone releases nothing, because a broker acknowledges on receipt and may
-still lose the message (AMQTT_NOTES.md #1). After a reconnect the device re-sends, with the
-DUP flag, every buffered message the watermark does not cover; but until the device has
-seen any watermark (no hub running), it re-sends only what was never PUBACKed, so that a
-hub-less run does not replay its whole buffer on every reconnect. While connected, a
-buffered message that no watermark has covered ``resend_after_s`` after it was sent is sent
-again, with a back-off per message (x2 each time, at most ``resend_max_s``): the hub may have
-missed it without the link dropping (a broker restart that the hub noticed first, a hub that
-was not yet subscribed). When the buffer is full
-the oldest PUBACKed message makes room first, else the oldest message is dropped (counted
-as ``dropped`` and written to the ledger as a ``buffer-overflow`` fault).
+Store-and-forward (firmware_protocol.md 5) lives in :mod:`device_sim.outbox`: each telemetry
+and alert message stays in a bounded buffer until the hub's watermark covers it (a PUBACK
+alone releases nothing: a broker acknowledges on receipt and may still lose the message,
+AMQTT_NOTES.md #1). Re-sends follow rules R1 (after a reconnect: the un-PUBACKed messages when
+the broker kept the session, everything when it did not), R2 (a watermark shows a hole) and
+R3 (a ``rebirth`` command), never a timer. A full buffer drops its oldest message (counted as
+``dropped``, written to the ledger as a ``buffer-overflow`` fault) and new messages then carry
+``dropped`` until the hub's watermark has caught up.
+
+Time: with ``rtc=False`` a device stamps uptime (ms since its power-up) and, once a live
+watermark (RETAIN = 0) gave it the hub's clock, publishes a birth with ``boot_ts`` (4.4).
 """
 
 from __future__ import annotations
@@ -32,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from device_sim.faults import FaultKind
 from device_sim.ledger import Ledger
 from device_sim.mqtt import ConnectRefused, MqttClient, MqttError, Will
+from device_sim.outbox import Entry, Outbox
 from device_sim.settings import Behaviour, SimSettings
 from device_sim.signals import Profile, Signal
 from protocol import (
@@ -61,8 +59,8 @@ from protocol import (
 log = logging.getLogger("fleet.sim.device")
 fault_log = logging.getLogger("fleet.sim.fault")
 
-CAPABILITIES = ("reboot", "set_interval", "set_config", "ping")
-RECENT_COMMANDS = 64
+CAPABILITIES = ("reboot", "set_interval", "set_config", "ping", "rebirth")
+RECENT_COMMANDS = LIMITS.remembered_commands
 MALFORMED_PAYLOAD = b"\xff\x00 this is not a payload \x00\xfe"
 
 
@@ -81,6 +79,9 @@ class FleetStats:
     publishes: int = 0
     """Telemetry PUBLISH packets sent, re-sends and duplicates included."""
     resent: int = 0
+    abandoned: int = 0
+    """Messages given up after the maximum number of sends (rule R2)."""
+    rebirths: int = 0
     readings: int = 0
     pubacks: int = 0
     watermarked: int = 0
@@ -88,24 +89,6 @@ class FleetStats:
     errors: int = 0
     commands: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
-
-
-class _Sent:
-    """A telemetry or alert message kept for store-and-forward (both share the seq counter)."""
-
-    __slots__ = ("boot", "seq", "payload", "topic", "pubacked", "made_at", "resend_at", "backoff")
-
-    def __init__(self, boot: int, seq: int, payload: bytes, topic: str, made_at: float, backoff: float) -> None:
-        self.boot = boot
-        self.topic = topic
-        self.seq = seq
-        self.payload = payload
-        self.pubacked = False
-        self.made_at = made_at
-        """``time.monotonic()`` when the message was produced."""
-        self.resend_at = made_at + backoff
-        """When to send it again if no watermark has covered it by then."""
-        self.backoff = backoff
 
 
 class SimDevice:
@@ -132,20 +115,22 @@ class SimDevice:
         self.gate = connect_gate
         self.faults = faults
         self.client: MqttClient | None = None
-        self.buffer: deque[_Sent] = deque()
-        self._by_pid: dict[int, _Sent] = {}
+        self.outbox = Outbox(settings.buffer_size, boot)
+        self._by_pid: dict[int, Entry] = {}
         self._samples: list[tuple[int, list[tuple[str, float]]]] = []
         self._last_sent: dict[str, float] = {}
         self._last_message = 0.0
-        self._recent: OrderedDict[str, bytes | None] = OrderedDict()
-        self._seen_watermark = False
+        self._recent: OrderedDict[str, CommandState | None] = OrderedDict()
+        self._powered_at = time.monotonic()
+        self._boot_ts: int | None = None
+        """Wall-clock ms of this boot's power-up, learned from a live watermark (devices without an RTC)."""
+        self._session_present = False
         self._reboot_pending = False
         self._dead = False
         self._skew_logged = False
         self._ticks = 0
         self._first_online: float | None = None
         self._next_storm = 0.0
-        self._next_resend_check = 0.0
         self.online_count = 0
         self._bytes_past = 0
         self.topic_t = topic_for(device_id, MessageClass.TELEMETRY)
@@ -207,7 +192,7 @@ class SimDevice:
         async with self.gate:
             client = MqttClient(self._on_message, self._on_puback)
             try:
-                await client.connect(self.settings.host, self.settings.port, self.device_id,
+                self._session_present = await client.connect(self.settings.host, self.settings.port, self.device_id,
                                      username=None if self.settings.anonymous else self.device_id,
                                      password=None if self.settings.anonymous else password, will=will,
                                      clean_session=False, keepalive=self.settings.keepalive,
@@ -239,7 +224,7 @@ class SimDevice:
         self._by_pid.clear()
         client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
         stats.births += 1
-        self._resend(client)
+        self._resend(client, self.outbox.on_reconnect(self._session_present))  # rule R1
         # spread the fleet's ticks over the interval, reproducibly
         next_tick = now + (self.index * 0.618034 % 1.0) * self.interval
         self._last_message = self._last_message or time.monotonic()
@@ -264,7 +249,6 @@ class SimDevice:
                 break
             try:
                 self._tick(client, now)
-                self._resend_overdue(client)
             except MqttError:
                 break  # lost between the wait and the write; the run loop reconnects
             if self._reboot_pending:
@@ -276,6 +260,9 @@ class SimDevice:
         self._reboot_pending = False
         self.boot += 1
         self.seq = 0
+        self.outbox.new_boot(self.boot)
+        self._powered_at = time.monotonic()
+        self._boot_ts = None
         self._samples.clear()
         self._last_sent.clear()
         log.info("rebooted device_id=%s boot=%s", self.device_id, self.boot)
@@ -293,7 +280,8 @@ class SimDevice:
 
     def _status(self, state: StatusState) -> bytes:
         status = Status(state=state, boot=self.boot, fw=self.settings.fw, caps=list(CAPABILITIES),
-                        enc=self.encoding, interval_s=self.settings.heartbeat_s)
+                        enc=self.encoding, interval_s=self.settings.heartbeat_s,
+                        boot_ts=0 if self.settings.rtc else (self._boot_ts or 0))
         return encode(status, self.encoding)
 
     # ------------------------------------------------------------------ telemetry
@@ -321,6 +309,8 @@ class SimDevice:
             self._flush(client, now)
 
     def _now_ms(self, now: float) -> int:
+        if not self.settings.rtc:  # no clock: uptime stamps, turned into wall-clock time by the hub (4.4)
+            return max(1, int((time.monotonic() - self._powered_at) * 1000))
         ms = int(time.time() * 1000)
         if self._fault_active(FaultKind.CLOCK_SKEW, now):
             ms += int(self.settings.clock_skew_h * 3_600_000)
@@ -339,7 +329,18 @@ class SimDevice:
             self._last_sent.update(sample)
         self.seq += 1
         seq = self.seq
-        msg = Telemetry(boot=self.boot, seq=seq, ts=ts, readings=readings)
+        msg = Telemetry(boot=self.boot, seq=seq, ts=ts, readings=readings, dropped=self.outbox.dropped_field())
+        if self._fault_active(FaultKind.DEAD_LETTER, now) and seq % self.settings.fault_every == 0:
+            # a reading the hub refuses (out_of_range): the message is dead-lettered under its seq
+            bad = Reading.model_construct(dt=0, metric="temperature", value=1e6)
+            msg = msg.model_copy(update={"readings": [bad, *readings[1:]]})
+            payload = encode(msg, self.encoding, validate=False)
+            self._last_message = time.monotonic()
+            self.stats.messages += 1
+            self.ledger.produced(self.device_id, self.boot, seq, "deadletter", pairs, ts, FaultKind.DEAD_LETTER)
+            self._fault(FaultKind.DEAD_LETTER, "a reading out of range: the hub dead-letters it", seq)
+            self._send(client, self._keep(seq, payload))
+            return
         payload = encode(msg, self.encoding)
         self._last_message = time.monotonic()
         stats = self.stats
@@ -347,12 +348,14 @@ class SimDevice:
         stats.readings += len(readings)
         every = self.settings.fault_every
         if self._fault_active(FaultKind.PACKET_LOSS, now) and seq % every == 0:
+            self.outbox.took_seq(seq)
             self.ledger.produced(self.device_id, self.boot, seq, "lost", pairs, ts, FaultKind.PACKET_LOSS)
             self._fault(FaultKind.PACKET_LOSS, "message never sent", seq)
             return
         if self._fault_active(FaultKind.OVERSIZED, now) and seq % every == 0:
             pad = LIMITS.max_payload_bytes + 512 - len(payload)
             payload += (b" " if self.encoding == "json" else b"\x00") * max(pad, 0)
+            self.outbox.took_seq(seq)
             self.ledger.produced(self.device_id, self.boot, seq, "oversized", pairs, ts, FaultKind.OVERSIZED)
             self._fault(FaultKind.OVERSIZED, f"{len(payload)} bytes > {LIMITS.max_payload_bytes}", seq)
             client.publish(self.topic_t, payload, qos=1)
@@ -372,88 +375,87 @@ class SimDevice:
         """Publish an alert: the next seq, kept and re-sent like telemetry until the watermark covers it."""
         self.seq += 1
         ts = self._now_ms(now)
-        payload = encode(Alert(boot=self.boot, seq=self.seq, ts=ts, code=code, severity=severity, message=text),
-                         self.encoding)
+        payload = encode(Alert(boot=self.boot, seq=self.seq, ts=ts, code=code, severity=severity, message=text,
+                               dropped=self.outbox.dropped_field()), self.encoding)
         self.ledger.produced(self.device_id, self.boot, self.seq, "alert", [], ts, None)
         self._last_message = time.monotonic()
         self.stats.messages += 1
         self._send(client, self._keep(self.seq, payload, self.topic_a))
 
-    def _keep(self, seq: int, payload: bytes, topic: str | None = None) -> _Sent:
-        entry = _Sent(self.boot, seq, payload, topic or self.topic_t, time.monotonic(), self.settings.resend_after_s)
-        buf = self.buffer
-        if len(buf) >= self.settings.buffer_size:
-            victim = next((e for e in buf if e.pubacked), None)
-            if victim is not None:
-                buf.remove(victim)
-            else:
-                victim = buf.popleft()
-                self.stats.dropped += 1
-                self.ledger.fault(self.device_id, victim.boot, victim.seq, "buffer-overflow", "dropped unacknowledged")
-        buf.append(entry)
+    def _keep(self, seq: int, payload: bytes, topic: str | None = None) -> Entry:
+        entry = Entry(self.boot, seq, payload, topic or self.topic_t, time.monotonic())
+        for victim in self.outbox.add(entry):
+            self.stats.dropped += 1
+            self.ledger.fault(self.device_id, victim.boot, victim.seq, "buffer-overflow",
+                              "dropped from a full buffer; declared to the hub with 'dropped'")
         return entry
 
-    def _send(self, client: MqttClient, entry: _Sent, dup: bool = False) -> None:
+    def _send(self, client: MqttClient, entry: Entry, dup: bool = False) -> None:
         pid = client.publish(entry.topic, entry.payload, qos=1, dup=dup)
         assert pid is not None
         self._by_pid[pid] = entry
+        self.outbox.mark_sent(entry)
         self.stats.publishes += 1
         self.ledger.sent(self.device_id, entry.boot, entry.seq)
 
-    def _resend(self, client: MqttClient) -> None:
-        """After a reconnect: re-send what the hub has not confirmed (see the module docstring)."""
-        for entry in list(self.buffer):
-            if self._seen_watermark or not entry.pubacked:
-                entry.resend_at = time.monotonic() + entry.backoff
-                self._send(client, entry, dup=True)
-                self.stats.resent += 1
-
-    def _resend_overdue(self, client: MqttClient) -> None:
-        """Send again the buffered messages no watermark covered in time (see the module docstring)."""
-        wall = time.monotonic()
-        if not self._seen_watermark or wall < self._next_resend_check:
-            return
-        self._next_resend_check = wall + min(1.0, self.settings.resend_after_s)
-        if not self.buffer or self.buffer[0].made_at + self.settings.resend_after_s > wall:
-            return  # the usual case: the hub keeps up, nothing buffered is old enough to look at
-        cap = self.settings.resend_max_s
-        for entry in list(self.buffer):
-            if entry.resend_at <= wall:
-                entry.backoff = min(entry.backoff * 2, cap)
-                entry.resend_at = wall + entry.backoff
-                self._send(client, entry, dup=True)
-                self.stats.resent += 1
+    def _resend(self, client: MqttClient, entries: list[Entry]) -> None:
+        """Send ``entries`` again, oldest first, with the DUP flag (rules R1, R2, R3)."""
+        for entry in entries:
+            self._send(client, entry, dup=True)
+            self.stats.resent += 1
 
     def oldest_unconfirmed(self) -> float | None:
         """``time.monotonic()`` at which the oldest message still waiting for a watermark was produced."""
-        return self.buffer[0].made_at if self.buffer else None
+        return self.outbox.oldest_made_at()
 
     def _on_puback(self, pid: int) -> None:
         entry = self._by_pid.pop(pid, None)
         if entry is None:
             return  # a birth or a reply
         self.stats.pubacks += 1
-        if not entry.pubacked:
-            entry.pubacked = True
+        if self.outbox.on_puback(entry):
             self.ledger.pubacked(self.device_id, entry.boot, entry.seq)
 
-    def _on_watermark(self, wm: Watermark) -> None:
-        self._seen_watermark = True
-        before = len(self.buffer)
-        self.buffer = deque(e for e in self.buffer
-                            if not ((e.boot == wm.boot and e.seq <= wm.seq) or (e.boot < wm.boot and e.pubacked)))
-        self.stats.watermarked += before - len(self.buffer)
+    def _on_watermark(self, wm: Watermark, retained: bool) -> None:
+        if not retained and not self.settings.rtc and wm.ts and wm.boot == self.boot:
+            self._learn_time(wm.ts)
+        outcome = self.outbox.on_watermark(wm)
+        self.stats.watermarked += outcome.covered
         self.ledger.watermarked(self.device_id, wm.boot, wm.seq)
+        for entry in outcome.abandoned:
+            self.stats.abandoned += 1
+            self.ledger.fault(self.device_id, entry.boot, entry.seq, "abandoned",
+                              f"given up after {entry.sends} sends; declared to the hub with 'dropped'")
+        if outcome.resend and self.client is not None:
+            self._resend(self.client, outcome.resend)  # rule R2
+
+    def _learn_time(self, hub_ms: int) -> None:
+        """A live watermark carries the hub's clock: anchor this boot's uptime stamps (firmware_protocol.md 4.4)."""
+        boot_ts = hub_ms - int((time.monotonic() - self._powered_at) * 1000)
+        if self._boot_ts is not None and abs(boot_ts - self._boot_ts) <= 1000:
+            return
+        self._boot_ts = boot_ts
+        if self.client is not None:
+            self.client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
+            self.stats.births += 1
+
+    def _rebirth(self) -> None:
+        """Rule R3: a new birth, then every buffered message again."""
+        self.stats.rebirths += 1
+        if self.client is not None:
+            self.client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
+            self.stats.births += 1
+            self._resend(self.client, self.outbox.everything())
 
     # ------------------------------------------------------------------ inbound
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes, retain: bool = False) -> None:
         try:
             if topic == self.topic_w:
                 if payload:  # an empty retained message clears the watermark
                     wm = decode(MessageClass.WATERMARK, payload)
                     assert isinstance(wm, Watermark)
-                    self._on_watermark(wm)
+                    self._on_watermark(wm, retain)
             elif topic == self.topic_c:
                 cmd = decode(MessageClass.COMMAND, payload)
                 assert isinstance(cmd, Command)
@@ -467,6 +469,14 @@ class SimDevice:
         except MqttError:
             pass  # the connection dropped while replying; the hub retries commands
 
+    def _wall_ms(self) -> int | None:
+        """The device's idea of the time (None: no clock and not learned yet, firmware_protocol.md 4.4)."""
+        if self.settings.rtc:
+            return int(time.time() * 1000)
+        if self._boot_ts is None:
+            return None
+        return self._boot_ts + int((time.monotonic() - self._powered_at) * 1000)
+
     def _reply(self, reply: CommandReply) -> bytes:
         payload = encode(reply, self.encoding)
         if self.client is not None:
@@ -479,8 +489,8 @@ class SimDevice:
             counts["duplicate"] += 1
             log.info("duplicate command ignored device_id=%s command_id=%s", self.device_id, cmd.id)
             final = self._recent[cmd.id]
-            if final is not None and self.client is not None:
-                self.client.publish(self.topic_r, final, qos=1)  # the hub may have missed the result
+            # the hub may have missed the result: the remembered state (no detail or result: bounded memory)
+            self._reply(CommandReply(id=cmd.id, state=final or CommandState.RECEIVED))
             return
         self._recent[cmd.id] = None
         while len(self._recent) > RECENT_COMMANDS:
@@ -490,12 +500,18 @@ class SimDevice:
         state, detail, result = self._execute(cmd)
         counts[state.value] += 1
         log.info("command device_id=%s command_id=%s name=%s state=%s", self.device_id, cmd.id, cmd.name, state.value)
-        self._recent[cmd.id] = self._reply(CommandReply(id=cmd.id, state=state, detail=detail, result=result))
+        self._reply(CommandReply(id=cmd.id, state=state, detail=detail, result=result))
+        self._recent[cmd.id] = state
+        if cmd.name == "rebirth" and state is CommandState.SUCCEEDED:
+            self._rebirth()
 
     def _execute(self, cmd: Command) -> tuple[CommandState, str, dict[str, str | bool | int | float]]:
-        now_ms = int(time.time() * 1000)
-        if cmd.expires < now_ms:
+        now_ms = self._wall_ms()
+        if now_ms is not None and cmd.expires < now_ms:
             return CommandState.REJECTED, "expired", {}
+        now_ms = now_ms or 0
+        if cmd.name == "rebirth":
+            return CommandState.SUCCEEDED, "", {}  # the birth and the re-send follow the reply (_on_command)
         if cmd.name == "ping":
             return CommandState.SUCCEEDED, "", {"pong": now_ms}
         if cmd.name == "reboot":
@@ -504,7 +520,7 @@ class SimDevice:
         if cmd.name == "set_interval":
             seconds = cmd.args.get("seconds")
             if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0.01 <= seconds <= 86_400:
-                return CommandState.FAILED, "args.seconds must be a number in 0.01..86400", {}
+                return CommandState.REJECTED, "args.seconds must be a number in 0.01..86400", {}
             self.interval = float(seconds)
             return CommandState.SUCCEEDED, "", {"seconds": seconds}
         if cmd.name == "set_config":
@@ -522,7 +538,7 @@ class SimDevice:
             elif key == "encoding" and value in ("json", "cbor"):
                 new["encoding"] = value
             else:
-                return CommandState.FAILED, f"bad or unknown setting {key}={value!r}", {}
+                return CommandState.REJECTED, f"bad or unknown setting {key}={value!r}", {}
         self.deadband, self.batch, self.encoding = float(new["deadband"]), int(new["batch"]), str(new["encoding"])
         return CommandState.SUCCEEDED, "", new
 
@@ -537,3 +553,4 @@ class SimDevice:
         self.stats.faults[kind.value] += 1
         self.ledger.fault(self.device_id, self.boot, seq, kind.value, detail)
         fault_log.info("fault kind=%s device_id=%s boot=%s seq=%s detail=%s", kind.value, self.device_id, self.boot, seq, detail)
+

@@ -17,6 +17,8 @@ malformed          every ``fault_every``-th tick publishes garbage on the teleme
                    (it takes no seq: garbage has none)
 oversized          every ``fault_every``-th message is padded beyond the payload limit
                    (it takes a seq, like a real message that grew too large)
+dead-letter        every ``fault_every``-th message carries a reading out of range: the hub
+                   dead-letters it under its seq (kept and re-sent like any message)
 bad-credentials    log in with a wrong password; retried every ``bad_login_retry_s``
 =================  ==========================================================================
 """
@@ -37,6 +39,7 @@ class FaultKind(StrEnum):
     CLOCK_SKEW = "clock-skew"
     MALFORMED = "malformed"
     OVERSIZED = "oversized"
+    DEAD_LETTER = "dead-letter"
     BAD_CREDENTIALS = "bad-credentials"
 
 

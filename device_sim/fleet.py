@@ -16,6 +16,7 @@ replaying seq numbers of an old one.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -53,22 +54,51 @@ class DeviceCreds:
 
 
 class Credentials:
-    """The simulator's secrets and boot counters, in a JSON file readable only by its owner."""
+    """The simulator's secrets and boot counters, in a JSON file readable only by its owner.
+
+    Several processes share the file (``fleet up`` and a ``fleet sim`` beside it, each with its
+    own devices), so :meth:`save` merges: under an exclusive lock it re-reads the file, lays this
+    process's devices over it (the higher boot counter wins) and replaces it atomically. Devices
+    another process added survive.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.devices: dict[str, DeviceCreds] = {}
-        if path.exists():
-            data = json.loads(path.read_text())
-            self.devices = {k: DeviceCreds(**v) for k, v in data.get("devices", {}).items()}
+        self.devices: dict[str, DeviceCreds] = _read_credentials(path)
+        self._seen = {k: (v.secret, v.boot) for k, v in self.devices.items()}
+        """What the file held when last read: entries this process did not change are taken from the file."""
 
     def save(self) -> None:
-        """Write atomically with mode 0600."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"devices": {k: asdict(v) for k, v in self.devices.items()}}, fh)
-        os.replace(tmp, self.path)
+        """Merge this process's devices into the file, under a lock, atomically, with mode 0600."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            merged = _read_credentials(self.path)
+            for dev, mine in self.devices.items():
+                theirs = merged.get(dev)
+                if self._seen.get(dev) == (mine.secret, mine.boot):  # not changed here: the file's version stands
+                    if theirs is not None:
+                        mine.secret, mine.boot = theirs.secret, theirs.boot
+                    continue
+                if theirs is not None and theirs.secret == mine.secret:
+                    mine.boot = max(mine.boot, theirs.boot)
+                merged[dev] = DeviceCreds(mine.secret, mine.boot)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"devices": {k: asdict(v) for k, v in merged.items()}}, fh)
+            os.replace(tmp, self.path)
+            self._seen = {k: (v.secret, v.boot) for k, v in merged.items()}
+        finally:
+            os.close(lock_fd)  # releases the lock
+
+
+def _read_credentials(path: Path) -> dict[str, DeviceCreds]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: DeviceCreds(**v) for k, v in data.get("devices", {}).items()}
 
 
 def provision(db: str | Path, ids: list[str], *, workers: int | None = None,
@@ -132,6 +162,9 @@ class SimSummary:
     messages_per_s: float
     commands: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
+    abandoned: int = 0
+    """Messages given up after the maximum number of sends (firmware_protocol.md 5.3, R2)."""
+    rebirths: int = 0
 
 
 class Fleet:
@@ -214,7 +247,7 @@ class Fleet:
             readings=st.readings, pubacks=st.pubacks, watermarked=st.watermarked, dropped=st.dropped,
             errors=st.errors, bytes_out=bytes_out,
             messages_per_s=round(st.messages / elapsed, 1) if elapsed else 0.0,
-            commands=dict(st.commands), faults=dict(st.faults))
+            commands=dict(st.commands), faults=dict(st.faults), abandoned=st.abandoned, rebirths=st.rebirths)
 
     async def run(self, stop: asyncio.Event, on_tick: Callable[[SimSummary], None] | None = None) -> SimSummary:
         """Run until ``stop`` is set or the duration passes; ``on_tick`` gets a summary twice a second."""

@@ -18,6 +18,7 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from protocol.errors import FleetError
 
@@ -108,7 +109,7 @@ class MqttClient(asyncio.Protocol):
 
     Callbacks run on the event loop inside ``data_received``; they must not block:
 
-    * ``on_message(topic, payload)`` for each inbound PUBLISH (acknowledged before the call),
+    * ``on_message(topic, payload, retain)`` for each inbound PUBLISH (acknowledged before the call),
     * ``on_puback(packet_id)`` when a QoS 1 publish is acknowledged.
     """
 
@@ -116,7 +117,7 @@ class MqttClient(asyncio.Protocol):
                  "_next_pid", "inflight", "_keepalive", "_ping_handle", "_last_send", "_last_recv",
                  "_silent", "bytes_out", "_loop")
 
-    def __init__(self, on_message: Callable[[str, bytes], None] | None = None,
+    def __init__(self, on_message: Callable[[str, bytes, bool], None] | None = None,
                  on_puback: Callable[[int], None] | None = None) -> None:
         self.on_message = on_message
         self.on_puback = on_puback
@@ -146,6 +147,9 @@ class MqttClient(asyncio.Protocol):
         for network failures, ``TimeoutError`` when no CONNACK arrives in ``timeout``.
         """
         self._connack = self._loop.create_future()
+        # after a CONNACK timeout nobody awaits it any more; a later "connection lost" must not log
+        # "Future exception was never retrieved" with a traceback (the caller already handled the timeout)
+        self._connack.add_done_callback(_retrieve)
         await asyncio.wait_for(self._loop.create_connection(lambda: self, host, port), timeout)
         self._keepalive = keepalive
         self._send(connect_packet(client_id, username=username, password=password, will=will,
@@ -178,6 +182,7 @@ class MqttClient(asyncio.Protocol):
         pid = self._new_pid()
         body = struct.pack("!H", pid) + b"".join(_str(f) + bytes((q,)) for f, q in filters)
         fut: asyncio.Future[list[int]] = self._loop.create_future()
+        fut.add_done_callback(_retrieve)
         self._suback[pid] = fut
         self._send(_packet((SUBSCRIBE << 4) | 0x02, body))
         try:
@@ -309,7 +314,7 @@ class MqttClient(asyncio.Protocol):
                 ack = PUBACK if qos == 1 else PUBREC
                 self._send(_packet(ack << 4, struct.pack("!H", pid)))
             if self.on_message is not None:
-                self.on_message(topic, body[pos:])
+                self.on_message(topic, body[pos:], bool(first & 1))
         elif kind == PUBACK:
             pid = struct.unpack_from("!H", body)[0]
             self.inflight.discard(pid)
@@ -333,3 +338,9 @@ class MqttClient(asyncio.Protocol):
             pass  # PINGRESP only refreshes _last_recv; we never send QoS 2 or UNSUBSCRIBE
         else:
             self._protocol_error(f"unexpected packet type {kind}")
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen: its waiter may have given up already (a timeout)."""
+    if not fut.cancelled():
+        fut.exception()

@@ -49,11 +49,10 @@ class SimSettings(BaseModel):
     keepalive: int = Field(60, ge=0, le=65_535)
     fw: str = "sim-1.0.0"
     buffer_size: int = Field(256, ge=1)
-    """Store-and-forward: messages kept per device until covered by a watermark."""
-    resend_after_s: float = Field(30.0, gt=0)
-    """A buffered message that no watermark covers this long after it was sent is sent again."""
-    resend_max_s: float = Field(300.0, gt=0)
-    """The back-off of those re-sends doubles per message up to this."""
+    """Store-and-forward: messages kept per device until covered by a watermark (full: the oldest is
+    dropped and declared to the hub)."""
+    rtc: bool = True
+    """The devices have a clock; without one they stamp uptime and learn the time from the hub."""
     connect_concurrency: int = Field(64, ge=1)
     """CONNECTs in flight at once (a thundering herd of 10,000 logins overwhelms small brokers)."""
     connect_timeout: float = Field(30.0, gt=0)

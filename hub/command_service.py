@@ -20,6 +20,7 @@ from hub.config import HubSettings
 from hub.errors import HubError
 from hub.storage import CommandRecord, CommandStore, PresenceStore
 from hub.transport import low_latency
+from hub.watermark_holds import WatermarkHolds
 from hub.writer import BatchResult
 from protocol.ops import OPS_PREFIX, parse_ops_topic
 
@@ -29,8 +30,10 @@ log = logging.getLogger("fleet.hub.commands")
 class CommandService:
     """Owns the command bridge thread and the MQTT session it publishes on."""
 
-    def __init__(self, settings: HubSettings, password: str | None, command_settings: CommandSettings | None = None) -> None:
+    def __init__(self, settings: HubSettings, password: str | None, command_settings: CommandSettings | None = None,
+                 holds: WatermarkHolds | None = None) -> None:
         self.settings = settings
+        self.holds = holds or WatermarkHolds()
         self.password = password
         self.command_settings = command_settings or CommandSettings()
         self.bridge: CommandBridge | None = None
@@ -72,8 +75,13 @@ class CommandService:
             p = registry.get(device_id)
             return p is not None and p.active and p.role is Role.DEVICE
 
+        def may_hold(username: str) -> bool:
+            p = registry.get(username)
+            return p is not None and p.active and p.role in (Role.HUB, Role.OPERATOR)
+
         owner = self.settings.mqtt_client_id if self.settings.worker_group else None
-        self.bridge = CommandBridge(store, self._publish, known_device, self.command_settings, owner=owner)
+        self.bridge = CommandBridge(store, self._publish, known_device, self.command_settings, owner=owner,
+                                    holds=self.holds, may_hold=may_hold)
         links = PresenceStore(store.conn).links()
         self.bridge.seed_presence({r.device_id: DeviceLink(r.state == "online", r.enc or "json") for r in links})
         self._ready.set()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,22 @@ from hub.metrics import COMMAND_BUCKETS, Buckets
 from hub.storage import CommandRecord, CommandStore, PresenceStore
 from protocol import Command, CommandReply, CommandState, MessageClass, encode, topic_for
 from protocol.errors import FleetError
-from protocol.ops import CommandUpdate, CreatedCommand, RefusedDevice, SendRequest, SendResponse, response_topic, updates_topic
+from hub.watermark_holds import WatermarkHolds
+from protocol.limits import LIMITS
+from protocol.ops import (
+    HOLD_OPS,
+    CommandUpdate,
+    CreatedCommand,
+    HoldRequest,
+    HoldResponse,
+    RefusedDevice,
+    SendRequest,
+    SendResponse,
+    request_command_id,
+    request_op,
+    response_topic,
+    updates_topic,
+)
 
 log = logging.getLogger("fleet.hub.commands")
 
@@ -53,7 +69,7 @@ class CommandSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    default_ttl_s: float = Field(600.0, gt=0)
+    default_ttl_s: float = Field(600.0, gt=0, le=LIMITS.max_command_ttl_s)
     ack_timeout_s: float = Field(5.0, gt=0)
     """A sent command with no ``received`` reply within this is re-sent (doubling each time)."""
     max_attempts: int = Field(5, ge=1)
@@ -63,8 +79,16 @@ class CommandSettings(BaseModel):
     tick_s: float = Field(0.2, gt=0)
 
 
+EXPIRED_DETAIL = "expired"
+"""The ``detail`` of a device's ``rejected`` reply that means the command arrived after its expiry."""
+
+
 class CommandError(FleetError):
-    """A command request that cannot be accepted (unknown device, bad arguments)."""
+    """A command request that cannot be accepted (unknown device, bad arguments, expired request)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -77,8 +101,12 @@ class CommandBridge:
     """Creates, delivers, retries and settles commands; one owner thread."""
 
     def __init__(self, store: CommandStore, publish: Publish, known_device: Callable[[str], bool],
-                 settings: CommandSettings | None = None, owner: str | None = None) -> None:
+                 settings: CommandSettings | None = None, owner: str | None = None,
+                 holds: WatermarkHolds | None = None, may_hold: Callable[[str], bool] | None = None) -> None:
         self.store = store
+        self.holds = holds or WatermarkHolds()
+        self.may_hold = may_hold or (lambda operator: False)
+        """Whether login ``operator`` may hold watermarks (hub or operator role, active)."""
         self.publish = publish
         self.known_device = known_device
         self.settings = settings or CommandSettings()
@@ -86,7 +114,7 @@ class CommandBridge:
         self.links: dict[str, DeviceLink] = {}
         self.active: dict[str, CommandRecord] = {}
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=100_000)
-        self.counters: dict[str, int] = {"forged_replies": 0, "bad_requests": 0, "resends": 0}
+        self.counters: dict[str, int] = {"forged_replies": 0, "bad_requests": 0, "resends": 0, "checker_replies": 0}
         self.latency = Buckets(COMMAND_BUCKETS)
         """Seconds from creation to a final state, per command."""
 
@@ -157,17 +185,43 @@ class CommandBridge:
         self.links.update(links)
 
     def submit(self, device_id: str, name: str, args: dict[str, Any] | None = None, ttl_s: float | None = None,
-               operator: str | None = None, now: float | None = None) -> CommandRecord:
-        """Record a command for ``device_id`` (committed first), then deliver it if the device is online."""
+               operator: str | None = None, now: float | None = None, command_id: str | None = None,
+               expires_at: float | None = None) -> CommandRecord:
+        """Record a command for ``device_id`` (committed first), then deliver it if the device is online.
+
+        ``expires_at`` (absolute) wins over ``ttl_s``; with ``command_id`` an existing command of
+        that id is returned as it is instead of a second one being created.
+        """
+        if command_id is not None:
+            existing = self.store.get(command_id)
+            if existing is not None:
+                return existing
         if not self.known_device(device_id):
-            raise CommandError(f"unknown device {device_id!r}")
+            raise CommandError(f"unknown device {device_id!r}", "unknown_device")
         try:  # validate against the wire model before anything is stored
             Command(id="c0", name=name, args=args or {}, expires=1)
         except ValidationError as exc:
-            raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}") from None
+            raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}", "bad_command") from None
         now = time.time() if now is None else now
-        rec = self.store.create(device_id, name, args or {}, ttl_s or self.settings.default_ttl_s,
-                                operator=operator, owner=self.owner, now=now)
+        ttl = expires_at - now if expires_at is not None else ttl_s or self.settings.default_ttl_s
+        if ttl <= 0:
+            raise CommandError(f"request reached the hub {-ttl:.1f}s after its expiry; not executed", "expired")
+        if ttl > LIMITS.max_command_ttl_s:
+            raise CommandError(f"command TTL {ttl:g} s is outside 0..{LIMITS.max_command_ttl_s} s (devices remember "
+                               f"command ids for at most that long)", "bad_command")
+        # at-most-once with bounded device memory (firmware_protocol.md 6): a device remembers the last
+        # LIMITS.remembered_commands ids, so no more than that may be unexpired for it at any time
+        if self.store.count_unexpired(device_id, now) >= LIMITS.remembered_commands:
+            raise CommandError(f"device {device_id!r} already has {LIMITS.remembered_commands} unexpired commands; "
+                               f"wait until one expires (or send with a shorter --ttl)", "busy")
+        try:
+            rec = self.store.create(device_id, name, args or {}, ttl, operator=operator, owner=self.owner, now=now,
+                                    command_id=command_id)
+        except sqlite3.IntegrityError:  # another worker took a copy of the same request first
+            existing = self.store.get(command_id) if command_id else None
+            if existing is None:
+                raise
+            return existing
         self.active[rec.id] = rec
         self._notify(rec)
         self._dispatch(rec, now)
@@ -175,6 +229,9 @@ class CommandBridge:
 
     def on_request_payload(self, operator: str, payload: bytes) -> None:
         """An operator's request from ``fleet/ops/<operator>/req``."""
+        if request_op(payload) in HOLD_OPS:
+            self.on_hold_request(operator, payload)
+            return
         try:
             req = SendRequest.model_validate_json(payload)
         except ValidationError as exc:
@@ -185,14 +242,53 @@ class CommandBridge:
             return
         created: list[CreatedCommand] = []
         refused: list[RefusedDevice] = []
+        now = time.time()
         for device_id in req.devices:
+            command_id = request_command_id(operator, req.req_id, device_id)
             try:
-                rec = self.submit(device_id, req.name, dict(req.args), req.ttl_s, operator=operator)
-                created.append(CreatedCommand(id=rec.id, device_id=device_id))
+                rec = self.submit(device_id, req.name, dict(req.args), req.ttl_s, operator=operator, now=now,
+                                  command_id=command_id, expires_at=req.expires_at)
             except CommandError as exc:
-                refused.append(RefusedDevice(device_id=device_id, error=str(exc)))
+                refused.append(RefusedDevice(device_id=device_id, error=str(exc), reason=exc.reason))
+                continue
+            link = self.links.get(device_id)
+            created.append(CreatedCommand(id=rec.id, device_id=device_id, state=rec.state.value,
+                                          expires_at=rec.expires_at, online=bool(link and link.online),
+                                          repeated=rec.created_at != now))
+        if refused and not created and all(r.reason == "expired" for r in refused):
+            log.info("operator request expired before it reached the hub operator=%s req_id=%s late_s=%.1f",
+                     operator, req.req_id, now - (req.expires_at or now))
         resp = SendResponse(req_id=req.req_id, ok=bool(created), commands=created, refused=refused,
-                            error="" if created else "no command created")
+                            error="" if created else refused[0].error if refused else "no command created")
+        self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
+
+    def on_hold_request(self, operator: str, payload: bytes) -> None:
+        """Hold, renew or release a device's watermarks for ``fleet device-check`` (:class:`HoldRequest`)."""
+        try:
+            req = HoldRequest.model_validate_json(payload)
+        except ValidationError as exc:
+            self.counters["bad_requests"] += 1
+            error = exc.errors(include_url=False)[0]["msg"]
+            log.warning("bad operator request operator=%s error=%s", operator, error)
+            resp = HoldResponse(req_id="?", ok=False, error="bad request: " + error)
+        else:
+            if not self.may_hold(operator):
+                resp = HoldResponse(req_id=req.req_id, ok=False, device_id=req.device_id,
+                                    error=f"login {operator!r} may not hold watermarks (hub or operator role only)")
+            elif req.op == "release_watermarks":
+                released = self.holds.release(req.device_id)
+                log.info("watermark hold released operator=%s device_id=%s", operator, req.device_id)
+                resp = HoldResponse(req_id=req.req_id, ok=released, device_id=req.device_id,
+                                    error="" if released else "no hold to release (its lease may have run out)")
+            elif not self.known_device(req.device_id):
+                resp = HoldResponse(req_id=req.req_id, ok=False, device_id=req.device_id,
+                                    error=f"unknown device {req.device_id!r}")
+            else:
+                renewal = self.holds.held(req.device_id)
+                until = self.holds.hold(req.device_id, req.lease_s)
+                if not renewal:  # once per hold, not per renewal
+                    log.info("watermark hold operator=%s device_id=%s lease_s=%g", operator, req.device_id, req.lease_s)
+                resp = HoldResponse(req_id=req.req_id, ok=True, device_id=req.device_id, held_until=until)
         self.publish(response_topic(operator), resp.model_dump_json().encode(), 1, False)
 
     def on_reply(self, device_id: str, reply: CommandReply, now: float | None = None) -> CommandRecord | None:
@@ -206,6 +302,9 @@ class CommandBridge:
     def _apply_reply(self, device_id: str, reply: CommandReply, now: float) -> CommandRecord | None | bool:
         # in a worker group the database is the truth: another worker may have moved the command
         rec = self.store.get(reply.id) if self.owner is not None else (self.active.get(reply.id) or self.store.get(reply.id))
+        if rec is None and self.holds.checker_reply(device_id, reply.id):
+            self.counters["checker_replies"] += 1  # `fleet device-check` published it, not the bridge
+            return None
         if rec is None or rec.device_id != device_id:
             self.counters["forged_replies"] += 1
             log.warning("reply for a command not sent to this device device_id=%s command_id=%s", device_id, reply.id)
@@ -223,7 +322,8 @@ class CommandBridge:
         state = {
             CommandState.SUCCEEDED: CommandState.SUCCEEDED,
             CommandState.FAILED: CommandState.FAILED,
-            CommandState.REJECTED: CommandState.EXPIRED if reply.detail == "expired" else CommandState.REJECTED,
+            # firmware_protocol.md 6: a device's "rejected: expired" is the hub's own expired state
+            CommandState.REJECTED: CommandState.EXPIRED if reply.detail == EXPIRED_DETAIL else CommandState.REJECTED,
         }[reply.state]
         if not self._move(rec, state, now, detail=reply.detail, result=dict(reply.result)):
             return False

@@ -38,6 +38,7 @@ class Heartbeat:
         conn = open_database(self.db)
         rows = StatusStore(conn)
         last: tuple[float, int, int] | None = None
+        stats: dict[str, Any] = {}
         try:
             while True:
                 now = time.time()
@@ -55,7 +56,9 @@ class Heartbeat:
                 if self._stop.wait(self.interval_s):
                     break
         finally:
-            # a clean stop removes the row, so the dashboard says "hub down" at once, not after a timeout
+            # a clean stop leaves a last row marked stopped: readers say "hub down" at once, not after a
+            # timeout, and `fleet status` can still say that a hub ran here and when it stopped
             with contextlib.suppress(sqlite3.Error, OSError):
-                rows.delete_heartbeat(self.worker)
+                rows.write_heartbeat(self.worker, os.getpid(), self.started_at, self.broker, False,
+                                     {**stats, "stopped": True}, time.time())
             conn.close()

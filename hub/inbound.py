@@ -14,6 +14,7 @@ from typing import NamedTuple
 from protocol.codec import decode
 from protocol.errors import ProtocolError, Reason
 from protocol.fastpath import TelemetryRows, decode_telemetry_rows
+from protocol.refused import sequence_of
 from protocol.models import Alert, CommandReply, Status, Telemetry
 from protocol.topics import MessageClass, parse_topic
 
@@ -44,6 +45,13 @@ class Rejected(NamedTuple):
     device_id: str | None
     reason: Reason
     detail: str
+    boot: int | None = None
+    seq: int | None = None
+    """The refused message's place in the device's seq stream, when the payload names it."""
+
+
+_SEQUENCED = (MessageClass.TELEMETRY, MessageClass.ALERT)
+_CONTENT_REASONS = (Reason.SCHEMA, Reason.UNKNOWN_METRIC, Reason.OUT_OF_RANGE)
 
 
 def classify(msg: Inbound) -> Accepted | Rejected | None:
@@ -63,8 +71,12 @@ def classify(msg: Inbound) -> Accepted | Rejected | None:
     try:
         message = decode(topic.cls, msg.payload)  # the strict decoder: the verdict and its reason
     except ProtocolError as exc:
+        if topic.cls in _SEQUENCED and exc.reason in _CONTENT_REASONS:
+            place = sequence_of(msg.payload)
+            if place is not None:
+                return Rejected(topic.device_id, exc.reason, exc.detail, *place)
         return Rejected(topic.device_id, exc.reason, exc.detail)
     if isinstance(message, Telemetry):
         message = TelemetryRows(message.boot, message.seq, message.ts,
-                                [(r.dt, r.metric, r.value) for r in message.readings])
+                                [(r.dt, r.metric, r.value) for r in message.readings], message.dropped)
     return Accepted(topic.device_id, topic.cls, message)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from hub.metrics import COMMIT_BUCKETS, Buckets
 from hub.skew import SKEW_SUMMARY_S
 from hub.store import HubStore
 from hub.transport import IngestClient, low_latency
+from hub.watermark_holds import WatermarkHolds
 from hub.writer import BatchResult, BatchWriter
 from protocol.codec import encode
 from protocol.topics import MessageClass, subscription_for, topic_for
@@ -44,8 +45,10 @@ BatchHook = Callable[[BatchResult], None]
 class Ingest:
     """The MQTT client and the writer thread of one hub."""
 
-    def __init__(self, settings: HubSettings, password: str | None) -> None:
+    def __init__(self, settings: HubSettings, password: str | None, holds: WatermarkHolds | None = None) -> None:
         self.settings = settings
+        self.holds = holds or WatermarkHolds()
+        """Devices whose watermarks ``fleet device-check`` holds (granted by the command bridge)."""
         self.queue: queue.Queue[Inbound] = queue.Queue(maxsize=settings.queue_size)
         self.hooks: list[BatchHook] = []
         self.commit_seconds = Buckets(COMMIT_BUCKETS)
@@ -157,6 +160,11 @@ class Ingest:
                 batch = self._collect(timeout=0.1)
                 if batch:
                     self._commit(batch)
+                for device_id in self.holds.due():  # a hold ended: the device gets its current watermark at once
+                    result = self.writer.watermark_now(device_id)
+                    self._publish_watermarks(result)
+                    mark = result.watermarks.get(device_id)
+                    log.info("watermark hold ended device_id=%s watermark=%s", device_id, mark.seq if mark else None)
                 now_m = time.monotonic()
                 if now_m >= next_skew:
                     next_skew = now_m + SKEW_SUMMARY_S
@@ -230,13 +238,20 @@ class Ingest:
         generation = self.generation
         # a message from an older connection is redelivered on this one and acked then
         self.client.ack_many([msg.mid for msg in batch if msg.qos == 1 and msg.generation == generation])
-        for device_id, mark in result.watermarks.items():
-            self.client.publish(topic_for(device_id, MessageClass.WATERMARK), encode(mark), qos=1, retain=True)
+        self._publish_watermarks(result)
         for hook in self.hooks:
             try:
                 hook(result)
             except Exception:  # a hook's bug must not stop ingest; it is logged with its traceback
                 log.exception("batch hook failed hook=%r", hook)
+
+    def _publish_watermarks(self, result: BatchResult) -> None:
+        for device_id, mark in result.watermarks.items():
+            if self.holds.held(device_id):
+                continue  # `fleet device-check` plays the hub's watermark for it; the current one goes out on release
+            # in the device's own form (firmware_protocol.md 5.1): a CBOR-only firmware needs no JSON parser
+            payload = encode(mark, result.encodings.get(device_id, "json"))
+            self.client.publish(topic_for(device_id, MessageClass.WATERMARK), payload, qos=1, retain=True)
 
     def gauges(self) -> dict[str, float | int]:
         """Live figures for the heartbeat and the metrics: queue depth, ingest lag, failed writes."""

@@ -69,6 +69,11 @@ class HubCollector(Collector):
                                ("gaps", "Gaps in device seq numbers detected"),
                                ("skewed", "Messages whose device clock was off beyond the threshold")):
             yield CounterMetricFamily(f"fleet_hub_{key}", help_text, value=s.get(key, 0))
+        # named in firmware_protocol.md (4.1, 5.4)
+        yield CounterMetricFamily("fleet_device_resets", "Births whose boot went back: a new device incarnation",
+                                  value=s.get("resets", 0))
+        yield CounterMetricFamily("fleet_gaps_dropped", "Seqs the devices declared given up (gaps closed as dropped)",
+                                  value=s.get("dropped", 0))
         dead = CounterMetricFamily("fleet_hub_deadletters", "Messages refused, by reason", labels=["reason"])
         for reason, n in sorted(s.get("deadletters", {}).items()):
             dead.add_metric([reason], n)

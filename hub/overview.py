@@ -43,11 +43,14 @@ class DeviceView:
     gaps: int = 0
     reconnects: int = 0
     deadletters: int = 0
+    resets: int = 0
+    """Births whose boot went back (flash wiped, board replaced): firmware_protocol.md 4.1."""
 
     @property
     def problem_score(self) -> int:
         """Higher means more in need of attention; sorts problems first."""
-        return (0 if self.online else 100) + min(self.gaps, 50) + min(self.deadletters, 30) + min(self.reconnects, 20)
+        return ((0 if self.online else 100) + min(self.gaps, 50) + min(self.deadletters, 30) + min(self.reconnects, 20)
+                + min(self.resets * 10, 30))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,7 @@ class CommandView:
 @dataclass(frozen=True, slots=True)
 class EventView:
     ts: float
-    kind: str  # "alert" or "deadletter"
+    kind: str  # "alert", "deadletter" or "reset"
     device_id: str | None
     text: str
 
@@ -78,6 +81,7 @@ class Summary:
     gaps: int = 0
     deadletters: int = 0
     ingest_lag_s: float | None = None
+    resets: int = 0
 
     @property
     def offline(self) -> int:
@@ -151,6 +155,10 @@ class OverviewLoader:
                     stats[key] = stats.get(key, 0) + value
         if live:
             message = ""
+        elif beats and all(b.stats.get("stopped") for b in beats):
+            last = max(beats, key=lambda b: b.updated_at)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.updated_at))
+            message = f"hub stopped cleanly at {when} (worker {last.worker})"
         elif beats:
             message = f"no heartbeat for {now - max(b.updated_at for b in beats):.0f}s"
         else:
@@ -183,11 +191,14 @@ class OverviewLoader:
                 id=dev, group=registered.get(dev), online=bool(p and p[0] == "online"), last_seen=p[1] if p else None,
                 fw=(p[2] or "") if p else "", metrics=tuple(metrics), gaps=rows.gaps.get(dev, 0),
                 reconnects=max(0, int(rows.births.get(dev, 0)) - 1), deadletters=int(rows.deadletters_by_device.get(dev, 0)),
+                resets=int(rows.resets.get(dev, 0)),
             ))
 
         command_rows = [CommandView(i, d, n, CommandState(s), u) for i, d, n, s, u in rows.commands]
         event_rows = [EventView(r[0], "alert", r[1], f"{r[2]} {r[3]} {r[4]}".strip()) for r in rows.alerts]
         event_rows += [EventView(r[0], "deadletter", r[1], f"{r[2]}: {r[3]}") for r in rows.deadletter_events]
+        event_rows += [EventView(r[0], "reset", r[1], f"boot {r[2]} -> {r[3]} (incarnation {r[4]})")
+                       for r in rows.reset_events]
         event_rows.sort(key=lambda e: -e.ts)
 
         summary = Summary(
@@ -195,6 +206,7 @@ class OverviewLoader:
             readings_in_per_s=float(stats.get("readings_in_per_s", in_rate)), persisted_per_s=persisted_rate,
             rate_history=tuple(self._rates), duplicates=int(stats.get("duplicates", 0)), gaps=sum(rows.gaps.values()),
             deadletters=rows.deadletters_total, ingest_lag_s=stats.get("lag_s") if live else None,
+            resets=sum(d.resets for d in devices),
         )
         return Snapshot(taken_at=now, hub_alive=bool(live), hub_message=message, summary=summary,
                         devices=tuple(devices), commands=tuple(command_rows), events=tuple(event_rows[:n_events]))

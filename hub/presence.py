@@ -1,7 +1,12 @@
 """Device presence: online/offline from birth and will messages, plus a staleness timeout.
 
 A device is online after its birth (``d/<id>/s`` state online) and offline after its will
-(state offline). Because a broker may never fire a will (AMQTT_NOTES.md #2), a device that sent
+(state offline). A birth whose ``boot`` is lower than the one the hub knows is a **reset**
+(firmware_protocol.md 4.1): the device starts a new incarnation, recorded in ``device_resets``,
+and the birth is applied like any other (reason ``reset``). A will of another boot than the
+current one is stale (the broker fired it after the device had already come back, or it is the
+old board's after a reset) and changes nothing. Because a broker may never fire a will
+(AMQTT_NOTES.md #2), a device that sent
 nothing for ``max(staleness_min_s, interval_s x staleness_factor)`` is also marked offline
 (reason ``stale``); its next message brings it back online (reason ``message``). A will is
 final until the next birth. Every transition is stored in ``presence_events``.
@@ -34,6 +39,15 @@ class PresenceEvent:
     ts: float
 
 
+@dataclass(frozen=True, slots=True)
+class BirthOutcome:
+    """What a status message changed: the transition (if any), and whether it was a reset."""
+
+    event: PresenceEvent | None
+    reset: bool = False
+    boot_ts_changed: bool = False
+
+
 class PresenceTracker:
     """Online/offline state of every device the hub has heard of."""
 
@@ -50,25 +64,66 @@ class PresenceTracker:
         """Seconds of silence after which ``device`` counts as offline."""
         return max(self.min_s, (device.interval_s or self.default_interval_s) * self.factor)
 
-    def on_status(self, device_id: str, status: Status, now: float) -> PresenceEvent | None:
-        """Apply a birth or will; returns the transition, if any."""
+    def on_status(self, device_id: str, status: Status, now: float) -> BirthOutcome:
+        """Apply a birth or will: the transition, and whether the birth was a reset."""
         dev = self.devices.get(device_id)
         state = StatusState(status.state).value
-        if dev is not None and dev.boot is not None and status.boot < dev.boot:
-            log.info("status ignored reason=older_boot device_id=%s boot=%s current_boot=%s",
-                     device_id, status.boot, dev.boot)
-            return None
+        known = dev is not None and dev.boot is not None
+        older = known and status.boot < dev.boot  # type: ignore[union-attr,operator]
+        if known and state == OFFLINE and status.boot != dev.boot:  # type: ignore[union-attr]
+            # a will speaks for the boot of the connection that died, and every boot births first: a will of
+            # another boot is stale (e.g. the old board's, after a reset to a lower boot)
+            log.debug("will ignored reason=other_boot device_id=%s boot=%s current_boot=%s",
+                      device_id, status.boot, dev.boot if dev else None)
+            return BirthOutcome(None)
         if dev is None:
             dev = DeviceRow(device_id, OFFLINE, "new", now)
             self.devices[device_id] = dev
+        reset = older
+        if reset:
+            old_boot = dev.boot
+            dev.incarnation += 1
+            self.store.insert_reset(device_id, dev.incarnation, old_boot, status.boot, now)
+            log.warning("device reset device_id=%s old_boot=%s new_boot=%s incarnation=%s (its boot counter went "
+                        "back: flash wiped or board replaced; data is kept apart per incarnation)",
+                        device_id, old_boot, status.boot, dev.incarnation)
+        boot_ts_changed = False
         if state == ONLINE:
+            new_boot = dev.boot != status.boot
+            boot_ts = status.boot_ts or (None if new_boot or reset else dev.boot_ts)
+            boot_ts_changed = boot_ts is not None and boot_ts != dev.boot_ts
             dev.fw, dev.boot, dev.enc, dev.interval_s = status.fw, status.boot, status.enc, status.interval_s
+            dev.boot_ts = boot_ts
             dev.last_seen = now
         else:
             dev.boot = status.boot
-        event = self._transition(dev, state, "birth" if state == ONLINE else "will", now)
+        reason = "reset" if reset else "birth" if state == ONLINE else "will"
+        event = self._transition(dev, state, reason, now)
+        if reset and event is None:  # already online: the command side must still hear of the new incarnation
+            self.store.insert_presence_event(device_id, state, reason, dev.boot, now)
+            event = PresenceEvent(device_id, state, reason, dev.boot, now)
         self.store.save_device(dev)
-        return event
+        return BirthOutcome(event, reset, boot_ts_changed)
+
+    def incarnation(self, device_id: str) -> int:
+        """The device's current incarnation (0 for a device never reset or never seen)."""
+        dev = self.devices.get(device_id)
+        return dev.incarnation if dev is not None else 0
+
+    def current_boot(self, device_id: str) -> int | None:
+        """The boot of the device's latest status, if any."""
+        dev = self.devices.get(device_id)
+        return dev.boot if dev is not None else None
+
+    def boot_ts(self, device_id: str, boot: int) -> int | None:
+        """Power-up time (ms) of ``boot`` when it is the device's current boot and the device told it."""
+        dev = self.devices.get(device_id)
+        return dev.boot_ts if dev is not None and dev.boot == boot else None
+
+    def encoding(self, device_id: str) -> str:
+        """The form the device asked for in its latest birth (JSON until one is seen)."""
+        dev = self.devices.get(device_id)
+        return (dev.enc or "json") if dev is not None else "json"
 
     def on_message(self, device_id: str, now: float) -> PresenceEvent | None:
         """Any message from ``device_id``: moves last_seen; revives a device that was only stale."""

@@ -38,12 +38,12 @@ def deadletters(db: str | Path, reason: str | None = None, limit: int = 100) -> 
 
 
 def devices_with_presence(db: str | Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Registry rows (``Principal.public()``) joined with the hub's presence: state, last_seen, fw, boot."""
+    """Registry rows (``Principal.public()``) joined with the hub's presence: state, last_seen, fw, boot, resets."""
     with reading(db) as conn:
         presence = queries.presence(conn)
     out = []
     for row in rows:
         p = presence.get(row["id"], {})
         out.append({**row, "state": p.get("state"), "last_seen": p.get("last_seen"), "fw": p.get("fw"),
-                    "boot": p.get("boot")})
+                    "boot": p.get("boot"), "resets": p.get("incarnation") or 0})
     return out

@@ -18,6 +18,7 @@ from hub.commands import CommandSettings
 from hub.config import HubSettings, hub_password
 from hub.heartbeat import Heartbeat
 from hub.ingest import BatchHook, Ingest
+from hub.watermark_holds import WatermarkHolds
 from hub.metrics import HubCollector, serve_metrics
 
 log = logging.getLogger("fleet.hub")
@@ -47,9 +48,10 @@ class Hub:
                 Registry(s.db).ensure(s.username, Role.HUB, password)
         # the command side first, and hooked before ingest starts: no presence change or reply
         # committed by ingest can slip past the bridge (a retained birth arrives at once)
-        self.commands = CommandService(s, password, self.command_settings)
+        holds = WatermarkHolds()  # granted on the command side, honoured by ingest's watermarks
+        self.commands = CommandService(s, password, self.command_settings, holds)
         self.commands.start(timeout)
-        self.ingest = Ingest(s, password)
+        self.ingest = Ingest(s, password, holds)
         self.ingest.hooks.append(self.commands.on_batch)
         try:
             self.ingest.start(timeout)

@@ -16,5 +16,7 @@ ALIVE_WITHIN_S = 5.0
 
 
 def alive(heartbeat: Heartbeat, now: float | None = None) -> bool:
-    """True when the heartbeat is recent enough."""
+    """True when the heartbeat is recent enough and not the last one of a clean stop."""
+    if heartbeat.stats.get("stopped"):
+        return False
     return (time.time() if now is None else now) - heartbeat.updated_at <= ALIVE_WITHIN_S

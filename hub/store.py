@@ -35,7 +35,8 @@ class HubStore(IngestStore, PresenceStore):
         row = self.load_stream_row(device_id, boot)
         if row is None:
             return None
-        gaps = [Gap(g.from_seq, g.to_seq, g.detected_at, id=g.id, dirty=False) for g in row.open_gaps]
+        gaps = [Gap(g.from_seq, g.to_seq, g.detected_at, id=g.id, dirty=False, dropped_at=g.dropped_at)
+                for g in row.open_gaps]
         return SeqTracker(row.first_seq, row.max_seq, gaps, dirty=False)
 
     def save_stream(self, device_id: str, boot: int, tracker: SeqTracker) -> None:
@@ -46,5 +47,5 @@ class HubStore(IngestStore, PresenceStore):
     def save_gap(self, device_id: str, boot: int, gap: Gap, now: float) -> None:
         """Insert a new gap or update a shrunk, split or closed one (a closed gap keeps its row with missing 0)."""
         gap.id = self.save_gap_row(device_id, boot, gap.id, gap.from_seq, gap.to_seq, gap.missing, gap.detected_at,
-                                   now if gap.missing == 0 else None)
+                                   now if gap.missing == 0 else None, gap.dropped_at)
         gap.dirty = False

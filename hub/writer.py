@@ -3,11 +3,18 @@
 Pure storage logic, no MQTT: :meth:`BatchWriter.write` stores a batch and returns what the
 ingest loop must do after the commit (which messages to ack is the caller's business;
 every message of a committed batch is persisted, dead letters included).
+
+Each telemetry or alert message is filed under its stream key (device, incarnation, boot;
+:mod:`hub.incarnations`). Its seq is *dealt with* once stored, or once dead-lettered when the
+refused payload names its seq; a ``dropped`` field closes the device's given-up seqs as dropped
+(:meth:`hub.gaps.SeqTracker.drop_upto`). The watermark of the device's current boot goes out
+after every commit that changed it, and in answer to every live birth (firmware_protocol.md 5.1).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,12 +22,14 @@ from typing import Any
 from hub.config import HubSettings
 from hub.gaps import SeqTracker
 from hub.inbound import Accepted, Inbound, Rejected, classify
+from hub.incarnations import device_boot, incarnation_of, stream_boot
 from hub.presence import PresenceEvent, PresenceTracker
 from hub.skew import SkewTally
 from hub.store import HubStore
 from protocol.errors import Reason
 from protocol.fastpath import TelemetryRows
-from protocol.models import Alert, CommandReply, Status, Watermark
+from protocol.limits import LIMITS
+from protocol.models import Alert, CommandReply, Status, StatusState, Watermark
 
 log = logging.getLogger("fleet.hub.writer")
 
@@ -42,11 +51,18 @@ class HubStats:
     persisted: Counter[str] = field(default_factory=Counter)
     """Messages stored, by class (duplicates and dead letters are not)."""
     retention_chunks: int = 0
+    dropped: int = 0
+    """Seqs the devices declared given up (gaps closed as dropped by device)."""
+    resets: int = 0
+    """Births whose boot went back: a new incarnation of the device."""
+    deadletters_sequenced: int = 0
+    """Dead letters whose seq counts as dealt with (the watermark moves past them)."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "messages": self.messages, "readings": self.readings, "duplicates": self.duplicates,
             "gaps": self.gaps, "skewed": self.skewed, "batches": self.batches,
+            "dropped": self.dropped, "resets": self.resets, "deadletters_sequenced": self.deadletters_sequenced,
             "deadletters": dict(self.deadletters), "retention_deleted": self.retention_deleted,
             "retention_chunks": self.retention_chunks,
             "received": dict(self.received), "persisted": dict(self.persisted),
@@ -58,6 +74,8 @@ class BatchResult:
     """What a committed batch changed, for acks, watermarks and hooks."""
 
     watermarks: dict[str, Watermark] = field(default_factory=dict)
+    encodings: dict[str, str] = field(default_factory=dict)
+    """The form (json or cbor) each device of ``watermarks`` asked for in its latest birth."""
     replies: list[tuple[str, CommandReply]] = field(default_factory=list)
     presence: list[PresenceEvent] = field(default_factory=list)
 
@@ -74,7 +92,7 @@ class BatchWriter:
         self.presence = PresenceTracker(store, staleness_factor=settings.staleness_factor,
                                         staleness_min_s=settings.staleness_min_s)
         self._streams: dict[tuple[str, int], SeqTracker] = {}
-        self._published: dict[str, tuple[int, int]] = {}
+        self._published: dict[str, tuple[int, int, int, int]] = {}
         self._dirty: set[tuple[str, int]] = set()
 
     def write(self, batch: list[Inbound]) -> BatchResult:
@@ -89,10 +107,12 @@ class BatchWriter:
         verdicts = [classify(m) for m in batch]
         active: set[str] | None = None
         if self.settings.require_registered:
-            ids = {v.device_id for v in verdicts if isinstance(v, Accepted)}
+            ids = {v.device_id for v in verdicts
+                   if isinstance(v, Accepted) or (isinstance(v, Rejected) and v.seq is not None and v.device_id)}
             active = self.store.active_devices(ids)
         result = BatchResult()
         touched: dict[str, tuple[int, SeqTracker]] = {}
+        births: list[str] = []
         counts: Counter[str] = Counter()
         dead: Counter[str] = Counter()
         readings: list[tuple[Any, ...]] = []
@@ -107,10 +127,10 @@ class BatchWriter:
                                        f"{verdict.device_id!r} is not an active device in the registry")
                 counts["received:" + (verdict.cls.value if isinstance(verdict, Accepted) else "invalid")] += 1
                 if isinstance(verdict, Rejected):
-                    self._dead_letter(msg, verdict)
-                    dead[verdict.reason.value] += 1
+                    if self._dead_letter(msg, verdict, active, touched, counts):
+                        dead[verdict.reason.value] += 1
                     continue
-                self._accept(msg, verdict, result, touched, counts, readings, latest, skew)
+                self._accept(msg, verdict, result, touched, births, counts, readings, latest, skew)
             if readings:
                 self.store.insert_readings(readings)
                 self.store.upsert_latest(latest.values())
@@ -126,6 +146,9 @@ class BatchWriter:
         self.stats.gaps += counts["gap"]
         self.stats.skewed += counts["skewed"]
         self.skew.merge(skew)
+        self.stats.dropped += counts["dropped"]
+        self.stats.resets += counts["reset"]
+        self.stats.deadletters_sequenced += counts["deadletter_seq"]
         self.stats.deadletters.update(dead)
         for key, n in counts.items():  # after the commit, so a rolled-back batch counts nothing
             what, _, cls = key.partition(":")
@@ -134,23 +157,70 @@ class BatchWriter:
             elif what == "persisted":
                 self.stats.persisted[cls] += n
         if self.settings.publish_watermarks:
-            for device_id, (boot, tracker) in touched.items():
-                mark = (boot, tracker.watermark)
-                if self._published.get(device_id) != mark:
-                    self._published[device_id] = mark
-                    result.watermarks[device_id] = Watermark(boot=boot, seq=tracker.watermark)
+            self._watermarks(result, touched, births)
         return result
 
+    # ------------------------------------------------------------------ watermarks
+
+    def _watermarks(self, result: BatchResult, touched: dict[str, tuple[int, SeqTracker]], births: list[str]) -> None:
+        """The watermark of each device's current stream that changed in this batch, or was asked for by a birth."""
+        now_ms = int(time.time() * 1000)
+        for device_id, (key, tracker) in touched.items():
+            current = self._current_key(device_id)
+            if current is None or key >= current:  # never the watermark of an older boot: it would replace the retained one
+                self._offer(result, device_id, key, tracker, now_ms, force=False)
+        for device_id in births:
+            key = self._current_key(device_id)
+            if key is not None:
+                tracker = self._tracker(device_id, key) or SeqTracker.empty()
+                self._offer(result, device_id, key, tracker, now_ms, force=True)
+
+    def watermark_now(self, device_id: str) -> BatchResult:
+        """The current watermark of ``device_id`` (as a birth would get it), e.g. when a checker's hold ends."""
+        result = BatchResult()
+        key = self._current_key(device_id)
+        if key is not None and self.settings.publish_watermarks:
+            tracker = self._tracker(device_id, key) or SeqTracker.empty()
+            self._offer(result, device_id, key, tracker, int(time.time() * 1000), force=True)
+        return result
+
+    def _current_key(self, device_id: str) -> int | None:
+        boot = self.presence.current_boot(device_id)
+        return None if boot is None else stream_boot(self.presence.incarnation(device_id), boot)
+
+    def _offer(self, result: BatchResult, device_id: str, key: int, tracker: SeqTracker, now_ms: int,
+               force: bool) -> None:
+        nxt, top = tracker.hole
+        mark = (key, tracker.watermark, nxt, top)
+        if not force and self._published.get(device_id) == mark:
+            return
+        self._published[device_id] = mark
+        result.watermarks[device_id] = Watermark(boot=device_boot(key), seq=tracker.watermark, next=nxt, max=top,
+                                                 ts=now_ms)
+        result.encodings[device_id] = self.presence.encoding(device_id)
+
+    # ------------------------------------------------------------------ messages
+
     def _accept(self, msg: Inbound, verdict: Accepted, result: BatchResult, touched: dict[str, tuple[int, SeqTracker]],
-                counts: Counter[str], readings: list[tuple[Any, ...]],
+                births: list[str], counts: Counter[str], readings: list[tuple[Any, ...]],
                 latest: dict[tuple[str, str], tuple[str, str, float, float, float]], skew: SkewTally) -> None:
         device_id, message, now = verdict.device_id, verdict.message, msg.received_at
         if not isinstance(message, (TelemetryRows, Alert)):
             counts["persisted:" + verdict.cls.value] += 1
         if isinstance(message, Status):
-            event = self.presence.on_status(device_id, message, now)
-            if event:
-                result.presence.append(event)
+            outcome = self.presence.on_status(device_id, message, now)
+            if outcome.event:
+                result.presence.append(outcome.event)
+            counts["reset"] += outcome.reset
+            if outcome.boot_ts_changed and message.boot_ts:
+                key = stream_boot(self.presence.incarnation(device_id), message.boot)
+                fixed = self.store.correct_uptime_stamps(device_id, key, message.boot_ts,
+                                                         self.settings.skew_threshold_s)
+                if fixed:
+                    log.info("uptime stamps corrected device_id=%s boot=%s readings=%s boot_ts=%s",
+                             device_id, message.boot, fixed, message.boot_ts)
+            if message.state == StatusState.ONLINE and not msg.retain and device_id not in births:
+                births.append(device_id)  # a live birth (not the stored copy a subscribing hub gets): answer it
             return
         event = self.presence.on_message(device_id, now)
         if event:
@@ -160,51 +230,88 @@ class BatchWriter:
             result.replies.append((device_id, message))
             return
         assert isinstance(message, (TelemetryRows, Alert))
-        offset = message.ts / 1000.0 - now
-        skewed = abs(offset) > self.settings.skew_threshold_s
+        key = stream_boot(self.presence.incarnation(device_id), message.boot)
+        base, skewed = self._wall_clock(device_id, message, now)
         kind = "t" if isinstance(message, TelemetryRows) else "a"
-        if not self.store.insert_message(device_id, message.boot, message.seq, kind, message.ts, now, skewed):
+        if not self.store.insert_message(device_id, key, message.seq, kind, base, now, skewed):
             counts["duplicate"] += 1
             log.debug("duplicate device_id=%s boot=%s seq=%s mid=%s", device_id, message.boot, message.seq, msg.mid)
+            if message.dropped:
+                self._drop(device_id, key, message.dropped, now, touched, counts)
             return
         counts["stored"] += 1
         counts["persisted:" + kind] += 1
         if skewed:  # counted, and summarized by the ingest loop: never a log line per message
             counts["skewed"] += 1
-            skew.add(device_id, offset)
-        self._track(device_id, message.boot, message.seq, now, touched, counts)
+            skew.add(device_id, base / 1000.0 - now)
+        self._track(device_id, key, message.seq, now, touched, counts)
+        if message.dropped:
+            self._drop(device_id, key, message.dropped, now, touched, counts)
         if isinstance(message, Alert):
-            self.store.insert_alert(device_id, message.boot, message.seq, message.ts / 1000.0, message.code,
+            self.store.insert_alert(device_id, key, message.seq, base / 1000.0, message.code,
                                     message.severity.value, message.message, now)
             return
-        base, boot, seq, flag = message.ts, message.boot, message.seq, int(skewed)
+        seq, flag = message.seq, int(skewed)
         append = readings.append
         for idx, (dt, metric, value) in enumerate(message.readings):
             ts = (base + dt) / 1000.0
-            append((device_id, boot, seq, idx, metric, value, ts, now, flag))
-            key = (device_id, metric)
-            prev = latest.get(key)
+            append((device_id, key, seq, idx, metric, value, ts, now, flag))
+            latest_key = (device_id, metric)
+            prev = latest.get(latest_key)
             if prev is None or ts >= prev[2]:
-                latest[key] = (device_id, metric, ts, value, now)
+                latest[latest_key] = (device_id, metric, ts, value, now)
+
+    def _wall_clock(self, device_id: str, message: TelemetryRows | Alert, now: float) -> tuple[int, bool]:
+        """The message's time in ms since the epoch (uptime stamps turned into wall-clock time when the
+        boot's ``boot_ts`` is known), and whether it is skewed (firmware_protocol.md 4.4)."""
+        ts = message.ts
+        if ts < LIMITS.uptime_ts_below:
+            anchor = self.presence.boot_ts(device_id, message.boot)
+            if anchor is None:
+                return ts, True  # corrected when a birth brings boot_ts
+            ts += anchor
+        return ts, abs(ts / 1000.0 - now) > self.settings.skew_threshold_s
+
+    def _tracker(self, device_id: str, boot: int) -> SeqTracker | None:
+        """The tracker of stream (device_id, boot) from memory or the database; None when nothing is stored."""
+        tracker = self._streams.get((device_id, boot))
+        if tracker is None:
+            tracker = self.store.load_stream(device_id, boot)
+            if tracker is not None:
+                self._streams[(device_id, boot)] = tracker
+        return tracker
+
+    def _drop(self, device_id: str, boot: int, upto: int, now: float, touched: dict[str, tuple[int, SeqTracker]],
+              counts: Counter[str]) -> None:
+        """The device gave up every seq up to ``upto`` that it still held (firmware_protocol.md 5.4)."""
+        tracker = self._tracker(device_id, boot)
+        if tracker is None:
+            return
+        before = tracker.dropped
+        changed = tracker.drop_upto(upto, now)
+        if not changed:
+            return
+        for gap in changed:
+            self.store.save_gap(device_id, boot, gap, now)
+        n = tracker.dropped - before
+        counts["dropped"] += n
+        log.warning("seqs dropped by device device_id=%s boot=%s upto=%s newly_dropped=%s",
+                    device_id, device_boot(boot), upto, n)
+        self._dirty.add((device_id, boot))
+        self._remember(device_id, boot, tracker, touched)
 
     def _track(self, device_id: str, boot: int, seq: int, now: float, touched: dict[str, tuple[int, SeqTracker]],
                counts: Counter[str]) -> None:
         key = (device_id, boot)
-        tracker = self._streams.get(key)
+        tracker = self._tracker(device_id, boot)
         if tracker is None:
-            tracker = self.store.load_stream(device_id, boot)
-            if tracker is None:
-                tracker = SeqTracker.start(seq)
-                self._streams[key] = tracker
-                self._dirty.add(key)
-                self._remember(device_id, boot, tracker, touched)
-                return
+            tracker = SeqTracker.empty()
             self._streams[key] = tracker
         for gap in tracker.observe(seq, now):
             if gap.id is None:
                 counts["gap"] += 1
-                log.warning("gap device_id=%s boot=%s from_seq=%s to_seq=%s missing=%s",
-                            device_id, boot, gap.from_seq, gap.to_seq, gap.missing)
+                log.warning("gap device_id=%s boot=%s incarnation=%s from_seq=%s to_seq=%s missing=%s",
+                            device_id, device_boot(boot), incarnation_of(boot), gap.from_seq, gap.to_seq, gap.missing)
             self.store.save_gap(device_id, boot, gap, now)
         self._dirty.add(key)
         self._remember(device_id, boot, tracker, touched)
@@ -229,14 +336,34 @@ class BatchWriter:
         self.presence = PresenceTracker(self.store, staleness_factor=self.settings.staleness_factor,
                                         staleness_min_s=self.settings.staleness_min_s)
 
-    def _dead_letter(self, msg: Inbound, verdict: Rejected) -> None:
+    def _dead_letter(self, msg: Inbound, verdict: Rejected, active: set[str] | None,
+                     touched: dict[str, tuple[int, SeqTracker]], counts: Counter[str]) -> bool:
+        """Store a dead letter; one whose seq is readable counts as dealt with (False: a duplicate of it)."""
         cap = self.settings.max_deadletter_bytes
         payload = msg.payload[:cap]
         detail = verdict.detail if len(msg.payload) <= cap else f"{verdict.detail} (payload cut to {cap} bytes)"
-        self.store.insert_deadletter(verdict.device_id, msg.topic, verdict.reason.value, detail, payload,
-                                     len(msg.payload), msg.received_at)
-        log.warning("dead letter reason=%s device_id=%s topic=%s detail=%s",
-                    verdict.reason.value, verdict.device_id, msg.topic, verdict.detail)
+        device_id, key, seq = verdict.device_id, None, verdict.seq
+        # a seq counts only for a device the hub takes data from: garbage ids must not grow stream state
+        sequenced = (device_id is not None and verdict.boot is not None and seq is not None
+                     and (active is None or device_id in active))
+        if sequenced:
+            assert device_id is not None and verdict.boot is not None and seq is not None
+            key = stream_boot(self.presence.incarnation(device_id), verdict.boot)
+            tracker = self._tracker(device_id, key)
+            if tracker is not None and tracker.seen(seq):
+                counts["duplicate"] += 1
+                return False
+        if not self.store.insert_deadletter(device_id, msg.topic, verdict.reason.value, detail, payload,
+                                            len(msg.payload), msg.received_at, key, seq if sequenced else None):
+            counts["duplicate"] += 1
+            return False
+        if sequenced:
+            assert device_id is not None and key is not None and seq is not None
+            counts["deadletter_seq"] += 1
+            self._track(device_id, key, seq, msg.received_at, touched, counts)
+        log.warning("dead letter reason=%s device_id=%s topic=%s boot=%s seq=%s detail=%s",
+                    verdict.reason.value, device_id, msg.topic, verdict.boot, verdict.seq, verdict.detail)
+        return True
 
     def check_stale(self, now: float) -> list[PresenceEvent]:
         """Mark silent devices offline (own short transaction)."""

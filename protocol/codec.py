@@ -10,7 +10,6 @@ raises anything but :class:`~protocol.errors.ProtocolError`.
 
 from __future__ import annotations
 
-import io
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from protocol.errors import ProtocolError, Reason
 from protocol.limits import LIMITS
 from protocol.metrics import metric_by_id, metric_by_name
+from protocol.strict import check_json, loads_cbor
 from protocol.models import (
     Alert,
     Command,
@@ -54,12 +54,12 @@ MODEL_FOR: dict[MessageClass, type[BaseModel]] = {
 
 # Long field name -> one-letter CBOR key, per model.
 SHORT_KEYS: dict[type[BaseModel], dict[str, str]] = {
-    Telemetry: {"boot": "b", "seq": "q", "ts": "t", "readings": "r"},
-    Alert: {"boot": "b", "seq": "q", "ts": "t", "code": "c", "severity": "v", "message": "m"},
-    Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i"},
+    Telemetry: {"boot": "b", "seq": "q", "ts": "t", "readings": "r", "dropped": "d"},
+    Alert: {"boot": "b", "seq": "q", "ts": "t", "code": "c", "severity": "v", "message": "m", "dropped": "d"},
+    Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i", "boot_ts": "t"},
     Command: {"id": "i", "name": "n", "args": "a", "expires": "x"},
     CommandReply: {"id": "i", "state": "s", "detail": "d", "result": "r"},
-    Watermark: {"boot": "b", "seq": "q"},
+    Watermark: {"boot": "b", "seq": "q", "next": "n", "max": "m", "ts": "t"},
 }
 _LONG_KEYS = {model: {v: k for k, v in keys.items()} for model, keys in SHORT_KEYS.items()}
 
@@ -79,9 +79,12 @@ def _enum_table(model: type[BaseModel], field: str) -> tuple[Any, ...] | None:
 # --------------------------------------------------------------------------- encode
 
 
-def encode(message: Message, encoding: Encoding | str = Encoding.JSON) -> bytes:
-    """Encode ``message`` to its wire bytes; fields left at their default are omitted."""
-    if isinstance(message, Telemetry):
+def encode(message: Message, encoding: Encoding | str = Encoding.JSON, *, validate: bool = True) -> bytes:
+    """Encode ``message`` to its wire bytes; fields left at their default are omitted.
+
+    ``validate=False`` skips the metric checks (a simulator fault that sends what the hub refuses).
+    """
+    if validate and isinstance(message, Telemetry):
         check_readings(message)
     if Encoding(encoding) is Encoding.JSON:
         return message.model_dump_json(exclude_defaults=True).encode()
@@ -126,6 +129,7 @@ def decode(cls: MessageClass, payload: bytes) -> Message:
     model = MODEL_FOR[cls]
     try:
         if detect_encoding(payload) is Encoding.JSON:
+            check_json(payload)
             message = model.model_validate_json(payload)
         else:
             message = model.model_validate(_from_compact(model, _cbor_loads(payload)))
@@ -139,14 +143,8 @@ def decode(cls: MessageClass, payload: bytes) -> Message:
 
 
 def _cbor_loads(payload: bytes) -> Any:
-    stream = io.BytesIO(payload)
-    try:
-        value = cbor2.CBORDecoder(stream).decode()
-    except Exception as exc:  # cbor2 raises many types on garbage; all mean the same to us
-        raise ProtocolError(Reason.UNDECODABLE, f"not CBOR or JSON: {type(exc).__name__}") from None
-    if stream.tell() != len(payload):
-        raise ProtocolError(Reason.UNDECODABLE, f"{len(payload) - stream.tell()} bytes after the CBOR item")
-    return value
+    # the strict subset (no tags, no indefinite lengths, no repeated keys): protocol.strict decodes it
+    return loads_cbor(payload)
 
 
 def _from_compact(model: type[BaseModel], data: Any) -> dict[str, Any]:

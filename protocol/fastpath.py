@@ -31,7 +31,9 @@ _MAX_OFFSET = LIMITS.max_offset_ms
 _MAX_READINGS = LIMITS.max_readings_per_batch
 _TS_LIMIT = 2**48
 _TOP_JSON = frozenset({"boot", "seq", "ts", "readings"})
+_TOP_JSON_DROPPED = _TOP_JSON | {"dropped"}
 _TOP_CBOR = frozenset({"b", "q", "t", "r"})
+_TOP_CBOR_DROPPED = _TOP_CBOR | {"d"}
 _READING_KEYS = frozenset({"metric", "value"})
 _READING_KEYS_DT = frozenset({"dt", "metric", "value"})
 
@@ -43,6 +45,8 @@ class TelemetryRows(NamedTuple):
     seq: int
     ts: int
     readings: list[tuple[int, str, float]]
+    dropped: int = 0
+    """The device gave up its unsent messages of this boot up to this seq (0: none)."""
 
 
 def _u32(v: object) -> bool:
@@ -67,6 +71,11 @@ def _value(metric_name: str, value: object) -> float | None:
     return value if metric.low <= value <= metric.high else None  # type: ignore[operator]
 
 
+def _dropped_ok(dropped: object, seq: int) -> bool:
+    """``dropped`` is a u32 below ``seq``, or 0 (the model's rule)."""
+    return _u32(dropped) and (dropped == 0 or dropped < seq)  # type: ignore[operator]
+
+
 def decode_telemetry_rows(payload: bytes) -> TelemetryRows | None:
     """The telemetry in ``payload`` when it is well-formed in the common way; None means "ask the strict decoder"."""
     if not payload or len(payload) > LIMITS.max_payload_bytes:
@@ -81,10 +90,18 @@ def _from_json(payload: bytes) -> TelemetryRows | None:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
-    if type(data) is not dict or data.keys() != _TOP_JSON:
+    if type(data) is not dict:
+        return None
+    keys = data.keys()
+    dropped_given = keys == _TOP_JSON_DROPPED
+    if keys == _TOP_JSON:
+        dropped = 0
+    elif dropped_given:
+        dropped = data["dropped"]
+    else:
         return None
     boot, seq, ts, raw = data["boot"], data["seq"], data["ts"], data["readings"]
-    if not (_u32(boot) and _u32(seq) and type(ts) is int and 0 < ts < _TS_LIMIT):
+    if not (_u32(boot) and _u32(seq) and type(ts) is int and 0 < ts < _TS_LIMIT and _dropped_ok(dropped, seq)):
         return None
     if type(raw) is not list or not 1 <= len(raw) <= _MAX_READINGS:
         return None
@@ -93,10 +110,10 @@ def _from_json(payload: bytes) -> TelemetryRows | None:
     for r in raw:
         if type(r) is not dict:
             return None
-        keys = r.keys()
-        if keys == _READING_KEYS:
+        fields = r.keys()
+        if fields == _READING_KEYS:
             dt = 0
-        elif keys == _READING_KEYS_DT:
+        elif fields == _READING_KEYS_DT:
             dt = r["dt"]
             if type(dt) is not int or not 0 <= dt <= _MAX_OFFSET:
                 return None
@@ -114,9 +131,10 @@ def _from_json(payload: bytes) -> TelemetryRows | None:
     # a dict keeps the last of duplicate keys and unescapes "\u0062oot": the raw spelling counts tell
     count = payload.count
     if (count(b'"boot"') != 1 or count(b'"seq"') != 1 or count(b'"ts"') != 1 or count(b'"readings"') != 1
-            or count(b'"metric"') != n or count(b'"value"') != n or count(b'"dt"') != with_dt):
+            or count(b'"metric"') != n or count(b'"value"') != n or count(b'"dt"') != with_dt
+            or count(b'"dropped"') != (1 if dropped_given else 0)):
         return None
-    return TelemetryRows(boot, seq, ts, readings)
+    return TelemetryRows(boot, seq, ts, readings, dropped)
 
 
 def _from_cbor(payload: bytes) -> TelemetryRows | None:
@@ -124,10 +142,17 @@ def _from_cbor(payload: bytes) -> TelemetryRows | None:
         data = cbor2.loads(payload)
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, MemoryError):
         return None
-    if type(data) is not dict or data.keys() != _TOP_CBOR:
+    if type(data) is not dict:
+        return None
+    keys = data.keys()
+    if keys == _TOP_CBOR:
+        dropped = 0
+    elif keys == _TOP_CBOR_DROPPED:
+        dropped = data["d"]
+    else:
         return None
     boot, seq, ts, raw = data["b"], data["q"], data["t"], data["r"]
-    if not (_u32(boot) and _u32(seq) and type(ts) is int and 0 < ts < _TS_LIMIT):
+    if not (_u32(boot) and _u32(seq) and type(ts) is int and 0 < ts < _TS_LIMIT and _dropped_ok(dropped, seq)):
         return None
     if type(raw) is not list or not 1 <= len(raw) <= _MAX_READINGS:
         return None
@@ -151,4 +176,4 @@ def _from_cbor(payload: bytes) -> TelemetryRows | None:
         return None
     if canonical != payload:
         return None
-    return TelemetryRows(boot, seq, ts, readings)
+    return TelemetryRows(boot, seq, ts, readings, dropped)

@@ -10,13 +10,16 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 from protocol.limits import LIMITS
 
 U32 = Annotated[int, Field(ge=0, le=LIMITS.max_u32)]
 EpochMs = Annotated[int, Field(gt=0, lt=2**48)]
-"""Milliseconds since the Unix epoch, UTC."""
+"""Milliseconds since the Unix epoch, UTC; in a device's ``ts``, a value below
+``LIMITS.uptime_ts_below`` counts milliseconds since the device's power-up instead."""
+OptionalEpochMs = Annotated[int, Field(ge=0, lt=2**48)]
+"""Like :data:`EpochMs`, with 0 meaning "unknown" (and omitted on the wire)."""
 ShortText = Annotated[str, Field(min_length=1, max_length=32)]
 Text = Annotated[str, Field(max_length=LIMITS.max_text_len)]
 ArgValue = str | bool | int | FiniteFloat
@@ -38,13 +41,27 @@ class Reading(WireModel):
     """Finite; checked in pydantic's core, not in Python (it runs once per reading on the hub's hot path)."""
 
 
-class Telemetry(WireModel):
+class Sequenced(WireModel):
+    """Fields of the two message classes that take a ``seq`` (telemetry and alerts)."""
+
+    @model_validator(mode="after")
+    def _dropped_below_seq(self) -> Sequenced:
+        dropped, seq = getattr(self, "dropped"), getattr(self, "seq")
+        if dropped and dropped >= seq:
+            raise ValueError(f"dropped ({dropped}) must be below seq ({seq})")
+        return self
+
+
+class Telemetry(Sequenced):
     """A batch of readings; ``seq`` counts messages (telemetry and alerts) within a boot."""
 
     boot: U32
     seq: U32
     ts: EpochMs
     readings: Annotated[list[Reading], Field(min_length=1, max_length=LIMITS.max_readings_per_batch)]
+    dropped: U32 = 0
+    """The device holds no message of this boot with a seq up to this one any more: the ones the
+    hub has not got are given up (0: nothing given up that the hub's watermark does not cover)."""
 
 
 class Severity(StrEnum):
@@ -53,7 +70,7 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
-class Alert(WireModel):
+class Alert(Sequenced):
     """A condition the device wants an operator to see; shares the ``seq`` counter with telemetry."""
 
     boot: U32
@@ -62,6 +79,8 @@ class Alert(WireModel):
     code: ShortText
     severity: Annotated[Severity, Field(strict=False)] = Severity.WARNING
     message: Text = ""
+    dropped: U32 = 0
+    """As in :class:`Telemetry`."""
 
 
 class StatusState(StrEnum):
@@ -79,6 +98,8 @@ class Status(WireModel):
     enc: Literal["json", "cbor"] = "json"
     interval_s: Annotated[int, Field(ge=1, le=86_400)] = 60
     """Heartbeat period: the device sends something at least this often while online."""
+    boot_ts: OptionalEpochMs = 0
+    """Wall-clock time of this boot's power-up (uptime 0), for devices that stamp uptime (0: unknown)."""
 
 
 class Command(WireModel):
@@ -139,10 +160,25 @@ class CommandReply(WireModel):
 
 
 class Watermark(WireModel):
-    """The hub has persisted every message of ``boot`` up to and including ``seq``."""
+    """The hub has dealt with every message of ``boot`` up to and including ``seq``.
+
+    Dealt with: stored, dead-lettered, or given up by the device (``dropped``). When the hub
+    also has messages above a missing one, ``next`` is the lowest seq it has above ``seq`` and
+    ``max`` the highest; both are 0 (omitted) otherwise. ``ts`` is the hub's clock.
+    """
 
     boot: U32
     seq: U32
+    next: U32 = 0
+    max: U32 = 0
+    ts: OptionalEpochMs = 0
+
+    @model_validator(mode="after")
+    def _gap_fields(self) -> Watermark:
+        if (self.next or self.max) and not self.seq + 1 < self.next <= self.max:
+            raise ValueError(f"next and max must satisfy seq + 1 < next <= max (seq {self.seq}, next {self.next}, "
+                             f"max {self.max})")
+        return self
 
 
 Message = Telemetry | Alert | Status | Command | CommandReply | Watermark

@@ -71,6 +71,32 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool: 
         time.sleep(interval)
 
 
+def load_factor() -> float:
+    """How much slower than an idle machine this one runs now: 1-minute load per core, at least 1."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def wait_progress(count, target: int, stall_s: float = 15.0, cap_s: float = 600.0,  # type: ignore[no-untyped-def]
+                  interval: float = 0.05) -> int:
+    """Wait until ``count()`` reaches ``target``; fail only when it stops growing for a while.
+
+    A deadline that scales with the machine: a loaded machine that is slow but moving keeps
+    going (up to ``cap_s``); a stuck one fails after ``stall_s`` x :func:`load_factor` without
+    progress. Returns the last count (compare it with ``target``).
+    """
+    start = last_change = time.monotonic()
+    last = count()
+    while last < target:
+        now = time.monotonic()
+        if now - last_change > stall_s * load_factor() or now - start > cap_s:
+            return last
+        time.sleep(interval)
+        current = count()
+        if current > last:
+            last, last_change = current, time.monotonic()
+    return last
+
+
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
 

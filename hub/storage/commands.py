@@ -91,6 +91,12 @@ class CommandStore:
                               [rec.id, rec.state.value, now, ""])
         return rec
 
+    def count_unexpired(self, device_id: str, now: float) -> int:
+        """Commands to ``device_id`` whose expiry has not passed, in any state (a device may still see them)."""
+        row = self.conn.execute("SELECT COUNT(*) FROM commands WHERE device_id = ? AND expires_at > ?",
+                                [device_id, now]).fetchone()
+        return int(row[0])
+
     def transition(self, rec: CommandRecord, state: CommandState, *, detail: str = "",
                    result: dict[str, Any] | None = None, attempts: int | None = None,
                    next_attempt_at: float | None = None, now: float | None = None,
@@ -146,6 +152,12 @@ class CommandStore:
         """One command, or None."""
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM commands WHERE id=?", [command_id]).fetchone()
         return _record(row) if row else None
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Up to ``limit`` command ids starting with ``prefix`` (for ``fleet commands show PREFIX``)."""
+        rows = self.conn.execute("SELECT id FROM commands WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT ?",
+                                 [len(prefix), prefix, limit]).fetchall()
+        return [r[0] for r in rows]
 
     def active(self) -> list[CommandRecord]:
         """Every command not yet in a final state, oldest first."""

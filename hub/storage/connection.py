@@ -9,6 +9,7 @@ Every failure to open is a :class:`~hub.storage.errors.StorageError` with a one-
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,10 +66,19 @@ def _open_readonly(p: Path) -> sqlite3.Connection:
         raise StorageError(p, f"no database at {p}",
                            "start the hub or the broker once (fleet up), or pass --db / set FLEET_DB")
     try:
-        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=READ_BUSY_TIMEOUT_S,
-                               check_same_thread=False, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {int(READ_BUSY_TIMEOUT_S * 1000)}")
-        version = check_version(conn, p)
+        conn = _connect_readonly(p, immutable=False)
+        try:
+            version = check_version(conn, p)
+        except sqlite3.OperationalError:
+            conn.close()
+            # a WAL database in a read-only folder: SQLite cannot make the -shm file it needs to read
+            # safely, and nobody can write there either, so reading it as immutable is exact (unless a
+            # -wal file holds commits not yet in the database file: then the error stands)
+            wal = p.with_name(p.name + "-wal")
+            if os.access(p.parent, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
+                raise
+            conn = _connect_readonly(p, immutable=True)
+            version = check_version(conn, p)
     except sqlite3.Error as exc:
         raise storage_error(p, exc) from None
     if version == CURRENT_VERSION:
@@ -76,6 +86,13 @@ def _open_readonly(p: Path) -> sqlite3.Connection:
     conn.close()
     open_database(p).close()  # a file of an older release: upgrade it in place once, then read it
     return _open_readonly(p)
+
+
+def _connect_readonly(p: Path, *, immutable: bool) -> sqlite3.Connection:
+    uri = f"{p.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+    conn = sqlite3.connect(uri, uri=True, timeout=READ_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {int(READ_BUSY_TIMEOUT_S * 1000)}")
+    return conn
 
 
 @contextmanager

@@ -17,7 +17,8 @@ from typing import Any
 from hub.storage.connection import transaction
 from hub.storage.rollups import fold
 from hub.storage.schema import ROLLUP_UPSERT, rollup_rows
-from hub.storage.values import pack
+from hub.storage.values import pack, unpack
+from protocol.limits import LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,8 @@ class GapRow:
     from_seq: int
     to_seq: int
     detected_at: float
+    dropped_at: float | None = None
+    """When the device declared these seqs given up (firmware_protocol.md 5.4); None: still awaited."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,13 +196,52 @@ class IngestStore:
         )
 
     def insert_deadletter(self, device_id: str | None, topic: str, reason: str, detail: str, payload: bytes,
-                          size: int, received_at: float) -> None:
-        """Keep refused input with its reason."""
-        self.conn.execute(
-            "INSERT INTO deadletters (device_id, topic, reason, detail, payload, size, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (device_id, topic, reason, detail, payload, size, received_at),
+                          size: int, received_at: float, boot: int | None = None, seq: int | None = None) -> bool:
+        """Keep refused input with its reason, under its (boot, seq) when it names them; False when a dead
+        letter with that (device_id, boot, seq) is already stored."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO deadletters (device_id, topic, reason, detail, payload, size, received_at, boot, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (device_id, topic, reason, detail, payload, size, received_at, boot, seq),
         )
+        return cur.rowcount == 1
+
+    def correct_uptime_stamps(self, device_id: str, boot: int, boot_ts_ms: int, skew_threshold_s: float) -> int:
+        """Turn the uptime stamps (ts below 10^12 ms) of one stream into wall-clock time; returns readings changed.
+
+        The samples move to their wall-clock place in the clustered key, the message keys get their
+        lag (and skew flag) recomputed, and the rollups of the device's series below 10^12 are
+        folded again, since the uptime-stamped readings were aggregated under uptime minutes.
+        """
+        below = LIMITS.uptime_ts_below
+        device = self.device_key(device_id)
+        series = [r[0] for r in self.conn.execute("SELECT id FROM series WHERE device = ?", (device,))]
+        marks = ",".join("?" * len(series))
+        moved: list[tuple[int, int, Any]] = []
+        if series:
+            moved = self.conn.execute(
+                f"SELECT series, ts + ?, value FROM samples WHERE series IN ({marks}) AND boot = ? AND ts < ?",
+                (boot_ts_ms, *series, boot, below)).fetchall()
+            self.conn.execute(
+                f"UPDATE samples SET ts = ts + ? WHERE series IN ({marks}) AND boot = ? AND ts < ?",
+                (boot_ts_ms, *series, boot, below))
+        self.conn.execute(
+            "UPDATE message_keys SET lag_ms = lag_ms - ?, skewed = (abs(lag_ms - ?) > ?)"
+            " WHERE device = ? AND boot = ? AND received_at - lag_ms < ?",
+            (boot_ts_ms, boot_ts_ms, skew_threshold_s * 1000, device, boot, below))
+        self.conn.execute("UPDATE alerts SET ts = ts + ? WHERE device_id = ? AND boot = ? AND ts < ?",
+                          (boot_ts_ms / 1000.0, device_id, boot, below / 1000.0))
+        if moved:
+            # the moved readings were aggregated under uptime minutes: drop those aggregates, fold
+            # again what still sits below 10^12 (other boots not corrected yet), and add the moved
+            # readings to their wall-clock minutes
+            self.conn.execute(f"DELETE FROM rollups WHERE series IN ({marks}) AND start < ?", (*series, below))
+            still = self.conn.execute(
+                f"SELECT series, ts, value FROM samples WHERE series IN ({marks}) AND ts < ?",
+                (*series, below)).fetchall()
+            acc = fold((sid, ts, unpack(v)) for sid, ts, v in [*still, *moved])
+            self.conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
+        return len(moved)
 
     def insert_reply(self, device_id: str, command_id: str, state: str, detail: str, result: dict[str, Any],
                      received_at: float) -> None:
@@ -220,7 +262,7 @@ class IngestStore:
         if row is None:
             return None
         gaps = [GapRow(*r) for r in self.conn.execute(
-            "SELECT id, from_seq, to_seq, detected_at FROM gaps"
+            "SELECT id, from_seq, to_seq, detected_at, dropped_at FROM gaps"
             " WHERE device_id = ? AND boot = ? AND missing > 0 ORDER BY from_seq",
             (device_id, boot),
         )]
@@ -235,19 +277,19 @@ class IngestStore:
         )
 
     def save_gap_row(self, device_id: str, boot: int, gap_id: int | None, from_seq: int, to_seq: int, missing: int,
-                     detected_at: float, closed_at: float | None) -> int:
-        """Insert a new gap (``gap_id`` None) or update a shrunk, split or closed one; returns its id."""
+                     detected_at: float, closed_at: float | None, dropped_at: float | None = None) -> int:
+        """Insert a new gap (``gap_id`` None) or update a shrunk, split, closed or dropped one; returns its id."""
         if gap_id is None:
             cur = self.conn.execute(
-                "INSERT INTO gaps (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at),
+                "INSERT INTO gaps (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at, dropped_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at, dropped_at),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
         self.conn.execute(
-            "UPDATE gaps SET from_seq = ?, to_seq = ?, missing = ?, closed_at = ? WHERE id = ?",
-            (from_seq, to_seq, missing, closed_at, gap_id),
+            "UPDATE gaps SET from_seq = ?, to_seq = ?, missing = ?, closed_at = ?, dropped_at = ? WHERE id = ?",
+            (from_seq, to_seq, missing, closed_at, dropped_at, gap_id),
         )
         return gap_id
 

@@ -19,6 +19,10 @@ class DeviceRow:
     boot: int | None = None
     enc: str | None = None
     interval_s: int | None = None
+    incarnation: int = 0
+    """Resets so far: births whose boot went back (firmware_protocol.md 4.1)."""
+    boot_ts: int | None = None
+    """Power-up time of the current boot (ms since the epoch) from the birth, for uptime stamps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +43,24 @@ class PresenceStore:
     def load_devices(self) -> list[DeviceRow]:
         """Every device the hub has seen, for the presence tracker's start."""
         return [DeviceRow(*r) for r in self.conn.execute(
-            "SELECT device_id, state, state_reason, state_since, last_seen, fw, boot, enc, interval_s FROM devices"
+            "SELECT device_id, state, state_reason, state_since, last_seen, fw, boot, enc, interval_s, incarnation,"
+            " boot_ts FROM devices"
         )]
 
     def save_device(self, row: DeviceRow) -> None:
         """Insert or replace one device's presence."""
         self.conn.execute(
             "INSERT OR REPLACE INTO devices (device_id, state, state_reason, state_since, last_seen, fw, boot, enc,"
-            " interval_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " interval_s, incarnation, boot_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.device_id, row.state, row.state_reason, row.state_since, row.last_seen, row.fw, row.boot, row.enc,
-             row.interval_s),
+             row.interval_s, row.incarnation, row.boot_ts),
+        )
+
+    def insert_reset(self, device_id: str, incarnation: int, old_boot: int | None, new_boot: int, ts: float) -> None:
+        """Record a reset: a birth whose boot went back, starting ``incarnation``."""
+        self.conn.execute(
+            "INSERT INTO device_resets (device_id, incarnation, old_boot, new_boot, ts) VALUES (?, ?, ?, ?, ?)",
+            (device_id, incarnation, old_boot, new_boot, ts),
         )
 
     def touch_devices(self, last_seen: dict[str, float]) -> None:

@@ -164,7 +164,8 @@ def latest(conn: sqlite3.Connection, device_id: str | None = None) -> list[dict[
 
 def deadletters(conn: sqlite3.Connection, reason: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """The newest dead letters first; the payload as hex."""
-    sql = "SELECT id, device_id, topic, reason, detail, hex(payload) AS payload_hex, size, received_at FROM deadletters"
+    sql = ("SELECT id, device_id, topic, reason, detail, hex(payload) AS payload_hex, size, received_at, boot, seq"
+           " FROM deadletters")
     params: list[Any] = []
     if reason is not None:
         sql += " WHERE reason = ?"
@@ -181,7 +182,7 @@ def deadletter_counts(conn: sqlite3.Connection) -> dict[str, int]:
 
 def gaps(conn: sqlite3.Connection, device_id: str | None = None, open_only: bool = False) -> list[dict[str, Any]]:
     """Recorded gaps, optionally of one device and only the open ones."""
-    sql = "SELECT id, device_id, boot, from_seq, to_seq, missing, detected_at, closed_at FROM gaps WHERE 1=1"
+    sql = "SELECT id, device_id, boot, from_seq, to_seq, missing, detected_at, closed_at, dropped_at FROM gaps WHERE 1=1"
     params: list[Any] = []
     if device_id is not None:
         sql += " AND device_id = ?"
@@ -194,7 +195,16 @@ def gaps(conn: sqlite3.Connection, device_id: str | None = None, open_only: bool
 def presence(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     """Presence rows by device id."""
     return {r["device_id"]: r for r in dict_rows(
-        conn, "SELECT device_id, state, state_reason, state_since, last_seen, fw, boot, enc, interval_s FROM devices")}
+        conn, "SELECT device_id, state, state_reason, state_since, last_seen, fw, boot, enc, interval_s, incarnation,"
+              " boot_ts FROM devices")}
+
+
+def resets(conn: sqlite3.Connection, device_id: str | None = None) -> list[dict[str, Any]]:
+    """Recorded resets (births whose boot went back: firmware_protocol.md 4.1), oldest first."""
+    sql = "SELECT id, device_id, incarnation, old_boot, new_boot, ts FROM device_resets"
+    if device_id is None:
+        return dict_rows(conn, sql + " ORDER BY id")
+    return dict_rows(conn, sql + " WHERE device_id = ? ORDER BY id", [device_id])
 
 
 def presence_events(conn: sqlite3.Connection, device_id: str) -> list[dict[str, Any]]:
@@ -301,6 +311,10 @@ class OverviewRows:
     alerts: list[tuple[float, str, str, str, str]]
     deadletter_events: list[tuple[float, str | None, str, str]]
     deadletters_total: int
+    resets: dict[str, int]
+    """Resets (new incarnations) per device that had any."""
+    reset_events: list[tuple[float, str, int | None, int, int]]
+    """(ts, device_id, old_boot, new_boot, incarnation), newest first."""
 
 
 def overview(conn: sqlite3.Connection, n_commands: int, n_events: int) -> OverviewRows:
@@ -323,4 +337,8 @@ def overview(conn: sqlite3.Connection, n_commands: int, n_events: int) -> Overvi
         deadletter_events=[tuple(r) for r in q(  # type: ignore[misc]
             "SELECT received_at, device_id, reason, detail FROM deadletters ORDER BY id DESC LIMIT ?", n_events)],
         deadletters_total=int(q("SELECT COUNT(*) FROM deadletters")[0][0]),
+        resets=dict(q("SELECT device_id, incarnation FROM devices WHERE incarnation > 0")),
+        reset_events=[tuple(r) for r in q(  # type: ignore[misc]
+            "SELECT ts, device_id, old_boot, new_boot, incarnation FROM device_resets ORDER BY id DESC LIMIT ?",
+            n_events)],
     )

@@ -18,6 +18,9 @@ Versions
     3   ``rollups``: count, min, max, sum and last value per series, period (60 s, 3600 s) and
         period start, kept when retention deletes the raw readings (:mod:`hub.storage.rollups`);
         built from the readings already stored.
+    4   device contract v2: ``gaps.dropped_at``; ``deadletters.boot``/``seq`` (unique per device when
+        set); ``devices.incarnation``/``boot_ts``; table ``device_resets``. Every ``boot`` column of
+        the stream tables holds ``incarnation * 2**32 + boot`` (hub/incarnations.py).
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -350,9 +353,31 @@ def _to_v3(conn: sqlite3.Connection, path: Path) -> None:
         conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
 
 
+def _to_v4_contract(conn: sqlite3.Connection, path: Path) -> None:
+    """Device contract v2 (firmware_protocol.md 4.1, 5.4, 7.1): dropped gaps, dead letters under their seq,
+    device incarnations (resets) and the power-up time of uptime-stamping devices. Additive only."""
+    for ddl in (
+        "ALTER TABLE gaps ADD COLUMN dropped_at REAL",
+        "ALTER TABLE deadletters ADD COLUMN boot INTEGER",
+        "ALTER TABLE deadletters ADD COLUMN seq INTEGER",
+        "CREATE UNIQUE INDEX IF NOT EXISTS deadletters_key ON deadletters (device_id, boot, seq) WHERE seq IS NOT NULL",
+        "ALTER TABLE devices ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN boot_ts INTEGER",
+        """CREATE TABLE IF NOT EXISTS device_resets (
+    id INTEGER PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    incarnation INTEGER NOT NULL,
+    old_boot INTEGER,
+    new_boot INTEGER NOT NULL,
+    ts REAL NOT NULL
+)""",
+    ):
+        conn.execute(ddl)
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3)
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)

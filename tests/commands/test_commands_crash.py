@@ -21,12 +21,13 @@ def test_queued_command_survives_hub_sigkill(embedded_broker, registry, db_path,
     try:
         store = CommandStore(str(db_path))
         res = None
-        for _ in range(50):  # the hub subprocess needs a moment before it answers
+        for _ in range(50):  # the hub subprocess needs a moment before it answers; one request id, so no duplicate
             res = CliRunner().invoke(cli, ["--db", str(db_path), "send", "dev-k", "ping", "--no-wait", "--json",
-                                           "--ttl", "2m", "--broker", f"mqtt://127.0.0.1:{port}"])
-            if res.exit_code == 0:
+                                           "--ttl", "2m", "--request-id", "r-crash-1",
+                                           "--broker", f"mqtt://127.0.0.1:{port}"])
+            if res.exit_code == 7:  # device offline: queued
                 break
-        assert res is not None and res.exit_code == 0, res.output if res else ""
+        assert res is not None and res.exit_code == 7, res.output if res else ""
         cid = json.loads(res.stdout)[0]["id"]
         assert store.get(cid).state is CommandState.QUEUED  # the device is offline
         hub.kill()

@@ -9,9 +9,17 @@ import time
 
 from click.testing import CliRunner
 
+from broker.registry import Registry
 from cli.main import cli
 from hub.export import iter_readings
 from hub.store import HubStore
+
+
+def register(db) -> None:
+    """`fleet export --device` refuses an unknown device; register them before the clock is read (hashing is slow)."""
+    registry = Registry(db)
+    for dev in ("dev-a", "dev-b"):
+        registry.add(dev)
 
 
 def fill(db, n: int, now: float) -> None:
@@ -25,6 +33,7 @@ def fill(db, n: int, now: float) -> None:
 
 
 def test_export_csv_jsonl_filters_and_chunks(db_path, tmp_path):
+    register(db_path)
     now = time.time()
     fill(db_path, 12_000, now)
     runner = CliRunner()

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from broker.registry import Registry
 from hub.storage import open_database
 from hub_helpers import birth, publish, publish_seqs, stop_client, stored_messages
 from protocol.codec import encode
@@ -43,7 +44,9 @@ def test_readings_json_and_csv(filled_db):
     csv_text = run(filled_db, "readings", "cli-1", "--csv")
     lines = csv_text.strip().splitlines()
     assert lines[0].startswith("ts,metric,value") and len(lines) == 7
-    assert json.loads(run(filled_db, "readings", "nobody", "--json")) == []
+    unknown = CliRunner().invoke(cli, ["--db", str(filled_db), "readings", "nobody", "--json"])
+    assert unknown.exit_code == 8 and unknown.stdout == ""
+    assert unknown.stderr == "Error: unknown device 'nobody'; `fleet devices list` shows the registered ones\n"
 
 
 def test_deadletters_json(filled_db):
@@ -61,10 +64,15 @@ def test_devices_list_shows_presence(filled_db):
 
 def test_readings_on_an_empty_db(tmp_path):
     open_database(tmp_path / "empty.db").close()  # a database no hub has written to yet
+    Registry(tmp_path / "empty.db").add("x")
     assert json.loads(run(tmp_path / "empty.db", "readings", "x", "--json")) == []
     assert json.loads(run(tmp_path / "empty.db", "deadletters", "--json")) == []
 
 
-def test_readings_without_a_database_is_one_line_and_creates_nothing(tmp_path):
-    res = CliRunner().invoke(cli, ["--db", str(tmp_path / "fleet.db"), "readings", "x"])
-    assert res.exit_code == 1 and res.stderr.startswith("Error: no database at") and not (tmp_path / "fleet.db").exists()
+def test_readings_where_there_is_no_database_say_so_and_create_none(tmp_path):
+    for args in (["readings", "x"], ["deadletters"]):
+        result = CliRunner().invoke(cli, ["--db", str(tmp_path / "empty.db"), *args, "--json"])
+        assert result.exit_code == 9 and result.stdout == ""
+        assert result.stderr.startswith(f"Error: no database at {tmp_path / 'empty.db'}")
+        assert len(result.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

@@ -6,7 +6,7 @@ import time
 
 from hub.storage import open_database as connect_db
 from hub.storage.queries import presence as query_presence, presence_events as query_presence_events
-from hub_helpers import birth, publish, publish_seqs, stop_client
+from hub_helpers import birth, publish, publish_seqs, stop_client, stored_messages
 from protocol.codec import encode
 from protocol.models import Status
 from protocol.topics import MessageClass
@@ -54,7 +54,8 @@ def test_birth_and_will(embedded_broker, registry, db_path, start_hub):
     assert wait_for(lambda: presence(db_path, "bw-1")["state"] == "offline", 5)
     # a message after the will does not revive it; a new birth does
     publish_seqs(client, "bw-1", [1])
-    time.sleep(0.3)
+    # marker: the message is stored, so the batch that held it has updated presence too
+    assert wait_for(lambda: stored_messages(db_path) == 1, 5)
     assert presence(db_path, "bw-1")["state"] == "offline"
     publish(client, "bw-1", MessageClass.STATUS, b"", retain=True).wait_for_publish(5)  # cleared: ignored
     publish(client, "bw-1", MessageClass.STATUS, encode(birth(boot=2, fw="1.1")), retain=True).wait_for_publish(5)

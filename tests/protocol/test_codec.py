@@ -125,7 +125,9 @@ def test_damaged_valid_payloads_raise_only_protocol_error(message: Any, form: st
 
 def test_known_nasty_inputs_get_their_reason() -> None:
     huge = cbor2.dumps({"b": 1, "q": 1, "t": 1_700_000_000_000, "r": [[0, 1, 10**400]]})
-    assert reason_of(MessageClass.TELEMETRY, huge) is Reason.OUT_OF_RANGE
+    assert reason_of(MessageClass.TELEMETRY, huge) is Reason.UNDECODABLE  # a bignum is tag 2: no tags allowed
+    widest = cbor2.dumps({"b": 1, "q": 1, "t": 1_700_000_000_000, "r": [[0, 1, 2**64 - 1]]})
+    assert reason_of(MessageClass.TELEMETRY, widest) is Reason.OUT_OF_RANGE
     assert reason_of(MessageClass.STATUS, b"") is Reason.UNDECODABLE
     assert reason_of(MessageClass.STATUS, b'{"state":"online"') is Reason.UNDECODABLE
     assert reason_of(MessageClass.STATUS, b'{"state":"online","boot":"7"}') is Reason.SCHEMA  # strict: no coercion

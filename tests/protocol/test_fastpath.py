@@ -25,7 +25,8 @@ def assert_agrees(payload: bytes) -> TelemetryRows | None:
         return None
     strict = decode(MessageClass.TELEMETRY, payload)  # must not raise: the fast path accepted it
     assert isinstance(strict, Telemetry)
-    assert rows == TelemetryRows(strict.boot, strict.seq, strict.ts, [(r.dt, r.metric, r.value) for r in strict.readings])
+    assert rows == TelemetryRows(strict.boot, strict.seq, strict.ts, [(r.dt, r.metric, r.value) for r in strict.readings],
+                                 strict.dropped)
     assert all(type(v) is float for _, _, v in rows.readings)
     return rows
 
@@ -85,6 +86,9 @@ def one(**fields: Any) -> dict[str, Any]:
     json.dumps(one(readings=[{"metric": "temperature", "value": 21.5, "dt": -1}])).encode(),
     json.dumps(one(readings=[{"metric": "temperature", "value": 21.5, "x": 1}])).encode(),
     json.dumps(one(extra=1)).encode(),
+    json.dumps(one(dropped=2)).encode(),  # dropped must be below seq
+    json.dumps(one(dropped=-1)).encode(),
+    b'{"boot":1,"seq":2,"ts":1700000000000,"dropped":0,"dropped":1,"readings":[{"metric":"temperature","value":2}]}',
     b'{"boot":1,"seq":2,"ts":1700000000000,"readings":[{"metric":"temperature","value":NaN}]}',
     b'{"boot":1,"seq":2,"ts":1700000000000,"readings":[{"metric":"temperature","value":1e999}]}',
     json.dumps(one()).encode() + b"x",
@@ -103,6 +107,13 @@ def test_a_valid_non_canonical_cbor_payload_is_left_to_the_strict_decoder() -> N
     payload = cbor2.dumps({"b": 1, "q": 2, "r": [[0, 1, 21.5]], "t": TS})  # not canonical: float64, key order
     assert decode_telemetry_rows(payload) is None
     assert decode(MessageClass.TELEMETRY, payload).readings[0].value == 21.5
+
+
+def test_a_dropped_declaration_takes_the_fast_path_in_both_forms() -> None:
+    msg = Telemetry(boot=1, seq=9, ts=TS, readings=[Reading(metric="temperature", value=21.5)], dropped=4)
+    for form in ("json", "cbor"):
+        rows = assert_agrees(encode(msg, form))
+        assert rows is not None and rows.dropped == 4
 
 
 def test_integer_values_become_floats_like_the_strict_decoder() -> None:

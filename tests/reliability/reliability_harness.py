@@ -1,9 +1,11 @@
 """Harness of the reliability tests: a simulated fleet with a ledger, and the ledger-vs-hub audit.
 
-The audit is the delivery guarantee written as code (README "Delivery guarantee"): every
-telemetry message the simulator produced, kept in its buffer and did not drop on overflow is
-stored in the hub's ``messages`` table exactly once, with all its readings; a message that
-was never sent (packet loss) is not stored and sits inside an open gap.
+The audit is the delivery guarantee written as code (firmware_protocol.md 5.6): every telemetry
+message the simulator produced is, exactly once, stored with all its readings, or stored as a
+dead letter (the ``dead-letter`` fault: a reading the hub refuses), or recorded as dropped by
+the device (a buffer overflow or a message given up after three sends, unless a copy reached
+the hub after all); a message that was never sent (packet loss) is not stored and sits inside
+a gap. Each category is counted, and anything unaccounted for fails the audit.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def provision_fleet(db: Path, n: int, prefix: str = "rel") -> Credentials:
 def sim_settings(port: int, n: int, ledger: Path, **kw: Any) -> SimSettings:
     """Fast, brisk settings: 10 messages/s per device, quick reconnects and re-sends."""
     base: dict[str, Any] = dict(devices=n, port=port, prefix="rel", profile="env", rate=10.0, ledger=ledger,
-                                reconnect_delay=0.2, resend_after_s=1.0, resend_max_s=4.0, fault_start_s=0.5,
+                                reconnect_delay=0.2, fault_start_s=0.5,
                                 fault_every=5, storm_period_s=1.0, keepalive=30)
     base.update(kw)
     return SimSettings(**base)
@@ -59,20 +61,36 @@ class Audit:
     lost_stored: list[tuple[str, int, int]] = field(default_factory=list)
     lost_not_in_gap: list[tuple[str, int, int]] = field(default_factory=list)
     overflowed: int = 0
+    """Dropped from a full buffer or given up after three re-sends (the device declared them dropped).
+    Those sent before the device dropped them still reach the hub through the broker (``overflow_stored``);
+    only ``overflow_dropped`` ones are data the hub never got."""
+    overflow_stored: int = 0
+    """... of which a copy reached the hub before or after all (stored exactly once)."""
+    overflow_dropped: int = 0
+    """... of which the hub records them as dropped by device."""
+    overflow_unaccounted: list[tuple[str, int, int]] = field(default_factory=list)
+    deadlettered: int = 0
+    """Produced with a reading the hub refuses (the dead-letter fault)."""
+    deadletter_stored: int = 0
+    """... stored as a dead letter under their seq, exactly once."""
+    deadletter_wrong: list[tuple[str, int, int]] = field(default_factory=list)
+    """... not a single dead letter with that seq, or stored as readings."""
     readings_covered: int = 0
     readings_stored: int = 0
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.duplicated or self.readings_mismatch or self.phantom or self.lost_stored
-                    or self.lost_not_in_gap)
+                    or self.lost_not_in_gap or self.overflow_unaccounted or self.deadletter_wrong)
 
     def line(self) -> str:
         return (f"produced={self.produced} covered={self.covered} stored={self.stored} missing={len(self.missing)} "
                 f"duplicated={len(self.duplicated)} readings={self.readings_stored}/{self.readings_covered} "
                 f"readings_mismatch={len(self.readings_mismatch)} phantom={len(self.phantom)} lost={self.lost} "
                 f"lost_stored={len(self.lost_stored)} lost_not_in_gap={len(self.lost_not_in_gap)} "
-                f"overflowed={self.overflowed} first_missing={self.missing[:5]}")
+                f"overflowed={self.overflowed} (stored={self.overflow_stored} dropped={self.overflow_dropped} "
+                f"unaccounted={len(self.overflow_unaccounted)}) deadlettered={self.deadlettered} "
+                f"(stored={self.deadletter_stored} wrong={len(self.deadletter_wrong)}) first_missing={self.missing[:5]}")
 
 
 def audit(ledger: Path, hub_db: Path, cutoff: float | None = None) -> Audit:
@@ -85,7 +103,7 @@ def audit(ledger: Path, hub_db: Path, cutoff: float | None = None) -> Audit:
     led = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
     hub = sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)
     try:
-        overflow = set(led.execute("SELECT device, boot, seq FROM faults WHERE kind = 'buffer-overflow'"))
+        overflow = set(led.execute("SELECT device, boot, seq FROM faults WHERE kind IN ('buffer-overflow', 'abandoned')"))
         rows = led.execute("SELECT device, boot, seq, kind, n_readings, produced_at FROM messages").fetchall()
         stored: dict[tuple[str, int, int], int] = {}
         for dev, boot, seq, n in hub.execute("SELECT device_id, boot, seq, COUNT(*) FROM messages"
@@ -96,6 +114,12 @@ def audit(ledger: Path, hub_db: Path, cutoff: float | None = None) -> Audit:
                                              " GROUP BY device_id, boot, seq"):
             readings[(dev, boot, seq)] = n
         gaps = hub.execute("SELECT device_id, boot, from_seq, to_seq FROM gaps WHERE missing > 0").fetchall()
+        dropped_gaps = hub.execute("SELECT device_id, boot, from_seq, to_seq FROM gaps"
+                                   " WHERE missing > 0 AND dropped_at IS NOT NULL").fetchall()
+        dead: dict[tuple[str, int, int], int] = {}
+        for dev, boot, seq, n in hub.execute("SELECT device_id, boot, seq, COUNT(*) FROM deadletters"
+                                             " WHERE seq IS NOT NULL GROUP BY device_id, boot, seq"):
+            dead[(dev, boot, seq)] = n
     finally:
         led.close()
         hub.close()
@@ -112,6 +136,16 @@ def audit(ledger: Path, hub_db: Path, cutoff: float | None = None) -> Audit:
             elif not any(g[0] == dev and g[1] == boot and g[2] <= seq <= g[3] for g in gaps):
                 a.lost_not_in_gap.append(key)
             continue
+        if kind == "deadletter":
+            telemetry.add(key)  # never stored as readings: a phantom check would flag nothing anyway
+            a.deadlettered += 1
+            if cutoff is not None and produced_at > cutoff:
+                continue
+            if dead.get(key) == 1 and key not in stored:
+                a.deadletter_stored += 1
+            elif key not in overflow:  # an overflow victim the hub never saw is accounted below
+                a.deadletter_wrong.append(key)
+            continue
         if kind != "telemetry":
             continue
         telemetry.add(key)
@@ -120,6 +154,12 @@ def audit(ledger: Path, hub_db: Path, cutoff: float | None = None) -> Audit:
             a.duplicated.append(key)
         if key in overflow:
             a.overflowed += 1
+            if key in stored:
+                a.overflow_stored += 1
+            elif any(g[0] == dev and g[1] == boot and g[2] <= seq <= g[3] for g in dropped_gaps):
+                a.overflow_dropped += 1
+            elif cutoff is None or produced_at <= cutoff:
+                a.overflow_unaccounted.append(key)
             continue
         if cutoff is not None and produced_at > cutoff:
             continue
@@ -138,9 +178,28 @@ def audit(ledger: Path, hub_db: Path, cutoff: float | None = None) -> Audit:
     return a
 
 
+def ledger_past(ledger: Path, cutoff: float) -> bool:
+    """True once the ledger holds a message produced after ``cutoff``: everything before it is flushed too."""
+    try:
+        conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+        try:
+            latest = conn.execute("SELECT MAX(produced_at) FROM messages").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return latest is not None and latest > cutoff
+
+
 def settle(ledger: Path, hub_db: Path, cutoff: float, timeout: float = 20.0) -> Audit:
-    """Poll the audit until nothing produced before ``cutoff`` is missing (or ``timeout`` passes)."""
+    """Poll the audit until nothing produced before ``cutoff`` is missing (or ``timeout`` passes).
+
+    The simulator writes its ledger in batches (every half second): the audit waits for a row
+    produced after the cutoff first, so that it never judges a ledger that lacks the last messages.
+    """
     deadline = time.monotonic() + timeout
+    while not ledger_past(ledger, cutoff) and time.monotonic() < deadline:
+        time.sleep(0.1)
     while True:
         result = audit(ledger, hub_db, cutoff)
         if (result.covered and not result.missing) or time.monotonic() > deadline:

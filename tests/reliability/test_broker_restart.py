@@ -44,7 +44,7 @@ def test_embedded_broker_restart_loses_nothing(tmp_path: Path, db_path: Path, st
     print(f"embedded broker restart: {result.line()} reconnects={summary.reconnects} resent={summary.resent}")
     assert result.ok and result.covered > DEVICES * 40, result.line()
     assert summary.reconnects >= DEVICES * 2
-    assert result.overflowed == 0
+    assert result.overflow_dropped == 0, result.line()  # a buffer may overflow on a slow machine: nothing given up
 
 
 def test_mosquitto_restart_loses_nothing(tmp_path: Path, db_path: Path, registry, start_hub) -> None:  # type: ignore[no-untyped-def]
@@ -75,4 +75,4 @@ def test_mosquitto_restart_loses_nothing(tmp_path: Path, db_path: Path, registry
     print(f"mosquitto restart: {result.line()} reconnects={summary.reconnects} resent={summary.resent}")
     assert result.ok and result.covered > DEVICES * 40, result.line()
     assert summary.reconnects >= DEVICES * 2
-    assert result.overflowed == 0
+    assert result.overflow_dropped == 0, result.line()  # a buffer may overflow on a slow machine: nothing given up

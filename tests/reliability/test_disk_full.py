@@ -51,9 +51,10 @@ def test_disk_full_stops_acks_and_resumes_without_loss(tmp_path: Path, db_path: 
         try:
             assert wait_for(lambda: metric(mport, "fleet_hub_store_failing") == 1, 10), hub.log()
             frozen = stored_count(db_path)
-            time.sleep(4)  # devices keep producing; nothing may be stored, acked or watermarked
+            # devices keep producing; the hub tries again and fails (an event, not a fixed wait): nothing
+            # may be stored, acked or watermarked meanwhile
+            assert wait_for(lambda: metric(mport, "fleet_hub_write_failures") >= 3, 30), hub.log()
             assert stored_count(db_path) == frozen
-            assert metric(mport, "fleet_hub_write_failures") >= 3
             assert metric(mport, "fleet_hub_queue_depth") <= QUEUE
             errors = [line for line in hub.lines if "ERROR" in line and "database write failed" in line]
             assert errors, hub.log()
@@ -68,4 +69,4 @@ def test_disk_full_stops_acks_and_resumes_without_loss(tmp_path: Path, db_path: 
         result, summary = finish(sim, ledger, db_path, time.time())
     print(f"disk full: {result.line()} resent={summary.resent}")
     assert result.ok and result.covered > DEVICES * 60, result.line()
-    assert result.overflowed == 0
+    assert result.overflow_dropped == 0, result.line()  # a buffer may overflow on a slow machine: nothing given up

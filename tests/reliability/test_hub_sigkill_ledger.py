@@ -33,4 +33,4 @@ def test_hub_sigkill_mid_stream_loses_nothing(tmp_path: Path, db_path: Path, emb
         result, summary = finish(sim, ledger, db_path, time.time())
     print(f"hub SIGKILL: {result.line()} resent={summary.resent}")
     assert result.ok and result.covered > DEVICES * 40, result.line()
-    assert result.overflowed == 0
+    assert result.overflow_dropped == 0, result.line()  # a buffer may overflow on a slow machine: nothing given up

@@ -39,7 +39,7 @@ def test_thirty_percent_dropped_at_once_lose_nothing(tmp_path: Path, db_path: Pa
     print(f"reconnect storm: {result.line()} reconnects={summary.reconnects} resent={summary.resent}")
     assert summary.reconnects >= STORMS * (len(victims) - 1)
     assert result.ok and result.covered > DEVICES * 30, result.line()
-    assert result.overflowed == 0
+    assert result.overflow_dropped == 0, result.line()  # a buffer may overflow on a slow machine: nothing given up
 
 
 def test_disconnect_storm_fault_loses_nothing(tmp_path: Path, db_path: Path, embedded_broker: BackgroundBroker,
@@ -56,4 +56,4 @@ def test_disconnect_storm_fault_loses_nothing(tmp_path: Path, db_path: Path, emb
         result, summary = finish(sim, ledger, db_path, time.time())
     print(f"disconnect-storm fault: {result.line()} reconnects={summary.reconnects} resent={summary.resent}")
     assert result.ok and result.covered > DEVICES * 20, result.line()
-    assert result.overflowed == 0
+    assert result.overflow_dropped == 0, result.line()  # a buffer may overflow on a slow machine: nothing given up

@@ -57,12 +57,12 @@ def test_dead_workers_commands_move_to_the_adopter(mosquitto, registry, db_path,
         assert wait_for(lambda: _workers_up(db_path) == 1, 15), a.log.read_text()
         creds = add_device(registry, "dev-late")  # offline: the command waits, owned by worker 1
         res = None
-        for _ in range(30):
+        for _ in range(30):  # one request id: however many tries, one command
             res = CliRunner().invoke(cli, ["--db", str(db_path), "send", "dev-late", "ping", "--no-wait", "--json",
-                                           "--ttl", "2m", "--broker", url])
-            if res.exit_code == 0:
+                                           "--ttl", "2m", "--request-id", "r-adopt-1", "--broker", url])
+            if res.exit_code == 7:  # device offline: queued
                 break
-        assert res is not None and res.exit_code == 0, res.output if res else ""
+        assert res is not None and res.exit_code == 7, res.output if res else ""
         cid = json.loads(res.stdout)[0]["id"]
         store = CommandStore(str(db_path))
         assert store.get(cid).owner == "hub-ops-1" and store.get(cid).state is CommandState.QUEUED

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from broker.registry import Registry
 from cli.main import cli
 from hub.queries import readings, rollups
 from hub.store import HubStore
@@ -63,6 +64,9 @@ def test_retention_deletes_readings_and_keeps_their_aggregates(db_path: Path) ->
     store.close()
     assert deleted == 120 and readings(db_path, "old-1") == []
     assert sum(r["count"] for r in rollups(db_path, "old-1", Period.MINUTE)) == 120
+    registry = Registry(db_path)
+    add_device(registry, "old-1")  # the CLI answers only for registered devices
+    registry.conn.close()
     res = CliRunner().invoke(cli, ["--db", str(db_path), "readings", "old-1", "--every", "1h", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)

@@ -1,0 +1,185 @@
+"""`fleet device-check` judges a live device against firmware_protocol.md.
+
+Every test runs the real checker against a real device on a real embedded broker: the
+simulator's devices and the independent minimal device must pass, and a device that breaks one
+rule must fail on the section of that rule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conformance_helpers import FAST, check
+from minimal_device import DeviceConfig, Fault, MinimalDevice
+from support import MosquittoProcess
+
+from broker.background import BackgroundBroker
+from broker.registry import Registry
+from cli.main import cli
+from device_sim.background import BackgroundFleet
+from device_sim.fleet import device_id, provision
+from device_sim.settings import Behaviour, SimSettings
+from hub.conformance import CheckSettings, Outcome
+from hub.service import Hub
+
+
+
+@pytest.mark.parametrize("enc", ["json", "cbor"])
+def test_the_minimal_device_passes_every_check(minimal_device: Callable[..., MinimalDevice],
+                                               checker_settings: Callable[..., CheckSettings], enc: str) -> None:
+    minimal_device(enc=enc, interval_s=2)  # short enough for the run to judge its heartbeat
+    report = check(checker_settings("mini-1"))
+    assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
+    assert report.exit_code() == 0
+    checks = {r.check for r in report.results}
+    assert checks >= {"heartbeat", "birth", "encoding", "rebirth", "duplicate-command", "command-expiry", "malformed-command",
+                      "withheld-watermark", "hole-watermark", "give-up", "session-loss", "payloads", "seq"}
+
+
+def test_a_device_without_a_clock_passes_once_the_watermark_gives_it_the_time(
+        minimal_device: Callable[..., MinimalDevice], checker_settings: Callable[..., CheckSettings]) -> None:
+    minimal_device(has_clock=False)
+    report = check(checker_settings("mini-1"))
+    assert report.passed
+    assert report.outcome_of("command-expiry") is Outcome.PASS  # it learned the time, so it checks expires
+
+
+BROKEN = [
+    (Fault.RUN_DUPLICATES, "duplicate-command", "json"),
+    (Fault.IGNORE_TTL, "command-expiry", "json"),
+    (Fault.NO_RESEND_AFTER_SESSION_LOSS, "session-loss", "json"),
+    (Fault.TIMED_RESEND, "withheld-watermark", "json"),
+    (Fault.NO_KEEP, "withheld-watermark", "json"),
+    (Fault.IGNORE_REBIRTH, "rebirth", "json"),
+    (Fault.RESEND_ALL_ON_HOLE, "hole-watermark", "json"),
+    (Fault.NEVER_GIVE_UP, "give-up", "json"),
+    (Fault.SILENT, "heartbeat", "json"),
+    (Fault.CRASH_ON_MALFORMED, "malformed-command", "json"),
+    (Fault.WRONG_ENCODING, "encoding", "cbor"),
+]
+BROKEN_KW = {Fault.SILENT: {"interval_s": 1, "sample_s": 2.0}}
+
+
+@pytest.mark.parametrize(("fault", "expected", "enc"), BROKEN, ids=[f.name.lower() for f, _, _ in BROKEN])
+def test_a_device_that_breaks_a_rule_fails_on_that_rule(minimal_device: Callable[..., MinimalDevice],
+                                                        checker_settings: Callable[..., CheckSettings],
+                                                        fault: Fault, expected: str, enc: str) -> None:
+    minimal_device(enc=enc, faults=frozenset({fault}), **BROKEN_KW.get(fault, {}))
+    report = check(checker_settings("mini-1", timeout_s=8.0))
+    assert report.outcome_of(expected) is Outcome.FAIL
+    assert report.exit_code() == 1
+    assert report.outcome_of("birth") is Outcome.PASS  # the verdict is about the broken rule, not everything
+
+
+@pytest.mark.parametrize("enc", ["json", "cbor"])
+def test_the_simulators_devices_pass_every_check(db_path: Path, embedded_broker: BackgroundBroker,
+                                                 checker_settings: Callable[..., CheckSettings], enc: str) -> None:
+    settings = SimSettings(devices=1, port=embedded_broker.port, rate=3.0, profile="env", reconnect_delay=0.2,
+                           behaviour={"env": Behaviour(encoding=enc)})
+    dev = device_id("sim", 1)
+    sim = BackgroundFleet(settings, provision(db_path, [dev])).start()
+    try:
+        report = check(checker_settings(dev))
+    finally:
+        sim.stop()
+    assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
+
+
+def test_with_the_hub_running_every_check_runs_and_passes_without_a_warning(
+        embedded_broker: BackgroundBroker, start_hub: Callable[..., Hub], minimal_device: Callable[..., MinimalDevice],
+        checker_settings: Callable[..., CheckSettings], caplog: pytest.LogCaptureFixture) -> None:
+    hub = start_hub(embedded_broker.port)
+    minimal_device(interval_s=2)
+    with caplog.at_level(logging.WARNING, logger="fleet.hub"):
+        report = check(checker_settings("mini-1", hub_answer_s=5.0))
+    assert any("a hub is running: it holds its watermarks" in n for n in report.notes)
+    assert any("hold released" in n for n in report.notes)
+    assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
+    assert report.exit_code() == 0 and not any(r.outcome is Outcome.SKIP for r in report.results)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert hub.commands is not None and hub.commands.bridge is not None
+    assert hub.commands.bridge.counters["checker_replies"] > 0
+    assert hub.commands.bridge.counters["forged_replies"] == 0
+
+
+def test_with_the_hub_running_the_simulators_device_passes(
+        db_path: Path, embedded_broker: BackgroundBroker, start_hub: Callable[..., Hub],
+        checker_settings: Callable[..., CheckSettings]) -> None:
+    start_hub(embedded_broker.port)
+    settings = SimSettings(devices=1, port=embedded_broker.port, rate=3.0, profile="env", reconnect_delay=0.2)
+    dev = device_id("sim", 1)
+    sim = BackgroundFleet(settings, provision(db_path, [dev])).start()
+    try:
+        report = check(checker_settings(dev, hub_answer_s=5.0))
+    finally:
+        sim.stop()
+    assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
+    assert report.exit_code() == 0
+
+
+HUB_BROKEN = [(Fault.TIMED_RESEND, "withheld-watermark"), (Fault.RESEND_ALL_ON_HOLE, "hole-watermark"),
+              (Fault.NEVER_GIVE_UP, "give-up")]
+
+
+@pytest.mark.parametrize(("fault", "expected"), HUB_BROKEN, ids=[f.name.lower() for f, _ in HUB_BROKEN])
+def test_with_the_hub_running_a_broken_device_still_fails_on_its_rule(
+        embedded_broker: BackgroundBroker, start_hub: Callable[..., Hub], minimal_device: Callable[..., MinimalDevice],
+        checker_settings: Callable[..., CheckSettings], fault: Fault, expected: str) -> None:
+    start_hub(embedded_broker.port)
+    minimal_device(faults=frozenset({fault}))
+    report = check(checker_settings("mini-1", timeout_s=8.0, hub_answer_s=5.0))
+    assert report.outcome_of(expected) is Outcome.FAIL
+    assert report.exit_code() == 1
+
+
+def test_the_cli_prints_json_with_evidence_and_exits_0_on_a_passing_device(
+        db_path: Path, embedded_broker: BackgroundBroker, registry: Registry,
+        minimal_device: Callable[..., MinimalDevice]) -> None:
+    minimal_device(enc="cbor")
+    result = CliRunner().invoke(cli, ["--db", str(db_path), "device-check", "mini-1", "--broker",
+                                      f"mqtt://127.0.0.1:{embedded_broker.port}", "--hold", "2s",
+                                      "--hub-answer", "1s", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] is True and report["device_id"] == "mini-1"
+    rebirth = next(r for r in report["results"] if r["check"] == "rebirth")
+    assert rebirth["section"] == "6 rebirth" and rebirth["outcome"] == "pass"
+    assert any("-> c" in line for line in rebirth["evidence"]) and any("<- r" in line for line in rebirth["evidence"])
+
+
+def test_the_cli_says_in_one_line_when_the_device_is_not_there(db_path: Path, embedded_broker: BackgroundBroker,
+                                                               registry: Registry) -> None:
+    registry.add("ghost-1")
+    result = CliRunner().invoke(cli, ["--db", str(db_path), "device-check", "ghost-1", "--broker",
+                                      f"mqtt://127.0.0.1:{embedded_broker.port}", "--timeout", "2s", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    birth = report["results"][0]
+    assert birth["check"] == "birth" and birth["outcome"] == "fail" and "no retained status" in birth["summary"]
+    assert all(r["outcome"] == "skip" for r in report["results"][1:] if r["check"] != "payloads")
+
+
+def test_the_cli_refuses_a_broker_that_is_not_there(db_path: Path) -> None:
+    from broker.server import free_port
+
+    result = CliRunner().invoke(cli, ["--db", str(db_path), "device-check", "mini-1", "--broker",
+                                      f"mqtt://127.0.0.1:{free_port()}", "--timeout", "2s"])
+    assert result.exit_code == 1
+    assert "broker not reachable" in result.output and "Traceback" not in result.output
+
+
+def test_on_mosquitto_the_minimal_device_passes_too(mosquitto: MosquittoProcess) -> None:
+    """Mosquitto 2 handles the takeover, retained messages and queued QoS 1 its own way; the verdict holds."""
+    device = MinimalDevice(DeviceConfig(host="127.0.0.1", port=mosquitto.port, device_id="mini-m", secret="x",
+                                        sample_s=0.3, enc="cbor")).start()
+    try:
+        report = check(CheckSettings(device_id="mini-m", broker=f"mqtt://127.0.0.1:{mosquitto.port}",
+                                     username="device-check", password="x", **FAST))
+    finally:
+        device.stop()
+    assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
