@@ -3,28 +3,49 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import click
 
 from cli.dashboard.app import run_dashboard
 from cli.database import existing_database, probe_password
 from cli.output import safe, stdout
+from cli.send_cmd import connection_options
 from hub.health import check_health
 
 
 @click.command("dashboard")
-@click.option("--refresh", type=float, default=0.5, help="Seconds between refreshes.")
+@click.option("--refresh", type=click.FloatRange(0.1, 60), default=0.5, help="Seconds between refreshes.")
+@connection_options
 @click.pass_obj
-def dashboard_command(obj: dict, refresh: float) -> None:
-    """Live view of the fleet (keys: s sort, / filter, c clear filter, q quit)."""
+def dashboard_command(obj: dict, refresh: float, broker: str, username: str, cafile: str | None,
+                      password_file: Path | None) -> None:
+    """Live view of the fleet; open a device and send it commands.
+
+    Keys: arrows scroll, Enter opens a device, / filters, Esc clears or goes back, s changes the
+    order, c sends a command (through the hub at --broker, like `fleet send`), q quits. When the
+    output is not a terminal, prints the fleet view once.
+    """
+    from cli.dashboard.render import render_text  # Textual loads only when a screen is shown
+    from hub.overview import OverviewLoader
+
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        loader = OverviewLoader(obj["db"])
+        size = shutil.get_terminal_size((100, 40))
+        click.echo(render_text(loader.load(), width=size.columns, height=size.lines), nl=False)
+        loader.close()
+        return
+    from cli.dashboard.app import run_dashboard
+    from cli.dashboard.sender import local_sender
+
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    run_dashboard(str(obj["db"]), refresh, stop=stop)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    run_dashboard(obj["db"], refresh, local_sender(obj["db"], broker, username, password_file, cafile), stop=stop)
 
 
 @click.command("status")

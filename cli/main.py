@@ -17,6 +17,7 @@ from cli.devices_cmd import devices_group
 from cli.dashboard_cmd import dashboard_command, status_command
 from cli.errors import CliError, ExitCode, to_cli_error
 from cli.export_cmd import export_command
+from cli.firmware_cmd import firmware_group, rollout_group
 from cli.runtime import setup_logging
 from cli.sim_cmd import sim_command
 from cli.send_cmd import commands_group, send_command
@@ -94,6 +95,8 @@ cli.add_command(sim_command)
 cli.add_command(hub_command)
 cli.add_command(readings_command)
 cli.add_command(deadletters_command)
+cli.add_command(firmware_group)
+cli.add_command(rollout_group)
 cli.add_command(device_check_command)
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from cli.dashboard.app import run_dashboard
 from cli.output import stderr
 from cli.runtime import setup_logging
 from cli.stack import Stack
@@ -58,7 +57,10 @@ def up_command(obj: dict, host: str, port: int, devices: int, no_sim: bool, rate
         stderr.print(f"[green]fleet up[/]: broker {stack.broker_url}, hub on {db}, {stack.devices} simulated devices. "
                      f"In another terminal: fleet send, fleet readings, fleet devices list. Ctrl-C stops.")
         if show:
-            run_dashboard(str(db), stop=stop)
+            from cli.dashboard.app import run_dashboard  # Textual loads only when a screen is shown
+            from cli.dashboard.sender import local_sender
+
+            run_dashboard(db, sender=local_sender(db, stack.broker_url), stop=stop)
         else:
             _status_lines(stack, stop)
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 
 from device_sim.faults import FaultKind
 from device_sim.fleet import Credentials, Fleet, SimSummary
+from device_sim.ota import OtaPlan
 from device_sim.settings import SimSettings
 
 
@@ -21,8 +22,9 @@ class BackgroundFleet:
     """A fleet serving from a background thread; ``start()`` returns once every device task exists."""
 
     def __init__(self, settings: SimSettings, creds: Credentials,
-                 fault_plan: dict[int, frozenset[FaultKind]] | None = None, call_timeout: float = 30.0) -> None:
-        self.settings, self.creds, self.fault_plan = settings, creds, fault_plan
+                 fault_plan: dict[int, frozenset[FaultKind]] | None = None, call_timeout: float = 30.0,
+                 ota: OtaPlan | None = None) -> None:
+        self.settings, self.creds, self.fault_plan, self.ota = settings, creds, fault_plan, ota
         self.call_timeout = call_timeout
         """Generous by default: a loaded 2-core machine can stall the loop for seconds."""
         self.fleet: Fleet | None = None
@@ -41,7 +43,7 @@ class BackgroundFleet:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            self.fleet = Fleet(self.settings, self.creds, self.fault_plan)
+            self.fleet = Fleet(self.settings, self.creds, self.fault_plan, self.ota)
             await self.fleet.start()
             self._started.set_result(None)
             await self._stop.wait()

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from device_sim.faults import FaultKind
 from device_sim.ledger import Ledger
 from device_sim.mqtt import ConnectRefused, MqttClient, MqttError, Will
+from device_sim.ota import OtaAgent, OtaPlan
 from device_sim.outbox import Entry, Outbox
 from device_sim.settings import Behaviour, SimSettings
 from device_sim.signals import Profile, Signal
@@ -96,7 +97,8 @@ class SimDevice:
 
     def __init__(self, device_id: str, index: int, secret: str, profile: Profile, signal: Signal,
                  settings: SimSettings, boot: int, stats: FleetStats, ledger: Ledger,
-                 connect_gate: asyncio.Semaphore, faults: frozenset[FaultKind] = frozenset()) -> None:
+                 connect_gate: asyncio.Semaphore, faults: frozenset[FaultKind] = frozenset(),
+                 ota: OtaPlan | None = None) -> None:
         self.device_id = device_id
         self.index = index
         self.secret = secret
@@ -139,6 +141,7 @@ class SimDevice:
         self.topic_r = topic_for(device_id, MessageClass.REPLY)
         self.topic_c = topic_for(device_id, MessageClass.COMMAND)
         self.topic_w = topic_for(device_id, MessageClass.WATERMARK)
+        self.ota = OtaAgent(self, ota or OtaPlan(), settings.fw)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -149,6 +152,7 @@ class SimDevice:
             while True:
                 if self._dead:
                     await loop.create_future()  # silent death: stay dead until switched off
+                await self.ota.may_connect()
                 try:
                     client = await self._connect()
                 except ConnectRefused as exc:
@@ -198,7 +202,7 @@ class SimDevice:
                                      clean_session=False, keepalive=self.settings.keepalive,
                                      timeout=self.settings.connect_timeout)
                 self.client = client
-                granted = await client.subscribe([(self.topic_c, 1), (self.topic_w, 1)],
+                granted = await client.subscribe([(self.topic_c, 1), (self.topic_w, 1), *self.ota.subscriptions],
                                                  timeout=self.settings.connect_timeout)
             except BaseException:
                 client.abort()
@@ -224,6 +228,7 @@ class SimDevice:
         self._by_pid.clear()
         client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
         stats.births += 1
+        self.ota.on_online()
         self._resend(client, self.outbox.on_reconnect(self._session_present))  # rule R1
         # spread the fleet's ticks over the interval, reproducibly
         next_tick = now + (self.index * 0.618034 % 1.0) * self.interval
@@ -279,7 +284,7 @@ class SimDevice:
         client.disconnect()
 
     def _status(self, state: StatusState) -> bytes:
-        status = Status(state=state, boot=self.boot, fw=self.settings.fw, caps=list(CAPABILITIES),
+        status = Status(state=state, boot=self.boot, fw=self.ota.version, caps=list(CAPABILITIES),
                         enc=self.encoding, interval_s=self.settings.heartbeat_s,
                         boot_ts=0 if self.settings.rtc else (self._boot_ts or 0))
         return encode(status, self.encoding)
@@ -456,6 +461,8 @@ class SimDevice:
                     wm = decode(MessageClass.WATERMARK, payload)
                     assert isinstance(wm, Watermark)
                     self._on_watermark(wm, retain)
+            elif self.ota.handles(topic):
+                self.ota.on_message(topic, payload)
             elif topic == self.topic_c:
                 cmd = decode(MessageClass.COMMAND, payload)
                 assert isinstance(cmd, Command)

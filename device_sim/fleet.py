@@ -30,6 +30,7 @@ from pathlib import Path
 from broker.registry import Registry, Role
 from device_sim.device import FleetStats, SimDevice
 from device_sim.faults import FaultKind, assign_faults
+from device_sim.ota import OtaPlan
 from device_sim.ledger import Ledger
 from device_sim.settings import SimSettings
 from device_sim.signals import make_signal, profile_for
@@ -171,8 +172,10 @@ class Fleet:
     """N simulated devices on the running event loop."""
 
     def __init__(self, settings: SimSettings, credentials: Credentials,
-                 fault_plan: dict[int, frozenset[FaultKind]] | None = None) -> None:
-        """``fault_plan`` (device index -> faults) replaces the seeded choice from ``settings.faults``."""
+                 fault_plan: dict[int, frozenset[FaultKind]] | None = None, ota: OtaPlan | None = None) -> None:
+        """``fault_plan`` (device index -> faults) replaces the seeded choice from ``settings.faults``;
+        ``ota`` sets the devices' firmware updater (chunk size, faults per device id)."""
+        self.ota = ota
         self.settings = settings
         self.credentials = credentials
         self.stats = FleetStats()
@@ -209,7 +212,7 @@ class Fleet:
             profile = profile_for(s.profile, i)
             self.devices.append(SimDevice(
                 dev, i, cred.secret, profile, make_signal(profile, s.seed, i), s, cred.boot,
-                self.stats, self.ledger, gate, self.fault_plan.get(i, frozenset())))
+                self.stats, self.ledger, gate, self.fault_plan.get(i, frozenset()), self.ota))
         self.credentials.save()  # the new boot counters, before any message uses them
         self._started = time.monotonic()
         self._tasks = [asyncio.create_task(d.run(), name=d.device_id) for d in self.devices]

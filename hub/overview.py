@@ -34,6 +34,13 @@ class MetricView:
 
 @dataclass(frozen=True, slots=True)
 class DeviceView:
+    """One row of the fleet table.
+
+    ``gaps`` counts messages still missing in the device's sequence numbers (sent, never received);
+    ``reconnects`` counts births after the first; ``resets`` counts boots that went backwards (the
+    device lost its boot counter); ``critical_alerts`` and ``alerts`` count alerts of the last hour.
+    """
+
     id: str
     online: bool
     last_seen: float | None
@@ -45,12 +52,18 @@ class DeviceView:
     deadletters: int = 0
     resets: int = 0
     """Births whose boot went back (flash wiped, board replaced): firmware_protocol.md 4.1."""
+    critical_alerts: int = 0
+    alerts: int = 0
 
     @property
     def problem_score(self) -> int:
-        """Higher means more in need of attention; sorts problems first."""
-        return ((0 if self.online else 100) + min(self.gaps, 50) + min(self.deadletters, 30) + min(self.reconnects, 20)
-                + min(self.resets * 10, 30))
+        """Higher means more in need of attention; sorts problems first.
+
+        Offline beats everything; then critical alerts and resets (each a sign the device itself is in
+        trouble), then lost messages, rejected messages and reconnects (signs of a poor link).
+        """
+        return ((0 if self.online else 1000) + 100 * min(self.critical_alerts, 5) + 60 * min(self.resets, 5)
+                + min(self.gaps, 50) + min(self.deadletters, 30) + min(self.reconnects, 20) + min(self.alerts, 10))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +73,10 @@ class CommandView:
     name: str
     state: CommandState
     updated_at: float
+    created_at: float = 0.0
+    detail: str = ""
+    args: str = ""  # JSON text, as stored
+    result: str = ""  # JSON text, as the device reported it
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +85,7 @@ class EventView:
     kind: str  # "alert", "deadletter" or "reset"
     device_id: str | None
     text: str
+    severity: str = ""  # alerts: info, warning or critical
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +100,7 @@ class Summary:
     deadletters: int = 0
     ingest_lag_s: float | None = None
     resets: int = 0
+    critical_alerts: int = 0
 
     @property
     def offline(self) -> int:
@@ -107,6 +126,49 @@ class Snapshot:
     events: tuple[EventView, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class MetricHistory:
+    """One metric of one device over the history window: (bucket start, mean value) points, oldest first,
+    and the lowest and highest single reading of the window."""
+
+    name: str
+    latest: float | None
+    points: tuple[tuple[float, float], ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(v for _, v in self.points)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceView:
+    ts: float
+    state: str
+    reason: str
+    boot: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDetail:
+    """Everything the device screen shows about one device, as of ``taken_at``."""
+
+    id: str
+    taken_at: float
+    known: bool = True
+    device: DeviceView | None = None
+    state_since: float | None = None
+    state_reason: str = ""
+    boot: int | None = None
+    window_s: float = 3600.0
+    buckets: int = 60
+    metrics: tuple[MetricHistory, ...] = ()
+    presence: tuple[PresenceView, ...] = ()
+    commands: tuple[CommandView, ...] = ()
+    alerts: tuple[EventView, ...] = ()
+
+
 # ---------------------------------------------------------------------------- loading from the database
 
 
@@ -124,6 +186,7 @@ class OverviewLoader:
         self._rates: deque[float] = deque(maxlen=history)
         self._trends: dict[tuple[str, str], deque[float]] = {}
         self._trend_len = trend
+        self._last_devices: dict[str, DeviceView] = {}
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -145,7 +208,7 @@ class OverviewLoader:
             return Snapshot(taken_at=now, hub_alive=False, hub_message=f"database: {exc}")
 
     def _load(self, now: float, n_commands: int, n_events: int) -> Snapshot:
-        rows = queries.overview(self._db(), n_commands, n_events)
+        rows = queries.overview(self._db(), n_commands, n_events, alerts_since=now - ALERT_WINDOW_S)
         beats = rows.heartbeats
         live = [b for b in beats if alive(b, now)]
         stats: dict[str, float] = {}
@@ -174,6 +237,7 @@ class OverviewLoader:
 
         registered = rows.groups
         presence = rows.presence
+        alert_counts, resets = rows.alert_counts, rows.resets
         latest: dict[str, list[tuple[str, float]]] = {}
         for dev, metric, value in rows.latest:
             latest.setdefault(dev, []).append((metric, value))
@@ -191,11 +255,13 @@ class OverviewLoader:
                 id=dev, group=registered.get(dev), online=bool(p and p[0] == "online"), last_seen=p[1] if p else None,
                 fw=(p[2] or "") if p else "", metrics=tuple(metrics), gaps=rows.gaps.get(dev, 0),
                 reconnects=max(0, int(rows.births.get(dev, 0)) - 1), deadletters=int(rows.deadletters_by_device.get(dev, 0)),
-                resets=int(rows.resets.get(dev, 0)),
+                resets=resets.get(dev, 0), critical_alerts=alert_counts.get(dev, (0, 0))[0],
+                alerts=alert_counts.get(dev, (0, 0))[1],
             ))
 
-        command_rows = [CommandView(i, d, n, CommandState(s), u) for i, d, n, s, u in rows.commands]
-        event_rows = [EventView(r[0], "alert", r[1], f"{r[2]} {r[3]} {r[4]}".strip()) for r in rows.alerts]
+        self._last_devices = {d.id: d for d in devices}
+        command_rows = [_command_view(r) for r in rows.commands]
+        event_rows = [_alert_view(r) for r in rows.alerts]
         event_rows += [EventView(r[0], "deadletter", r[1], f"{r[2]}: {r[3]}") for r in rows.deadletter_events]
         event_rows += [EventView(r[0], "reset", r[1], f"boot {r[2]} -> {r[3]} (incarnation {r[4]})")
                        for r in rows.reset_events]
@@ -207,6 +273,58 @@ class OverviewLoader:
             rate_history=tuple(self._rates), duplicates=int(stats.get("duplicates", 0)), gaps=sum(rows.gaps.values()),
             deadletters=rows.deadletters_total, ingest_lag_s=stats.get("lag_s") if live else None,
             resets=sum(d.resets for d in devices),
+            critical_alerts=sum(c for c, _ in alert_counts.values()),
         )
         return Snapshot(taken_at=now, hub_alive=bool(live), hub_message=message, summary=summary,
                         devices=tuple(devices), commands=tuple(command_rows), events=tuple(event_rows[:n_events]))
+
+    def load_device(self, device_id: str, now: float | None = None, window_s: float = 3600.0,
+                    buckets: int = 60, rows: int = 10) -> DeviceDetail:
+        """The device screen's data for ``device_id``: metric history over ``window_s`` in ``buckets``
+        means per metric, presence history, recent commands and alerts (newest first).
+
+        Never raises for a missing or busy database: the detail comes back empty.
+        """
+        now = time.time() if now is None else now
+        try:
+            return self._load_device(device_id, now, window_s, buckets, rows)
+        except (StorageError, sqlite3.Error):
+            self.close()
+            return DeviceDetail(id=device_id, taken_at=now, known=False, window_s=window_s, buckets=buckets)
+
+    def _load_device(self, device_id: str, now: float, window_s: float, buckets: int, limit: int) -> DeviceDetail:
+        since = now - window_s
+        bucket_s = window_s / max(1, buckets)
+        rows = queries.device_detail(self._db(), device_id, since, bucket_s, limit)
+        points: dict[str, list[tuple[float, float]]] = {}
+        ranges: dict[str, tuple[float, float]] = {}
+        for metric, bucket, mean, low, high in rows.history:
+            points.setdefault(metric, []).append((since + bucket * bucket_s, float(mean)))
+            lo, hi = ranges.get(metric, (low, high))
+            ranges[metric] = (min(lo, low), max(hi, high))
+        metrics = tuple(MetricHistory(name, rows.latest.get(name, pts[-1][1]), tuple(pts), *ranges[name])
+                        for name, pts in points.items())
+        metrics += tuple(MetricHistory(name, value) for name, value in sorted(rows.latest.items()) if name not in points)
+        device = self._last_devices.get(device_id)
+        presence = rows.presence
+        return DeviceDetail(
+            id=device_id, taken_at=now, known=device is not None or presence is not None or bool(metrics), device=device,
+            state_since=presence[0] if presence else None, state_reason=presence[1] if presence else "",
+            boot=presence[2] if presence else None, window_s=window_s, buckets=buckets, metrics=metrics,
+            presence=tuple(PresenceView(*r) for r in rows.presence_events),
+            commands=tuple(_command_view(r) for r in rows.commands), alerts=tuple(_alert_view(r) for r in rows.alerts),
+        )
+
+
+ALERT_WINDOW_S = 3600.0
+"""Alerts younger than this count for a device's problems and the header's critical count."""
+
+
+def _command_view(row: tuple) -> CommandView:  # type: ignore[type-arg]
+    cid, device_id, name, state, updated_at, created_at, detail, args, result = row
+    return CommandView(cid, device_id, name, CommandState(state), updated_at, created_at, detail, args, result)
+
+
+def _alert_view(row: tuple) -> EventView:  # type: ignore[type-arg]
+    received_at, device_id, severity, code, message = row
+    return EventView(received_at, "alert", device_id, f"{code} {message}".strip(), severity=severity)

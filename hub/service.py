@@ -16,10 +16,12 @@ from hub.adoption import Adopter
 from hub.command_service import CommandService
 from hub.commands import CommandSettings
 from hub.config import HubSettings, hub_password
+from hub.firmware_service import FirmwareService
 from hub.heartbeat import Heartbeat
 from hub.ingest import BatchHook, Ingest
 from hub.watermark_holds import WatermarkHolds
 from hub.metrics import HubCollector, serve_metrics
+from hub.rollout import RolloutSettings
 
 log = logging.getLogger("fleet.hub")
 
@@ -27,9 +29,12 @@ log = logging.getLogger("fleet.hub")
 class Hub:
     """Ingest telemetry from a broker into the fleet database, with presence and retention."""
 
-    def __init__(self, settings: HubSettings | None = None, command_settings: CommandSettings | None = None) -> None:
+    def __init__(self, settings: HubSettings | None = None, command_settings: CommandSettings | None = None,
+                 rollout_settings: RolloutSettings | None = None) -> None:
         self.settings = settings or HubSettings()
         self.command_settings = command_settings
+        self.rollout_settings = rollout_settings
+        self.firmware: FirmwareService | None = None
         self.ingest: Ingest | None = None
         self.commands: CommandService | None = None
         self._heartbeat: Heartbeat | None = None
@@ -60,6 +65,12 @@ class Hub:
             self.commands = None
             raise
         ingest = self.ingest
+        if s.worker_group:
+            # one engine per fleet: workers of a group would each drive every rollout
+            log.info("firmware rollouts are not driven by worker-group hubs; run one hub without --worker-group for them")
+        else:
+            self.firmware = FirmwareService(s, password, self.rollout_settings)
+            self.firmware.start(timeout)
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
             **ingest.gauges(), "store_failing": ingest.store_failing, "worker_group": s.worker_group},
             ingest.connected.is_set)
@@ -104,6 +115,9 @@ class Hub:
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+        if self.firmware is not None:
+            self.firmware.stop()
+            self.firmware = None
         if self.commands is not None:
             self.commands.stop()
             self.commands = None

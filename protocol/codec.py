@@ -18,6 +18,15 @@ from pydantic import BaseModel, ValidationError
 
 from protocol.errors import ProtocolError, Reason
 from protocol.limits import LIMITS
+from protocol.firmware import (
+    FIRMWARE_MODELS,
+    FIRMWARE_SHORT_KEYS,
+    FIRMWARE_STATES,
+    FirmwareChunk,
+    FirmwareOffer,
+    FirmwareReport,
+    FirmwareRequest,
+)
 from protocol.metrics import metric_by_id, metric_by_name
 from protocol.strict import check_json, loads_cbor
 from protocol.models import (
@@ -36,6 +45,7 @@ from protocol.models import (
 from protocol.topics import MessageClass
 
 M = TypeVar("M", bound=BaseModel)
+WireMessage = Message | FirmwareOffer | FirmwareRequest | FirmwareChunk | FirmwareReport
 
 
 class Encoding(StrEnum):
@@ -61,6 +71,8 @@ SHORT_KEYS: dict[type[BaseModel], dict[str, str]] = {
     CommandReply: {"id": "i", "state": "s", "detail": "d", "result": "r"},
     Watermark: {"boot": "b", "seq": "q", "next": "n", "max": "m", "ts": "t"},
 }
+MODEL_FOR.update(FIRMWARE_MODELS)  # the firmware messages of section 12 (protocol/firmware.py)
+SHORT_KEYS.update(FIRMWARE_SHORT_KEYS)
 _LONG_KEYS = {model: {v: k for k, v in keys.items()} for model, keys in SHORT_KEYS.items()}
 
 # Enum values as small integers in the binary form. The order is part of the protocol.
@@ -72,6 +84,9 @@ ENUM_CODES: dict[str, tuple[Any, ...]] = {
 }
 
 
+ENUM_CODES["state:FirmwareReport"] = FIRMWARE_STATES
+
+
 def _enum_table(model: type[BaseModel], field: str) -> tuple[Any, ...] | None:
     return ENUM_CODES.get(f"{field}:{model.__name__}") or ENUM_CODES.get(field)
 
@@ -79,7 +94,7 @@ def _enum_table(model: type[BaseModel], field: str) -> tuple[Any, ...] | None:
 # --------------------------------------------------------------------------- encode
 
 
-def encode(message: Message, encoding: Encoding | str = Encoding.JSON, *, validate: bool = True) -> bytes:
+def encode(message: WireMessage, encoding: Encoding | str = Encoding.JSON, *, validate: bool = True) -> bytes:
     """Encode ``message`` to its wire bytes; fields left at their default are omitted.
 
     ``validate=False`` skips the metric checks (a simulator fault that sends what the hub refuses).
@@ -120,7 +135,7 @@ def detect_encoding(payload: bytes) -> Encoding:
     return Encoding.JSON if payload[:1] == b"{" else Encoding.CBOR
 
 
-def decode(cls: MessageClass, payload: bytes) -> Message:
+def decode(cls: MessageClass, payload: bytes) -> WireMessage:
     """Decode a payload of message class ``cls`` (known from the topic)."""
     if len(payload) > LIMITS.max_payload_bytes:
         raise ProtocolError(Reason.OVERSIZED, f"{len(payload)} bytes > {LIMITS.max_payload_bytes}")
@@ -139,7 +154,7 @@ def decode(cls: MessageClass, payload: bytes) -> Message:
         raise ProtocolError(reason, _describe(exc)) from None
     if isinstance(message, Telemetry):
         check_readings(message)
-    return cast(Message, message)
+    return cast(WireMessage, message)
 
 
 def _cbor_loads(payload: bytes) -> Any:

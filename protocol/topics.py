@@ -33,10 +33,20 @@ class MessageClass(StrEnum):
     """device -> hub, QoS 1: command acknowledgements and results."""
     WATERMARK = "w"
     """hub -> device, QoS 1, retained: the highest seq the hub has persisted."""
+    FIRMWARE_OFFER = "o"
+    """hub -> device, QoS 1, retained: the firmware image the device should run (firmware_protocol.md 12)."""
+    FIRMWARE_REQUEST = "g"
+    """device -> hub, QoS 1: a request for one chunk of the offered image."""
+    FIRMWARE_CHUNK = "f"
+    """hub -> device, QoS 1: one chunk of the image, the answer to a request."""
+    FIRMWARE_REPORT = "u"
+    """device -> hub, QoS 1: the state of a firmware update on the device."""
 
 
-DEVICE_PUBLISHES = (MessageClass.TELEMETRY, MessageClass.ALERT, MessageClass.STATUS, MessageClass.REPLY)
-DEVICE_SUBSCRIBES = (MessageClass.COMMAND, MessageClass.WATERMARK)
+DEVICE_PUBLISHES = (MessageClass.TELEMETRY, MessageClass.ALERT, MessageClass.STATUS, MessageClass.REPLY,
+                    MessageClass.FIRMWARE_REQUEST, MessageClass.FIRMWARE_REPORT)
+DEVICE_SUBSCRIBES = (MessageClass.COMMAND, MessageClass.WATERMARK, MessageClass.FIRMWARE_OFFER,
+                     MessageClass.FIRMWARE_CHUNK)
 
 
 @dataclass(frozen=True, slots=True)

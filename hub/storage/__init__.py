@@ -11,6 +11,7 @@ library and ``protocol``, so the broker (registry) and the hub (everything else)
     presence.py    devices and presence events: PresenceStore
     commands.py    commands and their history: CommandStore, CommandRecord
     status.py      hub heartbeats and worker adoptions: StatusStore
+    firmware.py    firmware images and staged rollouts: FirmwareStore
     queries.py     read queries of the CLI, the dashboard and the exporter
     values.py      reading values packed losslessly into small integers
     rollups.py     per-minute and per-hour aggregates: Period, fold
@@ -19,6 +20,7 @@ library and ``protocol``, so the broker (registry) and the hub (everything else)
 from hub.storage.commands import ACTIVE_STATES, CommandRecord, CommandStore, new_command_id
 from hub.storage.connection import dict_rows, open_database, reading, transaction
 from hub.storage.errors import StorageError
+from hub.storage.firmware import FirmwareStore, ImageRow, RolloutDeviceRow, RolloutRow
 from hub.storage.ingest import GapRow, IngestStore, StreamRow
 from hub.storage.presence import DeviceLinkRow, DeviceRow, PresenceStore
 from hub.storage.registry import Principal, PrincipalStore, Role
@@ -33,6 +35,10 @@ __all__ = [
     "CommandStore",
     "DeviceLinkRow",
     "DeviceRow",
+    "FirmwareStore",
+    "ImageRow",
+    "RolloutDeviceRow",
+    "RolloutRow",
     "GapRow",
     "Heartbeat",
     "IngestStore",

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hub.storage.connection import dict_rows
 from hub.storage.registry import PrincipalStore
 from hub.storage.rollups import Period
 from hub.storage.status import Heartbeat, StatusStore
-from hub.storage.values import unpack
+from hub.storage.values import SQL_UNPACK, unpack
+
+_UNPACK = SQL_UNPACK.format(col="s.value")
 
 READING_COLUMNS = ("device_id", "metric", "value", "ts", "received_at", "boot", "seq", "idx", "skewed")
 """The columns of a reading as the CLI, the exporter and the tests see it."""
@@ -307,17 +309,24 @@ class OverviewRows:
     births: dict[str, int]
     deadletters_by_device: dict[str | None, int]
     latest: list[tuple[str, str, float]]
-    commands: list[tuple[str, str, str, str, float]]
+    commands: list[tuple[str, str, str, str, float, float, str, str, str]]
+    """(id, device_id, name, state, updated_at, created_at, detail, args JSON, result JSON), newest first."""
     alerts: list[tuple[float, str, str, str, str]]
     deadletter_events: list[tuple[float, str | None, str, str]]
     deadletters_total: int
     resets: dict[str, int]
-    """Resets (new incarnations) per device that had any."""
+    """Resets (new incarnations) per device that had any: how often its boot counter went backwards."""
     reset_events: list[tuple[float, str, int | None, int, int]]
     """(ts, device_id, old_boot, new_boot, incarnation), newest first."""
+    alert_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per device: (critical alerts, all alerts) received since the overview's ``alerts_since``."""
 
 
-def overview(conn: sqlite3.Connection, n_commands: int, n_events: int) -> OverviewRows:
+COMMAND_VIEW_COLUMNS = "id, device_id, name, state, updated_at, created_at, detail, args, result"
+ALERT_VIEW_COLUMNS = "received_at, device_id, severity, code, message"
+
+
+def overview(conn: sqlite3.Connection, n_commands: int, n_events: int, alerts_since: float = 0.0) -> OverviewRows:
     """The rows of one dashboard snapshot: small tables and indexed lookups only."""
     q = lambda sql, *p: conn.execute(sql, p).fetchall()  # noqa: E731
     return OverviewRows(
@@ -331,9 +340,9 @@ def overview(conn: sqlite3.Connection, n_commands: int, n_events: int) -> Overvi
         deadletters_by_device=dict(q("SELECT device_id, COUNT(*) FROM deadletters GROUP BY device_id")),
         latest=[(d, m, v) for d, m, v in q("SELECT device_id, metric, value FROM latest")],
         commands=[tuple(r) for r in q(  # type: ignore[misc]
-            "SELECT id, device_id, name, state, updated_at FROM commands ORDER BY updated_at DESC LIMIT ?", n_commands)],
+            f"SELECT {COMMAND_VIEW_COLUMNS} FROM commands ORDER BY updated_at DESC LIMIT ?", n_commands)],
         alerts=[tuple(r) for r in q(  # type: ignore[misc]
-            "SELECT received_at, device_id, severity, code, message FROM alerts ORDER BY id DESC LIMIT ?", n_events)],
+            f"SELECT {ALERT_VIEW_COLUMNS} FROM alerts ORDER BY id DESC LIMIT ?", n_events)],
         deadletter_events=[tuple(r) for r in q(  # type: ignore[misc]
             "SELECT received_at, device_id, reason, detail FROM deadletters ORDER BY id DESC LIMIT ?", n_events)],
         deadletters_total=int(q("SELECT COUNT(*) FROM deadletters")[0][0]),
@@ -341,4 +350,54 @@ def overview(conn: sqlite3.Connection, n_commands: int, n_events: int) -> Overvi
         reset_events=[tuple(r) for r in q(  # type: ignore[misc]
             "SELECT ts, device_id, old_boot, new_boot, incarnation FROM device_resets ORDER BY id DESC LIMIT ?",
             n_events)],
+        alert_counts={d: (int(c or 0), int(n)) for d, c, n in q(
+            "SELECT device_id, SUM(severity = 'critical'), COUNT(*) FROM alerts WHERE received_at >= ? GROUP BY device_id",
+            alerts_since)},
+    )
+
+
+# ---------------------------------------------------------------------- the dashboard's device screen
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDetailRows:
+    """Everything the device screen shows about one device, as read in one go."""
+
+    presence: tuple[float, str, int | None] | None
+    """(state since, reason, boot), None when the hub never heard of the device."""
+    history: list[tuple[str, int, float, float, float]]
+    """(metric, bucket number, mean, min, max) per metric and bucket since ``since``, in order."""
+    latest: dict[str, float]
+    presence_events: list[tuple[float, str, str, int | None]]
+    """(ts, state, reason, boot), newest first."""
+    commands: list[tuple[str, str, str, str, float, float, str, str, str]]
+    """As :attr:`OverviewRows.commands`, newest first."""
+    alerts: list[tuple[float, str, str, str, str]]
+    """As :attr:`OverviewRows.alerts`, newest first."""
+
+
+def device_detail(conn: sqlite3.Connection, device_id: str, since: float, bucket_s: float, limit: int) -> DeviceDetailRows:
+    """One device: metric history since ``since`` as per-``bucket_s`` mean/min/max (one range scan of the
+    (device_id, ts) index: an hour at 2 readings/s is a few thousand rows), its presence, and the newest
+    ``limit`` presence events, commands and alerts."""
+    q = lambda sql, *p: conn.execute(sql, p).fetchall()  # noqa: E731
+    bucket_s = max(bucket_s, 1e-3)
+    return DeviceDetailRows(
+        presence=conn.execute("SELECT state_since, state_reason, boot FROM devices WHERE device_id = ?",
+                              (device_id,)).fetchone(),
+        history=[tuple(r) for r in q(  # type: ignore[misc]
+            # straight from samples, series by series (a range scan of the clustered key), not the readings view
+            f"SELECT m.metric, CAST((s.ts / 1000.0 - ?) / ? AS INTEGER) AS b, AVG({_UNPACK}), MIN({_UNPACK}),"
+            f" MAX({_UNPACK}) FROM series r JOIN metric_keys m ON m.id = r.metric JOIN samples s ON s.series = r.id"
+            " WHERE r.device = (SELECT id FROM device_keys WHERE device_id = ?) AND s.ts >= ?"
+            " GROUP BY m.metric, b ORDER BY m.metric, b", since, bucket_s, device_id, round(since * 1000))],
+        latest=dict(q("SELECT metric, value FROM latest WHERE device_id = ?", device_id)),
+        presence_events=[tuple(r) for r in q(  # type: ignore[misc]
+            "SELECT ts, state, reason, boot FROM presence_events WHERE device_id = ? ORDER BY ts DESC, id DESC LIMIT ?",
+            device_id, limit)],
+        commands=[tuple(r) for r in q(  # type: ignore[misc]
+            f"SELECT {COMMAND_VIEW_COLUMNS} FROM commands WHERE device_id = ? ORDER BY created_at DESC LIMIT ?",
+            device_id, limit)],
+        alerts=[tuple(r) for r in q(  # type: ignore[misc]
+            f"SELECT {ALERT_VIEW_COLUMNS} FROM alerts WHERE device_id = ? ORDER BY id DESC LIMIT ?", device_id, limit)],
     )

@@ -21,6 +21,9 @@ Versions
     4   device contract v2: ``gaps.dropped_at``; ``deadletters.boot``/``seq`` (unique per device when
         set); ``devices.incarnation``/``boot_ts``; table ``device_resets``. Every ``boot`` column of
         the stream tables holds ``incarnation * 2**32 + boot`` (hub/incarnations.py).
+    5   firmware images, rollouts and each device's part in a rollout (``firmware_images``,
+        ``rollouts``, ``rollout_devices``; :mod:`hub.storage.firmware`): three new tables, nothing
+        else touched.
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -375,9 +378,57 @@ def _to_v4_contract(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(ddl)
 
 
+FIRMWARE_TABLES = (
+    """CREATE TABLE firmware_images (
+    id INTEGER PRIMARY KEY,
+    version TEXT NOT NULL,
+    model TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    data BLOB NOT NULL,
+    added_at REAL NOT NULL,
+    UNIQUE (version, model)
+)""",
+    """CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES firmware_images(id),
+    grp TEXT NOT NULL,
+    stages TEXT NOT NULL,
+    stage INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    max_failure_rate REAL NOT NULL,
+    max_concurrent INTEGER NOT NULL,
+    bandwidth REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)""",
+    """CREATE TABLE rollout_devices (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+    device_id TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    from_fw TEXT NOT NULL DEFAULT '',
+    progress INTEGER NOT NULL DEFAULT 0,
+    bytes_served INTEGER NOT NULL DEFAULT 0,
+    applying_boot INTEGER,
+    detail TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (rollout_id, device_id)
+) WITHOUT ROWID""",
+    "CREATE INDEX rollouts_state ON rollouts (state)",
+)
+
+
+def _to_v5(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 4 -> 5: firmware images and staged rollouts (issue 16): three new tables, nothing else touched."""
+    for ddl in FIRMWARE_TABLES:
+        conn.execute(ddl)
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract)
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)

@@ -61,6 +61,7 @@ def readings(folder: Path) -> int:
         conn.close()
 
 
+@pytest.mark.timeout(300)  # two full starts and stops of the stack: minutes on a busy machine
 def test_up_from_empty_folder_then_again_with_the_same_data(tmp_path):
     port = free_port()
     proc = start_up(tmp_path, port)
@@ -91,32 +92,70 @@ def test_up_from_empty_folder_then_again_with_the_same_data(tmp_path):
     assert [c["state"] for c in listed] == ["succeeded"]
 
 
+class Tmux:
+    """A real terminal of a given size running one command, read with capture-pane and driven with send-keys."""
+
+    def __init__(self, name: str, command: str, width: int = 80, height: int = 24) -> None:
+        self.name = name
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), command],
+                       check=True)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def wait(self, *texts: str, timeout: float = 30) -> str:
+        """Wait until every text is on the screen; returns the screen (fails the test with it otherwise)."""
+        assert wait_for(lambda: all(t in self.screen() for t in texts), timeout=timeout), self.screen()
+        return self.screen()
+
+    def alive(self) -> bool:
+        return subprocess.run(["tmux", "has-session", "-t", self.name], capture_output=True).returncode == 0
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
-def test_dashboard_under_tmux_shows_fleet_commands_and_hub_down(tmp_path):
+@pytest.mark.timeout(300)
+def test_dashboard_under_tmux_navigate_filter_drill_down_send_and_hub_down(tmp_path):
     port = free_port()
-    session = f"fleet-test-{port}"
     proc = start_up(tmp_path, port, devices=6)
+    term: Tmux | None = None
     try:
         assert wait_for(lambda: readings(tmp_path) > 10, timeout=40)
-        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24",
-                        f"cd {tmp_path} && {FLEET} dashboard"], check=True)
+        term = Tmux(f"fleet-test-{port}", f"cd {tmp_path} && {FLEET} dashboard --broker mqtt://127.0.0.1:{port}")
+        screen = term.wait("6 devices: 6 online, 0 offline", "hub up", "sim-00001", "Filter (/):")
+        assert all(len(r) <= 80 for r in screen.split("\n"))
 
-        def screen() -> str:
-            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
-
-        assert wait_for(lambda: "6 online" in screen() and "hub up" in screen(), timeout=15), screen()
-        assert "sim-00001" in screen()
+        # a command sent from another terminal appears with its state
         sent = run(tmp_path, "send", "sim-00004", "reboot", "--broker", f"mqtt://127.0.0.1:{port}")
         assert sent.returncode == 0, sent.stderr
-        assert wait_for(lambda: "sim-00004 reboot" in screen() and "succeeded" in screen(), timeout=15), screen()
-        subprocess.run(["tmux", "send-keys", "-t", session, "/", "0", "0", "0", "0", "5", "Enter"], check=True)
-        assert wait_for(lambda: "matching '00005'" in screen(), timeout=5), screen()
+        term.wait("sim-00004 reboot", "succeeded", timeout=60)
+
+        # the filter is on screen and narrows the table
+        term.keys("/", "0", "0", "0", "0", "5", "Enter")
+        term.wait("matching '00005'", "1 of 6 devices")
+
+        # Enter opens the device; c sends it a command; its state shows in the device view
+        term.keys("Enter")
+        term.wait("sim-00005  online since", "metrics", "recent commands", "presence")
+        term.keys("c")
+        term.wait("Send a command to sim-00005")
+        term.keys("p", "i", "n", "g", "Enter")
+        screen = term.wait(" ping ", "succeeded", timeout=60)
+        assert "Send a command" not in screen
+        term.keys("Escape")
+        term.wait("Filter (/):", "matching '00005'")
+
         assert stop(proc) == 0
-        assert wait_for(lambda: "hub DOWN" in screen(), timeout=15), screen()
-        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
-        assert wait_for(lambda: subprocess.run(["tmux", "has-session", "-t", session],
-                                               capture_output=True).returncode != 0, timeout=10)
+        term.wait("hub DOWN", timeout=60)
+        term.keys("q")
+        assert wait_for(lambda: not term.alive(), timeout=10), term.screen()
     finally:
         if proc.poll() is None:
             proc.kill()
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        if term is not None:
+            term.kill()

@@ -1,0 +1,102 @@
+"""``fleet firmware`` and ``fleet rollout`` through click, on a real database file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from rich.console import Console
+
+from broker.registry import Registry, Role
+from cli.firmware_cmd import render
+from cli.main import cli
+from hub.firmware import parse_bandwidth, parse_stages, rollout_status, stage_plan
+
+
+def run(db: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--db", str(db), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_add_and_list_an_image_with_its_size_and_sha256(tmp_path: Path) -> None:
+    db, fw = tmp_path / "fleet.db", tmp_path / "app.bin"
+    fw.write_bytes(b"\x7fELF" + bytes(1000))
+    code, _, err = run(db, "firmware", "add", str(fw), "--version", "1.5.0")
+    assert code == 0, err
+    code, out, _ = run(db, "firmware", "list")  # piped: JSON
+    assert code == 0
+    [row] = json.loads(out)
+    assert (row["version"], row["size"], row["sha256"]) == ("1.5.0", 1004, hashlib.sha256(fw.read_bytes()).hexdigest())
+    assert row["model"] == ""
+
+
+def test_bad_images_and_requests_get_one_line(tmp_path: Path) -> None:
+    db, fw, empty = tmp_path / "fleet.db", tmp_path / "app.bin", tmp_path / "empty.bin"
+    fw.write_bytes(b"x" * 100)
+    empty.write_bytes(b"")
+    assert run(db, "firmware", "add", str(fw), "--version", "1.0")[0] == 0
+    cases = [
+        (("firmware", "add", str(fw), "--version", "1.0"), "already stored"),
+        (("firmware", "add", str(empty), "--version", "2.0"), "is empty"),
+        (("firmware", "add", str(tmp_path / "nope.bin"), "--version", "2.0"), "cannot read"),
+        (("rollout", "start", "9.9", "--group", "g"), "no firmware '9.9'"),
+        (("rollout", "start", "1.0", "--group", "nobody"), "has no active devices"),
+        (("rollout", "start", "1.0", "--group", "g", "--stages", "50%,10%"), "rising percentages"),
+        (("rollout", "start", "1.0", "--group", "g", "--bandwidth", "fast"), "not a bandwidth"),
+        (("rollout", "pause"), "0 rollouts are running"),
+        (("rollout", "abort", "7"), "no rollout 7"),
+    ]
+    for args, message in cases:
+        code, out, err = run(db, *args)
+        assert code == 1 and message in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_rollout_is_started_paused_resumed_and_aborted_from_the_cli(tmp_path: Path) -> None:
+    db, fw = tmp_path / "fleet.db", tmp_path / "app.bin"
+    fw.write_bytes(b"y" * 5000)
+    registry = Registry(db)
+    for i in range(20):
+        registry.add(f"dev-{i}", Role.DEVICE, group="field")
+    assert run(db, "firmware", "add", str(fw), "--version", "2.0")[0] == 0
+    code, out, err = run(db, "rollout", "start", "2.0", "--group", "field", "--stages", "10%,50%,100%",
+                         "--max-failure-rate", "5%", "--max-concurrent", "4", "--bandwidth", "50kB/s")
+    assert code == 0, err
+    rid = int(out)
+    [status] = json.loads(run(db, "rollout", "status")[1])
+    assert status["state"] == "running" and status["stage_sizes"] == [2, 8, 10] and status["counts"] == {"pending": 20}
+    assert run(db, "rollout", "start", "2.0", "--group", "field")[0] == 1  # one active rollout per group
+    assert run(db, "rollout", "pause")[0] == 0
+    assert rollout_status(db, rid)[0].state == "paused"
+    assert run(db, "rollout", "resume", str(rid))[0] == 0
+    assert run(db, "rollout", "abort")[0] == 0
+    assert rollout_status(db, rid)[0].state == "aborted"
+    assert json.loads(run(db, "rollout", "status")[1]) == []
+    assert [s["id"] for s in json.loads(run(db, "rollout", "status", "--all")[1])] == [rid]
+
+
+def test_status_renders_progress_bars_per_stage(tmp_path: Path) -> None:
+    db, fw = tmp_path / "fleet.db", tmp_path / "app.bin"
+    fw.write_bytes(b"z" * 100)
+    registry = Registry(db)
+    for i in range(10):
+        registry.add(f"dev-{i}", Role.DEVICE, group="g")
+    assert run(db, "firmware", "add", str(fw), "--version", "3.0")[0] == 0
+    assert run(db, "rollout", "start", "3.0", "--group", "g", "--stages", "10%,100%")[0] == 0
+    console = Console(record=True, width=100, color_system=None)
+    console.print(render(rollout_status(db)))
+    text = console.export_text()
+    assert "rollout 1" in text and "3.0 -> group g" in text and "running" in text
+    assert "stage 1 (10%)" in text and "0/1 finished" in text and "stage 2 (100%)" in text and "0/9 finished" in text
+    assert "failure rate 0.0% (max 5%)" in text
+
+
+def test_parsers_and_stage_plan() -> None:
+    assert parse_stages("1%,10%,50%,100%") == (0.01, 0.1, 0.5, 1.0)
+    assert parse_bandwidth("50kB/s") == 50_000 and parse_bandwidth("1MiB/s") == 1024 * 1024
+    ids = [f"d{i}" for i in range(1000)]
+    plan = stage_plan(ids, (0.01, 0.1, 0.5, 1.0), "1.0")
+    assert [sum(1 for s in plan.values() if s == k) for k in range(4)] == [10, 90, 400, 500]
+    assert stage_plan(ids, (0.01, 1.0), "1.0") != stage_plan(ids, (0.01, 1.0), "2.0")  # canaries change per version
