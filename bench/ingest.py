@@ -1,37 +1,49 @@
-"""Ingest benchmark: broker delivery rate vs. the hub's persisted readings per second.
+"""Ingest benchmark: the broker's raw delivery rate vs. the rate the hub persists, same load.
 
-For each broker (the embedded amqtt one, and a Mosquitto this script starts on a free port):
+The load comes from compiled publishers, one process per device (8 devices), so the
+generator is faster than anything it measures:
 
-  (a) raw    the same publishers send QoS1 single-reading messages to a plain paho
-             subscriber that only counts (auto-ack): the broker's delivery rate
-  (b1) hub   ``fleet hub`` (a real subprocess) persists the same load: readings/s committed
-  (b2) hub   the same with batched messages of 20 readings
+* JSON payloads: ``mosquitto_pub -l -q 1 -M 1000`` reading pre-written lines from a file;
+* CBOR payloads: ``bench/mqtt_blast.c`` (compiled with ``cc`` at start), which reads
+  length-prefixed payloads. ``mosquitto_pub -l`` cannot send CBOR: it measures each line
+  with ``strlen()``, and every CBOR telemetry payload holds 0x00 bytes (the 64-bit ``ts``).
 
-Prints a progress line per second and a summary table; the hub's peak RSS is sampled.
-Not a test. Run:  .venv/bin/python bench/ingest.py [--messages 20000] [--brokers embedded,mosquitto]
+Each device logs in with its own registry secret (Mosquitto gets the password and ACL files
+from ``fleet broker export-acl``, anonymous access off, unlimited in-flight and queues).
+
+Phases, for each encoding: single-reading messages, 20-reading messages, and both again
+with every device's clock skewed by a day (the hub flags them). For each load:
+
+  raw  ``mosquitto_sub -C N -q 1`` (a C subscriber, hub role) counts N deliveries while the
+       publishers run, before the hub exists: the broker's delivery rate for this load.
+  hub  ``fleet hub`` (a real subprocess) persists the same load; the rate is readings
+       committed per second, read from the hub's own counters (``/metrics``).
+
+Prints a progress line per second and a table (raw msg/s, hub msg/s, ratio, readings/s,
+hub peak RSS, the 1-minute load average at the end of each phase). Not a test. Run:
+
+    .venv/bin/python bench/ingest.py [--messages 40000] [--brokers mosquitto,embedded] [--encodings json,cbor]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psutil
-from common import (  # also puts the project on sys.path
-    mqtt_client,
-    persisted_readings,
-    start_fleet,
-    start_mosquitto,
-    stop,
-)
+from common import start_fleet, start_mosquitto, stop  # also puts the project on sys.path
 
 from broker.background import BackgroundBroker  # noqa: E402
 from broker.config import BrokerSettings  # noqa: E402
@@ -41,200 +53,329 @@ from protocol.codec import encode  # noqa: E402
 from protocol.models import Reading, Telemetry  # noqa: E402
 from protocol.topics import MessageClass, topic_for  # noqa: E402
 
-PUBLISHERS = 4
-PHASE_TIMEOUT_S = 60.0
+HERE = Path(__file__).resolve().parent
+DEVICES = 8
+PHASE_TIMEOUT_S = 120.0
+SKEW_S = 86_400
+"""How far the skewed phases move every device's clock (the hub's threshold is 300 s)."""
+MARKER_TOPIC = topic_for("bench-marker", MessageClass.TELEMETRY)
+PHASES = (("1 reading/msg", 1, False), ("20 readings/msg", 20, False),
+          ("1 reading/msg, skewed", 1, True), ("20 readings/msg, skewed", 20, True))
 
 
 @dataclass
 class Result:
     broker: str
+    encoding: str
     phase: str
     messages: int
     readings: int
-    seconds: float
-    hub_rss_mb: float | None = None
+    raw_msg_per_s: float
+    hub_msg_per_s: float
+    readings_per_s: float
+    hub_rss_mb: float
+    hub_cpu_us_per_msg: float
+    """The hub's CPU time (user + system, all threads) per message: steadier than rates on a busy machine."""
+    skewed_counted: int
+    load_1m: float
 
     @property
-    def msg_rate(self) -> float:
-        return self.messages / self.seconds if self.seconds else 0.0
-
-    @property
-    def reading_rate(self) -> float:
-        return self.readings / self.seconds if self.seconds else 0.0
+    def ratio(self) -> float:
+        return self.hub_msg_per_s / self.raw_msg_per_s if self.raw_msg_per_s else 0.0
 
 
-def payloads(device: str, boot: int, count: int, per_msg: int) -> list[bytes]:
-    ts = int(time.time() * 1000)
-    return [encode(Telemetry(boot=boot, seq=s, ts=ts, readings=[Reading(dt=i, metric="temperature", value=20.0 + i)
-                                                               for i in range(per_msg)]), "cbor")
-            for s in range(1, count + 1)]
+@dataclass
+class Fleet:
+    """The broker and the logins of one run."""
+
+    name: str
+    port: int
+    db: Path
+    secrets: dict[str, str]
+    sub_secret: str
 
 
-def publish_all(pubs: list[tuple[str, mqtt.Client]], boot: int, total: int, per_msg: int) -> tuple[float, threading.Thread]:
-    """Pre-encode, then start publishing from every publisher; returns (start time, joiner thread)."""
-    each = total // len(pubs)
-    data = {dev: payloads(dev, boot, each, per_msg) for dev, _ in pubs}
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
-    def run(dev: str, c: mqtt.Client) -> None:
+
+def build_blaster(workdir: Path) -> Path:
+    exe = workdir / "mqtt_blast"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("bench/ingest.py: no C compiler (cc) to build bench/mqtt_blast.c; install gcc or "
+                         "run with --encodings json")
+    subprocess.run([cc, "-O2", "-o", str(exe), str(HERE / "mqtt_blast.c")], check=True)
+    return exe
+
+
+# ---------------------------------------------------------------------- load
+
+
+def write_load(workdir: Path, encoding: str, boot: int, per_device: int, per_msg: int, skewed: bool) -> dict[str, Path]:
+    """One payload file per device: JSON lines (mosquitto_pub -l) or length-prefixed CBOR (mqtt_blast)."""
+    ts = int((time.time() - (SKEW_S if skewed else 0)) * 1000)
+    files = {}
+    for i in range(DEVICES):
+        dev = f"bench-{i}"
+        path = workdir / f"{dev}.{encoding}"
+        with path.open("wb") as out:
+            for seq in range(1, per_device + 1):
+                msg = Telemetry(boot=boot, seq=seq, ts=ts + seq, readings=[
+                    Reading(dt=k, metric="temperature", value=20.0 + (seq + k) % 50 / 4) for k in range(per_msg)])
+                data = encode(msg, encoding)
+                out.write(data + b"\n" if encoding == "json" else struct.pack(">I", len(data)) + data)
+        files[dev] = path
+    return files
+
+
+def start_publishers(fleet: Fleet, files: dict[str, Path], encoding: str, blaster: Path | None) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for dev, path in files.items():
         topic = topic_for(dev, MessageClass.TELEMETRY)
-        infos = [c.publish(topic, p, qos=1) for p in data[dev]]
-        for info in infos:
-            info.wait_for_publish(PHASE_TIMEOUT_S)
+        if encoding == "json":
+            cmd = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(fleet.port), "-i", dev, "-u", dev,
+                   "-P", fleet.secrets[dev], "-t", topic, "-q", "1", "-M", "1000", "-l"]
+            procs.append(subprocess.Popen(cmd, stdin=path.open("rb"), stderr=subprocess.PIPE))
+        else:
+            assert blaster is not None
+            cmd = [str(blaster), "127.0.0.1", str(fleet.port), dev, dev, topic, str(path), "1000"]
+            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE,
+                                          env={**os.environ, "MQTT_BLAST_PASSWORD": fleet.secrets[dev]}))
+    return procs
 
-    threads = [threading.Thread(target=run, args=(dev, c), daemon=True) for dev, c in pubs]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
 
-    def join() -> None:
-        for t in threads:
-            t.join()
+def check_publishers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() not in (None, 0):
+            err = p.stderr.read().decode(errors="replace").strip() if p.stderr else ""
+            raise RuntimeError(f"load generator {p.args[0]} exited with {p.returncode}: {err}")
 
-    joiner = threading.Thread(target=join, daemon=True)
-    joiner.start()
-    return start, joiner
+
+def finish_publishers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        try:
+            p.wait(PHASE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    check_publishers(procs)
 
 
 def progress(label: str, done: int, total: int, start: float) -> None:
     el = time.perf_counter() - start
-    print(f"  {label:<28} {done:>8}/{total:<8} {el:6.1f} s  {done / el if el else 0:>9.0f}/s", file=sys.stderr)
+    log(f"  {label:<40} {done:>8}/{total:<8} {el:6.1f} s  {done / el if el else 0:>9.0f}/s  "
+        f"load {os.getloadavg()[0]:.2f}")
 
 
-def raw_phase(name: str, port: int, pubs: list[tuple[str, mqtt.Client]], sub_creds: tuple[str, str] | None,
-              total: int) -> Result:
-    count = 0
-    last = 0.0
-    lock = threading.Lock()
-
-    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
-        nonlocal count, last
-        with lock:
-            count += 1
-            last = time.perf_counter()
-
-    sub = mqtt_client(port, "bench-sub", sub_creds)
-    sub.on_message = on_message
-    sub.subscribe("d/+/t", qos=1)
-    time.sleep(0.3)
-    start, _ = publish_all(pubs, boot=1, total=total, per_msg=1)
-    next_print = start + 1
-    while count < total and time.perf_counter() - start < PHASE_TIMEOUT_S:
-        time.sleep(0.02)
-        if time.perf_counter() >= next_print:
-            next_print += 1
-            progress(f"{name} raw", count, total, start)
-    sub.disconnect()
-    sub.loop_stop()
-    return Result(name, "(a) raw delivery, 1 reading/msg", count, count, (last or time.perf_counter()) - start)
+# ---------------------------------------------------------------------- raw phase
 
 
-def hub_phase(name: str, label: str, db: Path, hub: psutil.Process, pubs: list[tuple[str, mqtt.Client]], boot: int,
-              total_msgs: int, per_msg: int) -> Result:
-    base = persisted_readings(db)
-    target = total_msgs * per_msg
-    peak = 0
-    start, _ = publish_all(pubs, boot=boot, total=total_msgs, per_msg=per_msg)
+def pub_cmd(fleet: Fleet, *args: str) -> list[str]:
+    return ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(fleet.port), "-i", "bench-sub-pub", "-u", "bench-sub",
+            "-P", fleet.sub_secret, *args]
+
+
+def raw_phase(fleet: Fleet, workdir: Path, files: dict[str, Path], encoding: str, blaster: Path | None,
+              total: int, label: str) -> float:
+    """Messages per second ``mosquitto_sub -C N`` receives while the publishers send ``files``."""
+    # A retained marker tells when the subscription is live: it is delivered right after SUBACK.
+    subprocess.run(pub_cmd(fleet, "-t", MARKER_TOPIC, "-r", "-q", "1", "-m", "marker"), check=True)
+    out = workdir / "raw-sub.out"
+    with out.open("wb") as fh:
+        sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.port), "-i", "bench-sub",
+                                "-u", "bench-sub", "-P", fleet.sub_secret, "-t", "d/+/t", "-q", "1",
+                                "-C", str(total + 1), "-F", "%t"], stdout=fh, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not out.read_bytes().startswith(MARKER_TOPIC.encode()):
+            if time.monotonic() > deadline or sub.poll() is not None:
+                raise RuntimeError("mosquitto_sub did not receive the marker within 10 s")
+            time.sleep(0.02)
+        start = time.perf_counter()
+        procs = start_publishers(fleet, files, encoding, blaster)
+        next_print = start + 1
+        while sub.poll() is None:
+            if time.perf_counter() - start > PHASE_TIMEOUT_S:
+                raise RuntimeError(f"raw phase: mosquitto_sub did not get {total} messages in {PHASE_TIMEOUT_S:.0f} s")
+            check_publishers(procs)
+            time.sleep(0.005)
+            if time.perf_counter() >= next_print:
+                next_print += 1
+                progress(f"{fleet.name} {encoding} raw {label}", out.stat().st_size // len("d/bench-0/t\n"),
+                         total, start)
+        seconds = time.perf_counter() - start
+        finish_publishers(procs)
+    finally:
+        stop(sub)
+        subprocess.run(pub_cmd(fleet, "-t", MARKER_TOPIC, "-r", "-q", "1", "-n"), check=True)
+    return total / seconds
+
+
+# ---------------------------------------------------------------------- hub phase
+
+
+def hub_counters(metrics_port: int) -> dict[str, float]:
+    """The hub's counters from its /metrics page (readings, skewed)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = dict(re.findall(r"^fleet_hub_(readings|skewed)_total (\S+)$", text, re.M))
+    return {k: float(v) for k, v in found.items()}
+
+
+def start_hub(fleet: Fleet, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    metrics_port = free_port()
+    proc = start_fleet(["--db", str(fleet.db), "hub", "--broker", f"mqtt://127.0.0.1:{fleet.port}", "--no-register",
+                        "--metrics-port", str(metrics_port)], workdir / f"hub-{fleet.name}.log",
+                       {"FLEET_LOG_FORMAT": "text", "FLEET_LOG_LEVEL": "INFO"})
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the hub exited with {proc.returncode}; see {workdir / f'hub-{fleet.name}.log'}")
+        try:
+            hub_counters(metrics_port)
+            return proc, metrics_port
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the hub did not serve /metrics within 30 s") from None
+            time.sleep(0.1)
+
+
+def hub_phase(fleet: Fleet, hub: psutil.Process, metrics_port: int, files: dict[str, Path], encoding: str,
+              blaster: Path | None, messages: int, per_msg: int, label: str) -> tuple[float, float, float, int]:
+    """(msg/s, peak RSS MB, CPU us per message, skewed messages counted) while the hub persists ``files``."""
+    base = hub_counters(metrics_port)
+    cpu0 = sum(hub.cpu_times()[:2])
+    target = messages * per_msg
+    peak = hub.memory_info().rss
+    start = time.perf_counter()
+    procs = start_publishers(fleet, files, encoding, blaster)
     next_print = start + 1
     done = 0
-    while done < target and time.perf_counter() - start < PHASE_TIMEOUT_S:
-        time.sleep(0.02)
-        done = persisted_readings(db) - base
+    now = hub_counters(metrics_port)
+    while done < target:
+        if time.perf_counter() - start > PHASE_TIMEOUT_S:
+            raise RuntimeError(f"hub phase: {done}/{target} readings persisted in {PHASE_TIMEOUT_S:.0f} s")
+        check_publishers(procs)
+        # each /metrics scrape costs the hub CPU: look rarely until the end is near
+        time.sleep(0.25 if done < 0.85 * target else 0.02)
+        now = hub_counters(metrics_port)
+        done = int(now["readings"] - base["readings"])
         peak = max(peak, hub.memory_info().rss)
         if time.perf_counter() >= next_print:
             next_print += 1
-            progress(f"{name} {label}", done, target, start)
-    end = time.perf_counter()
-    return Result(name, label, done // per_msg, done, end - start, peak / 2**20)
+            progress(f"{fleet.name} {encoding} hub {label}", done, target, start)
+    seconds = time.perf_counter() - start
+    cpu_us = (sum(hub.cpu_times()[:2]) - cpu0) * 1e6 / messages
+    finish_publishers(procs)
+    return messages / seconds, peak / 2**20, cpu_us, int(now.get("skewed", 0) - base.get("skewed", 0))
 
 
-def start_hub(db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    return start_fleet(["--db", str(db), "hub", "--broker", f"mqtt://127.0.0.1:{port}"], log,
-                       {"FLEET_LOG_FORMAT": "text"})
+# ---------------------------------------------------------------------- brokers
 
 
-def wait_hub_ready(db: Path, pubs: list[tuple[str, mqtt.Client]], proc: subprocess.Popen[bytes]) -> None:
-    """Send a probe (boot 9) until the hub stores it: then its session and subscriptions exist."""
-    deadline = time.monotonic() + 20
-    probe = payloads(pubs[0][0], 9, 1, 1)[0]
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the hub exited; see hub.log")
-        pubs[0][1].publish(topic_for(pubs[0][0], MessageClass.TELEMETRY), probe, qos=1).wait_for_publish(5)
-        t = time.monotonic() + 0.5
-        while time.monotonic() < t:
-            if persisted_readings(db) > 0:
-                return
-            time.sleep(0.05)
-    raise RuntimeError("the hub did not start storing within 20 s")
-
-
-def bench_broker(name: str, workdir: Path, messages: int) -> list[Result]:
+def make_fleet(name: str, workdir: Path) -> tuple[Fleet, object]:
+    """Registry with 8 devices, the hub and a raw subscriber (hub role); the broker guards logins with it."""
     db = workdir / f"{name}.db"
     registry = Registry(db)
-    device_ids = [f"bench-{i}" for i in range(PUBLISHERS)]
-    creds = {d: registry.add(d, Role.DEVICE) for d in device_ids}
+    secrets = {f"bench-{i}": registry.add(f"bench-{i}", Role.DEVICE) for i in range(DEVICES)}
     # load generators, not devices: the embedded broker's per-device quota would measure itself
     registry.set_quota(role_subject(Role.DEVICE), msgs_per_s=0, bytes_per_s=0)
     sub_secret = registry.add("bench-sub", Role.HUB)
-    background: BackgroundBroker | None = None
-    mosq: subprocess.Popen[bytes] | None = None
+    hub_secret = registry.add("hub", Role.HUB)
+    db.with_name(db.name + ".hub-secret").write_text(hub_secret + "\n")
     if name == "embedded":
         background = BackgroundBroker(BrokerSettings(port=free_port(), db=db)).start()
-        port = background.port
-        pubs = [(d, mqtt_client(port, d, (d, creds[d]))) for d in device_ids]
-        sub_creds: tuple[str, str] | None = ("bench-sub", sub_secret)
-    else:
-        port, mosq = start_mosquitto(workdir)
-        pubs = [(d, mqtt_client(port, d, None)) for d in device_ids]
-        sub_creds = None
+        return Fleet(name, background.port, db, secrets, sub_secret), background
+    kept = workdir / "kept.json"
+    kept.write_text(json.dumps(secrets | {"bench-sub": sub_secret}))
+    out = workdir / "mq"
+    subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "--db", str(db), "broker",
+                    "export-acl", "--out-dir", str(out), "--secrets", str(kept)], check=True, cwd=HERE.parent,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # `user root`: as root mosquitto drops to user "mosquitto" before reading the 0600 password file
+    port, proc = start_mosquitto(workdir, f"allow_anonymous false\nuser root\npassword_file {out / 'mosquitto.passwd'}\n"
+                                          f"acl_file {out / 'mosquitto.acl'}\n")
+    return Fleet(name, port, db, secrets, sub_secret), proc
+
+
+def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], blaster: Path | None,
+                 profile: Path | None = None, only: str = "") -> list[Result]:
+    fleet, broker = make_fleet(name, workdir)
+    log(f"[{name}] broker on port {fleet.port}")
+    loads = []  # (encoding, label, per_msg, skewed, messages per device, boot)
+    for e, encoding in enumerate(encodings):
+        for p, (label, per_msg, skewed) in enumerate(PHASES):
+            if only not in label:
+                continue
+            per_device = max(1, (messages if per_msg == 1 else messages // 4) // DEVICES)
+            loads.append((encoding, label, per_msg, skewed, per_device, 10 + e * 10 + p))
+    raw: dict[tuple[str, str], float] = {}
     results: list[Result] = []
     proc: subprocess.Popen[bytes] | None = None
+    spy: subprocess.Popen[bytes] | None = None
     try:
-        print(f"[{name}] broker on port {port}", file=sys.stderr)
-        results.append(raw_phase(name, port, pubs, sub_creds, messages))
-        proc = start_hub(db, port, workdir / f"hub-{name}.log")
-        wait_hub_ready(db, pubs, proc)
+        for encoding, label, per_msg, skewed, per_device, boot in loads:  # before the hub has a session
+            files = write_load(workdir, encoding, boot, per_device, per_msg, skewed)
+            raw[encoding, label] = raw_phase(fleet, workdir, files, encoding, blaster, per_device * DEVICES, label)
+        proc, metrics_port = start_hub(fleet, workdir)
         hub = psutil.Process(proc.pid)
-        results.append(hub_phase(name, "(b1) hub, 1 reading/msg", db, hub, pubs, 2, messages, 1))
-        results.append(hub_phase(name, "(b2) hub, 20 readings/msg", db, hub, pubs, 3, max(messages // 4, 1000), 20))
+        if profile is not None:  # py-spy needs root (ptrace); it samples every thread of the hub
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
+                                    "--rate", "250", "--format", "raw", "--threads", "--gil", "-o",
+                                    str(profile.with_name(f"{profile.name}-{name}.txt"))],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for encoding, label, per_msg, skewed, per_device, boot in loads:
+            files = write_load(workdir, encoding, boot, per_device, per_msg, skewed)
+            total = per_device * DEVICES
+            rate, rss, cpu_us, skew_count = hub_phase(fleet, hub, metrics_port, files, encoding, blaster, total, per_msg, label)
+            results.append(Result(name, encoding, label, total, total * per_msg, round(raw[encoding, label], 1),
+                                  round(rate, 1), round(rate * per_msg, 1), round(rss, 1), round(cpu_us, 1), skew_count,
+                                  os.getloadavg()[0]))
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         if proc is not None:
-            proc.terminate()
-            proc.wait(15)
-        for _, c in pubs:
-            c.disconnect()
-            c.loop_stop()
-        if background is not None:
-            background.stop()
-        stop(mosq)
+            stop(proc)
+        if isinstance(broker, BackgroundBroker):
+            broker.stop()
+        else:
+            stop(broker)  # type: ignore[arg-type]
+    hub_log = workdir / f"hub-{name}.log"  # read after the hub stopped: it logs the last skew summary then
+    skew_lines = [line.strip() for line in hub_log.open(errors="replace") if "skew" in line]
+    log(f"[{name}] hub log lines mentioning skew: {len(skew_lines)}" + "".join(f"\n    {x[:160]}" for x in skew_lines[:3]))
     return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--messages", type=int, default=20_000, help="single-reading messages per phase")
-    ap.add_argument("--brokers", default="embedded,mosquitto")
+    ap.add_argument("--messages", type=int, default=40_000,
+                    help="single-reading messages per phase (20-reading phases send a quarter as many)")
+    ap.add_argument("--brokers", default="mosquitto", help="mosquitto, embedded, or both comma-separated")
+    ap.add_argument("--encodings", default="json,cbor")
+    ap.add_argument("--phases", default="", help="only phases whose name holds this text (e.g. 'skewed')")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="record the hub with py-spy (raw collapsed stacks) to PROFILE-<broker>.txt")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of the figures (for run_all.py)")
     args = ap.parse_args()
+    encodings = args.encodings.split(",")
     results: list[Result] = []
+    log(f"uptime load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        blaster = build_blaster(Path(tmp)) if "cbor" in encodings else None
         for name in args.brokers.split(","):
-            results.extend(bench_broker(name, Path(tmp), args.messages))
-    print(f"\n{'broker':<10} {'phase':<34} {'messages':>9} {'readings':>9} {'seconds':>8} {'msg/s':>9} "
-          f"{'readings/s':>11} {'hub RSS MB':>11}")
+            results.extend(bench_broker(name, Path(tmp), args.messages, encodings, blaster, args.profile, args.phases))
+    print(f"\n{'broker':<10} {'enc':<5} {'phase':<24} {'messages':>9} {'raw msg/s':>10} {'hub msg/s':>10} "
+          f"{'hub/raw':>8} {'readings/s':>11} {'hub RSS MB':>11} {'CPU us/msg':>11} {'skewed':>8} {'load 1m':>8}")
     for r in results:
-        rss = f"{r.hub_rss_mb:.0f}" if r.hub_rss_mb is not None else "-"
-        print(f"{r.broker:<10} {r.phase:<34} {r.messages:>9} {r.readings:>9} {r.seconds:>8.2f} {r.msg_rate:>9.0f} "
-              f"{r.reading_rate:>11.0f} {rss:>11}")
-    by = {(r.broker, r.phase[:4]): r for r in results}
-    for broker in args.brokers.split(","):
-        raw, b1 = by.get((broker, "(a) ")), by.get((broker, "(b1)"))
-        if raw and b1 and raw.msg_rate:
-            print(f"{broker}: hub / raw (single-reading messages) = {b1.msg_rate / raw.msg_rate:.2f}")
+        print(f"{r.broker:<10} {r.encoding:<5} {r.phase:<24} {r.messages:>9} {r.raw_msg_per_s:>10.0f} "
+              f"{r.hub_msg_per_s:>10.0f} {r.ratio:>8.2f} {r.readings_per_s:>11.0f} {r.hub_rss_mb:>11.0f} "
+              f"{r.hub_cpu_us_per_msg:>11.1f} "
+              f"{r.skewed_counted:>8} {r.load_1m:>8.2f}")
+    print(f"uptime load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
-        print(json.dumps([{"broker": r.broker, "phase": r.phase, "messages": r.messages, "readings": r.readings,
-                           "seconds": round(r.seconds, 3), "msg_per_s": round(r.msg_rate, 1),
-                           "readings_per_s": round(r.reading_rate, 1), "hub_rss_mb": r.hub_rss_mb} for r in results]))
+        print(json.dumps([asdict(r) | {"hub_of_raw": round(r.ratio, 2)} for r in results]))
 
 
 if __name__ == "__main__":

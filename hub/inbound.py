@@ -2,15 +2,18 @@
 
 :func:`classify` turns one raw PUBLISH into an :class:`Accepted` message, a
 :class:`Rejected` one (a dead letter with its reason) or None (nothing to store, e.g. a
-cleared retained status). It never raises: bad input is data, not an error.
+cleared retained status). It never raises: bad input is data, not an error. The three are
+named tuples, not frozen dataclasses: one of each per message, and a frozen dataclass's
+``__init__`` sets every field through ``object.__setattr__``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from protocol.codec import decode
 from protocol.errors import ProtocolError, Reason
+from protocol.fastpath import TelemetryRows, decode_telemetry_rows
 from protocol.refused import sequence_of
 from protocol.models import Alert, CommandReply, Status, Telemetry
 from protocol.topics import MessageClass, parse_topic
@@ -18,8 +21,7 @@ from protocol.topics import MessageClass, parse_topic
 HUB_RECEIVES = (MessageClass.TELEMETRY, MessageClass.ALERT, MessageClass.STATUS, MessageClass.REPLY)
 
 
-@dataclass(slots=True, frozen=True)
-class Inbound:
+class Inbound(NamedTuple):
     """One PUBLISH as paho handed it over, plus when it arrived and on which connection."""
 
     topic: str
@@ -32,15 +34,14 @@ class Inbound:
     """Connection number: a message is acked only on the connection that delivered it."""
 
 
-@dataclass(slots=True, frozen=True)
-class Accepted:
+class Accepted(NamedTuple):
     device_id: str
     cls: MessageClass
-    message: Telemetry | Alert | Status | CommandReply
+    message: TelemetryRows | Alert | Status | CommandReply
+    """Telemetry arrives as plain rows (no pydantic model per reading: this is the hot path)."""
 
 
-@dataclass(slots=True, frozen=True)
-class Rejected:
+class Rejected(NamedTuple):
     device_id: str | None
     reason: Reason
     detail: str
@@ -61,14 +62,21 @@ def classify(msg: Inbound) -> Accepted | Rejected | None:
         return Rejected(None, exc.reason, exc.detail)
     if topic.cls not in HUB_RECEIVES:
         return Rejected(topic.device_id, Reason.BAD_TOPIC, f"the hub does not take {topic.cls.name.lower()} messages")
-    if topic.cls is MessageClass.STATUS and not msg.payload:
+    if topic.cls is MessageClass.TELEMETRY:
+        rows = decode_telemetry_rows(msg.payload)
+        if rows is not None:
+            return Accepted(topic.device_id, topic.cls, rows)
+    elif topic.cls is MessageClass.STATUS and not msg.payload:
         return None  # an empty retained payload clears the status: nothing to store
     try:
-        message = decode(topic.cls, msg.payload)
+        message = decode(topic.cls, msg.payload)  # the strict decoder: the verdict and its reason
     except ProtocolError as exc:
         if topic.cls in _SEQUENCED and exc.reason in _CONTENT_REASONS:
             place = sequence_of(msg.payload)
             if place is not None:
                 return Rejected(topic.device_id, exc.reason, exc.detail, *place)
         return Rejected(topic.device_id, exc.reason, exc.detail)
+    if isinstance(message, Telemetry):
+        message = TelemetryRows(message.boot, message.seq, message.ts,
+                                [(r.dt, r.metric, r.value) for r in message.readings], message.dropped)
     return Accepted(topic.device_id, topic.cls, message)  # type: ignore[arg-type]

@@ -25,8 +25,9 @@ from hub.config import HubSettings
 from hub.errors import HubError
 from hub.inbound import HUB_RECEIVES, Inbound
 from hub.metrics import COMMIT_BUCKETS, Buckets
+from hub.skew import SKEW_SUMMARY_S
 from hub.store import HubStore
-from hub.transport import low_latency
+from hub.transport import IngestClient, low_latency
 from hub.watermark_holds import WatermarkHolds
 from hub.writer import BatchResult, BatchWriter
 from protocol.codec import encode
@@ -64,14 +65,15 @@ class Ingest:
         self._store_ready = threading.Event()
         self._store_error: BaseException | None = None
         self._probe_topic = f"fleet/probe/{settings.mqtt_client_id}"
+        self._probe_topic_bytes = self._probe_topic.encode()
         self._probe_seen = threading.Event()
         self.client = self._make_client(password)
 
     # ------------------------------------------------------------------ paho side (network thread)
 
-    def _make_client(self, password: str | None) -> mqtt.Client:
+    def _make_client(self, password: str | None) -> IngestClient:
         s = self.settings
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=s.mqtt_client_id, clean_session=False,
+        client = IngestClient(mqtt.CallbackAPIVersion.VERSION2, client_id=s.mqtt_client_id, clean_session=False,
                              protocol=mqtt.MQTTv311, manual_ack=True)
         if s.username:
             client.username_pw_set(s.username, password)
@@ -83,6 +85,7 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.publish_sink = self._on_publish
         return client
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
@@ -110,15 +113,23 @@ class Ingest:
             log.warning("disconnected broker=%s reason=%s (paho reconnects)", self.settings.broker, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = message._topic.decode("utf-8", "replace")  # dead-lettered as bad_topic
-        if topic == self._probe_topic:
+        # what IngestClient's fast path does not cut out of its buffer arrives here
+        self._on_publish(message._topic, message.payload, message.mid, message.qos, bool(message.retain))
+
+    def _on_publish(self, topic_bytes: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
+        if topic_bytes == self._probe_topic_bytes:
             self._probe_seen.set()
             return
-        item = Inbound(topic, message.payload, message.mid, message.qos, bool(message.retain), time.time(),
-                       self.generation)
+        try:
+            topic = topic_bytes.decode()
+        except UnicodeDecodeError:
+            topic = topic_bytes.decode("utf-8", "replace")  # dead-lettered as bad_topic
+        item = Inbound(topic, payload, mid, qos, retain, time.time(), self.generation)
+        try:
+            self.queue.put_nowait(item)  # the common case, without put()'s timeout bookkeeping
+            return
+        except queue.Full:
+            pass
         # Block while the writer is behind: the broker holds what we do not read (never drop).
         while not self._stop.is_set():
             try:
@@ -143,6 +154,7 @@ class Ingest:
         next_presence = time.monotonic() + s.presence_check_s
         next_retention = time.monotonic() + 1.0
         retention_more = False
+        next_skew = time.monotonic() + SKEW_SUMMARY_S
         try:
             while not self._stop.is_set():
                 batch = self._collect(timeout=0.1)
@@ -154,6 +166,11 @@ class Ingest:
                     mark = result.watermarks.get(device_id)
                     log.info("watermark hold ended device_id=%s watermark=%s", device_id, mark.seq if mark else None)
                 now_m = time.monotonic()
+                if now_m >= next_skew:
+                    next_skew = now_m + SKEW_SUMMARY_S
+                    line = self.writer.skew.summary(SKEW_SUMMARY_S)
+                    if line:
+                        log.info("%s", line)
                 if now_m >= next_presence:
                     next_presence = now_m + s.presence_check_s
                     if s.worker_group:
@@ -167,6 +184,9 @@ class Ingest:
                     if deleted:
                         log.info("retention deleted=%s more=%s", deleted, retention_more)
         finally:
+            line = self.writer.skew.summary(time.monotonic() - next_skew + SKEW_SUMMARY_S)
+            if line:
+                log.info("%s", line)
             store.close()
 
     def _collect(self, timeout: float) -> list[Inbound]:
@@ -216,10 +236,8 @@ class Ingest:
             log.warning("database write works again after failures=%s size=%s", failures, len(batch))
             self.store_failing = None
         generation = self.generation
-        for msg in batch:
-            # a message from an older connection is redelivered on this one and acked then
-            if msg.qos > 0 and msg.generation == generation:
-                self.client.ack(msg.mid, msg.qos)
+        # a message from an older connection is redelivered on this one and acked then
+        self.client.ack_many([msg.mid for msg in batch if msg.qos == 1 and msg.generation == generation])
         self._publish_watermarks(result)
         for hook in self.hooks:
             try:

@@ -24,10 +24,12 @@ from hub.gaps import SeqTracker
 from hub.inbound import Accepted, Inbound, Rejected, classify
 from hub.incarnations import device_boot, incarnation_of, stream_boot
 from hub.presence import PresenceEvent, PresenceTracker
+from hub.skew import SkewTally
 from hub.store import HubStore
 from protocol.errors import Reason
+from protocol.fastpath import TelemetryRows
 from protocol.limits import LIMITS
-from protocol.models import Alert, CommandReply, Status, StatusState, Telemetry, Watermark
+from protocol.models import Alert, CommandReply, Status, StatusState, Watermark
 
 log = logging.getLogger("fleet.hub.writer")
 
@@ -85,6 +87,8 @@ class BatchWriter:
         self.store = store
         self.settings = settings
         self.stats = HubStats()
+        self.skew = SkewTally()
+        """Skewed messages since the last summary line (the ingest loop logs and resets it)."""
         self.presence = PresenceTracker(store, staleness_factor=settings.staleness_factor,
                                         staleness_min_s=settings.staleness_min_s)
         self._streams: dict[tuple[str, int], SeqTracker] = {}
@@ -113,6 +117,7 @@ class BatchWriter:
         dead: Counter[str] = Counter()
         readings: list[tuple[Any, ...]] = []
         latest: dict[tuple[str, str], tuple[str, str, float, float, float]] = {}
+        skew = SkewTally()
         with self.store.transaction():
             for msg, verdict in zip(batch, verdicts):
                 if verdict is None:
@@ -125,7 +130,7 @@ class BatchWriter:
                     if self._dead_letter(msg, verdict, active, touched, counts):
                         dead[verdict.reason.value] += 1
                     continue
-                self._accept(msg, verdict, result, touched, births, counts, readings, latest)
+                self._accept(msg, verdict, result, touched, births, counts, readings, latest, skew)
             if readings:
                 self.store.insert_readings(readings)
                 self.store.upsert_latest(latest.values())
@@ -140,6 +145,7 @@ class BatchWriter:
         self.stats.duplicates += counts["duplicate"]
         self.stats.gaps += counts["gap"]
         self.stats.skewed += counts["skewed"]
+        self.skew.merge(skew)
         self.stats.dropped += counts["dropped"]
         self.stats.resets += counts["reset"]
         self.stats.deadletters_sequenced += counts["deadletter_seq"]
@@ -197,9 +203,9 @@ class BatchWriter:
 
     def _accept(self, msg: Inbound, verdict: Accepted, result: BatchResult, touched: dict[str, tuple[int, SeqTracker]],
                 births: list[str], counts: Counter[str], readings: list[tuple[Any, ...]],
-                latest: dict[tuple[str, str], tuple[str, str, float, float, float]]) -> None:
+                latest: dict[tuple[str, str], tuple[str, str, float, float, float]], skew: SkewTally) -> None:
         device_id, message, now = verdict.device_id, verdict.message, msg.received_at
-        if not isinstance(message, (Telemetry, Alert)):
+        if not isinstance(message, (TelemetryRows, Alert)):
             counts["persisted:" + verdict.cls.value] += 1
         if isinstance(message, Status):
             outcome = self.presence.on_status(device_id, message, now)
@@ -223,10 +229,10 @@ class BatchWriter:
             self.store.insert_reply(device_id, message.id, message.state.value, message.detail, dict(message.result), now)
             result.replies.append((device_id, message))
             return
-        assert isinstance(message, (Telemetry, Alert))
+        assert isinstance(message, (TelemetryRows, Alert))
         key = stream_boot(self.presence.incarnation(device_id), message.boot)
         base, skewed = self._wall_clock(device_id, message, now)
-        kind = "t" if isinstance(message, Telemetry) else "a"
+        kind = "t" if isinstance(message, TelemetryRows) else "a"
         if not self.store.insert_message(device_id, key, message.seq, kind, base, now, skewed):
             counts["duplicate"] += 1
             log.debug("duplicate device_id=%s boot=%s seq=%s mid=%s", device_id, message.boot, message.seq, msg.mid)
@@ -235,9 +241,9 @@ class BatchWriter:
             return
         counts["stored"] += 1
         counts["persisted:" + kind] += 1
-        if skewed:
+        if skewed:  # counted, and summarized by the ingest loop: never a log line per message
             counts["skewed"] += 1
-            log.info("clock skew device_id=%s seq=%s device_ts=%s hub_ts=%.3f", device_id, message.seq, message.ts, now)
+            skew.add(device_id, base / 1000.0 - now)
         self._track(device_id, key, message.seq, now, touched, counts)
         if message.dropped:
             self._drop(device_id, key, message.dropped, now, touched, counts)
@@ -245,14 +251,17 @@ class BatchWriter:
             self.store.insert_alert(device_id, key, message.seq, base / 1000.0, message.code,
                                     message.severity.value, message.message, now)
             return
-        for idx, r in enumerate(message.readings):
-            ts = (base + r.dt) / 1000.0
-            readings.append((device_id, key, message.seq, idx, r.metric, r.value, ts, now, int(skewed)))
-            prev = latest.get((device_id, r.metric))
+        seq, flag = message.seq, int(skewed)
+        append = readings.append
+        for idx, (dt, metric, value) in enumerate(message.readings):
+            ts = (base + dt) / 1000.0
+            append((device_id, key, seq, idx, metric, value, ts, now, flag))
+            latest_key = (device_id, metric)
+            prev = latest.get(latest_key)
             if prev is None or ts >= prev[2]:
-                latest[(device_id, r.metric)] = (device_id, r.metric, ts, r.value, now)
+                latest[latest_key] = (device_id, metric, ts, value, now)
 
-    def _wall_clock(self, device_id: str, message: Telemetry | Alert, now: float) -> tuple[int, bool]:
+    def _wall_clock(self, device_id: str, message: TelemetryRows | Alert, now: float) -> tuple[int, bool]:
         """The message's time in ms since the epoch (uptime stamps turned into wall-clock time when the
         boot's ``boot_ts`` is known), and whether it is skewed (firmware_protocol.md 4.4)."""
         ts = message.ts

@@ -64,6 +64,8 @@ def test_disk_full_stops_acks_and_resumes_without_loss(tmp_path: Path, db_path: 
         assert wait_for(lambda: metric(mport, "fleet_hub_store_failing") == 0, 10), hub.log()
         assert any("database write works again" in line for line in hub.lines)
         assert wait_for(lambda: stored_count(db_path) >= frozen + DEVICES * 40, 20), hub.log()
+        # enough traffic for the audit below to mean something, however fast the hub caught up
+        assert wait_for(lambda: stored_count(db_path) > DEVICES * 60, 30), hub.log()
         assert hub.proc.poll() is None
     finally:
         result, summary = finish(sim, ledger, db_path, time.time())
