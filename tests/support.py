@@ -15,6 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from broker.background import BackgroundBroker
 from broker.registry import Registry, Role
 from broker.server import free_port
 
@@ -159,3 +160,11 @@ class HubProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def broker_counters(broker: BackgroundBroker) -> dict[str, float]:
+    """The embedded broker's guard counters (denials, quotas, throttled logins), read on its own loop."""
+    async def read() -> dict[str, float]:
+        assert broker.broker is not None
+        return broker.broker.counters()
+    return broker.call(read)  # type: ignore[no-any-return]

@@ -19,7 +19,7 @@ from broker.server import free_port
 from cli.main import cli
 from hub.config import HubSettings, hub_password
 from raw_mqtt import raw_connect  # tests/broker/raw_mqtt.py (see conftest.py)
-from support import add_device, connect, wait_for
+from support import add_device, broker_counters, connect, wait_for
 
 ATTACKERS = 8
 ATTACK_S = 4.0
@@ -138,14 +138,6 @@ def subscribe_codes(client: mqtt.Client, filters: list[str]) -> list[int]:
 
 FOREIGN_FILTERS = ["#", "+/+/+", "d/#", "d/+/t", "d/+/s", "d/bob/#", "d/bob/t", "d/bob/s", "d/bob/w", "d/bob/c",
                    "d/bob/r", "$SYS/#", "d/alice/#", "d/alice/+"]
-
-
-def broker_counters(broker: BackgroundBroker) -> dict[str, float]:
-    """The embedded broker's guard counters, read on its own loop."""
-    async def read() -> dict[str, float]:
-        assert broker.broker is not None
-        return broker.broker.counters()
-    return broker.call(read)  # type: ignore[no-any-return]
 
 
 def test_device_cannot_read_or_write_another_devices_topics(embedded_broker: BackgroundBroker,
