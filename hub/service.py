@@ -16,6 +16,7 @@ from hub.adoption import Adopter
 from hub.command_service import CommandService
 from hub.commands import CommandSettings
 from hub.config import HubSettings, hub_password
+from hub.device_config_service import ConfigService
 from hub.firmware_service import FirmwareService
 from hub.heartbeat import Heartbeat
 from hub.ingest import BatchHook, Ingest
@@ -35,6 +36,7 @@ class Hub:
         self.command_settings = command_settings
         self.rollout_settings = rollout_settings
         self.firmware: FirmwareService | None = None
+        self.config: ConfigService | None = None
         self.ingest: Ingest | None = None
         self.commands: CommandService | None = None
         self._heartbeat: Heartbeat | None = None
@@ -71,6 +73,10 @@ class Hub:
         else:
             self.firmware = FirmwareService(s, password, self.rollout_settings)
             self.firmware.start(timeout)
+            commands = self.commands
+            # device configuration (firmware_protocol.md 13): one sender per fleet, like rollouts
+            self.config = ConfigService(s, password, lambda device_id, name: commands.submit(device_id, name))
+            self.config.start(timeout)
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
             **ingest.gauges(), "store_failing": ingest.store_failing, "worker_group": s.worker_group},
             ingest.connected.is_set)
@@ -115,6 +121,9 @@ class Hub:
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+        if self.config is not None:
+            self.config.stop()
+            self.config = None
         if self.firmware is not None:
             self.firmware.stop()
             self.firmware = None
