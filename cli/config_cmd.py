@@ -7,9 +7,9 @@ from typing import Any
 import click
 
 from cli.database import existing_database
+from cli.send_cmd import parse_args
 from cli.output import emit, fmt_time, json_option, safe, stderr
 from hub.device_config import ConfigError, out_of_sync, resolve_targets, set_config, show_config
-from protocol.config import parse_assignment
 
 
 def _brief(values: dict[str, Any]) -> str:
@@ -42,16 +42,13 @@ def set_(obj: dict, target: str | None, assignments: tuple[str, ...], group: str
          fmt: str) -> None:
     """Set KEY=VALUE ... on DEVICE (or --group G, or --all); the hub sends each device only what it lacks.
 
-    VALUE is read as JSON when it parses (30, 2.5, true, "text"), else as text. A value that does not fit
+    VALUE is an integer, a number or true/false when it reads as one, else text (as `fleet send --arg`). A value that does not fit
     a described device's config keys is refused before anything is stored.
     """
     if (group or everything) and target is not None:
         assignments = (target, *assignments)  # with --group/--all the first word is an assignment
         target = None
-    try:
-        values = dict(parse_assignment(a) for a in assignments)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    values = parse_args(assignments)
     db = existing_database(obj["db"])
     devices = resolve_targets(db, target, group, everything)
     versions = set_config(db, devices, values)

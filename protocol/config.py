@@ -21,7 +21,6 @@ inclusive range ``LOW..HIGH`` (``int 1..86400``). A metric spec is ``UNIT LOW..H
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -249,20 +248,6 @@ def config_error(description: Description, key: str, value: Any) -> str | None:
 def description_hash(payload: bytes) -> str:
     """The hash a birth names for the description whose payload is ``payload`` (the exact bytes sent)."""
     return hashlib.sha256(payload).hexdigest()[:DESC_HASH_LEN]
-
-
-def parse_assignment(text: str) -> tuple[str, ArgValue]:
-    """``key=value`` from an operator: value as JSON when it parses (30, 2.5, true, "x"), else as text."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"{text!r} is not key=value")
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    if not isinstance(value, str | bool | int | float) or (isinstance(value, float) and not math.isfinite(value)):
-        value = raw
-    return key, value
 
 
 CONFIG_MODELS: dict[MessageClass, type[WireModel]] = {
