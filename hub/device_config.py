@@ -118,7 +118,7 @@ def set_config(db: str | Path, device_ids: Sequence[str], values: dict[str, Any]
         conn.close()
 
 
-def _view(dev: DeviceConfigRow) -> dict[str, Any]:
+def _view(dev: DeviceConfigRow, flags: list[tuple[str, str, int, float, float]] | None = None) -> dict[str, Any]:
     todo = pending(dev)
     keys = []
     for name, k in dev.keys.items():
@@ -130,19 +130,22 @@ def _view(dev: DeviceConfigRow) -> dict[str, Any]:
             "reported_at": dev.reported_at, "sent_version": dev.sent_version, "in_sync": not todo,
             "pending": todo, "refused": {n: k.refused_reason for n, k in dev.keys.items()
                                          if k.refused_reason is not None},
-            "description": dev.desc_hash, "keys": keys}
+            "description": dev.desc_hash, "keys": keys,
+            "out_of_declared_range": [{"metric": m, "count": n, "last_value": v, "last_at": t}
+                                      for _, m, n, v, t in flags or []]}
 
 
 def show_config(db: str | Path, device_id: str) -> dict[str, Any]:
     """Desired, reported, pending difference, version and when applied, for one device."""
     with reading(db) as conn:
         dev = ConfigStore(conn).get(device_id)
+        flags = ConfigStore(conn).range_flags(device_id)
         known = PrincipalStore(conn).get(device_id)
     if dev is None:
         if known is None:
             raise ConfigError(f"unknown device {device_id!r} (see fleet devices list)")
         dev = DeviceConfigRow(device_id)
-    return _view(dev)
+    return _view(dev, flags)
 
 
 def out_of_sync(db: str | Path) -> list[dict[str, Any]]:

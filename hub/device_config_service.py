@@ -35,6 +35,7 @@ from hub.device_config import key_name, parse_description, plan
 from hub.errors import HubError
 from hub.storage import ConfigStore, StorageError, open_database
 from hub.transport import low_latency
+from hub.writer import BatchResult
 from protocol.codec import decode, encode
 from protocol.config import ConfigReport, Description, description_hash
 from protocol.errors import FleetError, ProtocolError
@@ -48,6 +49,13 @@ HUB_CONFIG_RECEIVES = (MessageClass.STATUS, MessageClass.CONFIG_REPORT, MessageC
 
 Submit = Callable[[str, str], Any]
 """(device_id, command name) -> anything: creates a command through the command bridge."""
+
+
+@dataclass(frozen=True, slots=True)
+class RangeFlags:
+    """Readings outside a declared range in one committed batch: (device, metric) -> (count, last value, last time)."""
+
+    flags: dict[tuple[str, str], tuple[int, float, float]]
 
 
 @dataclass(slots=True)
@@ -71,8 +79,10 @@ class ConfigService:
         self.describe_after_s = describe_after_s
         self.links: dict[str, Link] = {}
         self.counters: dict[str, int] = {"sent": 0, "reports": 0, "stale_reports": 0, "descriptions": 0,
-                                         "bad_messages": 0, "describe_requests": 0}
-        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+                                         "bad_messages": 0, "describe_requests": 0, "out_of_declared_range": 0}
+        self._inbox: queue.Queue[tuple[str, bytes, bool] | RangeFlags] = queue.Queue()
+        self._ranges: dict[str, dict[str, tuple[float, float]]] = {}
+        """Device -> metric -> declared (low, high); replaced whole by the owner thread, read by the writer's hook."""
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,7 +147,9 @@ class ConfigService:
                     item = self._inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
                 except queue.Empty:
                     item = None
-                if item is not None:
+                if isinstance(item, RangeFlags):
+                    self._store_flags(store, item)
+                elif item is not None:
                     self._handle(store, *item)
                 if time.monotonic() >= next_tick:
                     self._tick(store)
@@ -165,6 +177,44 @@ class ConfigService:
         except StorageError as exc:
             log.warning("config message not stored device_id=%s error=%s", t.device_id, exc)
 
+    # ------------------------------------------------------------------ declared ranges
+
+    def on_batch(self, result: BatchResult) -> None:
+        """Ingest hook (the writer's thread, after the commit): count readings outside a declared range.
+
+        The readings are stored like any other; only devices with a description cost more than a dict lookup.
+        """
+        ranges = self._ranges
+        if not ranges:
+            return
+        flags: dict[tuple[str, str], tuple[int, float, float]] = {}
+        for device_id, rows in result.telemetry:
+            declared = ranges.get(device_id)
+            if declared is None:
+                continue
+            for dt, metric, value in rows.readings:
+                bounds = declared.get(metric)
+                if bounds is not None and not bounds[0] <= value <= bounds[1]:
+                    n = flags.get((device_id, metric), (0, 0.0, 0.0))[0]
+                    flags[(device_id, metric)] = (n + 1, value, (rows.ts + dt) / 1000.0)
+        if flags:
+            self._inbox.put(RangeFlags(flags))
+
+    def _store_flags(self, store: ConfigStore, item: RangeFlags) -> None:
+        self.counters["out_of_declared_range"] += sum(n for n, _, _ in item.flags.values())
+        try:
+            store.add_range_flags(item.flags)
+        except StorageError as exc:
+            log.warning("range flags not stored error=%s", exc)
+
+    def _declare(self, device_id: str, description: Description | None) -> None:
+        ranges = dict(self._ranges)  # copy on write: the writer's hook reads the old one meanwhile
+        if description is None or not description.metrics:
+            ranges.pop(device_id, None)
+        else:
+            ranges[device_id] = {m: (lo, hi) for m, (_, lo, hi) in description.metric_ranges().items()}
+        self._ranges = ranges
+
     def _description(self, store: ConfigStore, desc_hash: str) -> Description | None:
         if not desc_hash:
             return None
@@ -182,7 +232,9 @@ class ConfigService:
         if store.record_birth(device_id, status.desc, status.cfg):
             log.info("device lost its configuration device_id=%s cfg=%s: sending everything desired", device_id,
                      status.cfg)
-        if status.desc and self._description(store, status.desc) is None and "describe" in status.caps:
+        description = self._description(store, status.desc)
+        self._declare(device_id, description)
+        if status.desc and description is None and "describe" in status.caps:
             link.describe_at = time.monotonic() + self.describe_after_s
         self._send(store, device_id, birth=True)
 
@@ -216,6 +268,7 @@ class ConfigService:
         link = self.links.get(device_id)
         if link is not None and link.desc == h:
             link.describe_at = None
+            self._declare(device_id, description)
 
     def _tick(self, store: ConfigStore) -> None:
         for device_id in store.unsent():

@@ -77,6 +77,7 @@ class Hub:
             # device configuration (firmware_protocol.md 13): one sender per fleet, like rollouts
             self.config = ConfigService(s, password, lambda device_id, name: commands.submit(device_id, name))
             self.config.start(timeout)
+            ingest.hooks.append(self.config.on_batch)  # readings outside a device's declared range are flagged
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
             **ingest.gauges(), "store_failing": ingest.store_failing, "worker_group": s.worker_group},
             ingest.connected.is_set)

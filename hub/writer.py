@@ -78,6 +78,8 @@ class BatchResult:
     """The form (json or cbor) each device of ``watermarks`` asked for in its latest birth."""
     replies: list[tuple[str, CommandReply]] = field(default_factory=list)
     presence: list[PresenceEvent] = field(default_factory=list)
+    telemetry: list[tuple[str, TelemetryRows]] = field(default_factory=list)
+    """Telemetry stored by this batch (not duplicates), for hooks that look at values (declared ranges)."""
 
 
 class BatchWriter:
@@ -251,6 +253,7 @@ class BatchWriter:
             self.store.insert_alert(device_id, key, message.seq, base / 1000.0, message.code,
                                     message.severity.value, message.message, now)
             return
+        result.telemetry.append((device_id, message))
         seq, flag = message.seq, int(skewed)
         append = readings.append
         for idx, (dt, metric, value) in enumerate(message.readings):
