@@ -32,22 +32,20 @@ def config_group(ctx: click.Context, fmt: str) -> None:
 
 
 @config_group.command("set")
-@click.argument("target", required=False)
-@click.argument("assignments", nargs=-1, required=True)
+@click.argument("words", nargs=-1, required=True, metavar="[DEVICE] KEY=VALUE...")
 @click.option("--group", "group", default=None, help="Every active device of this registry group.")
 @click.option("--all", "everything", is_flag=True, help="Every active device.")
 @json_option
 @click.pass_obj
-def set_(obj: dict, target: str | None, assignments: tuple[str, ...], group: str | None, everything: bool,
-         fmt: str) -> None:
+def set_(obj: dict, words: tuple[str, ...], group: str | None, everything: bool, fmt: str) -> None:
     """Set KEY=VALUE ... on DEVICE (or --group G, or --all); the hub sends each device only what it lacks.
 
-    VALUE is an integer, a number or true/false when it reads as one, else text (as `fleet send --arg`). A value that does not fit
-    a described device's config keys is refused before anything is stored.
+    VALUE is an integer, a number or true/false when it reads as one, else text (as `fleet send --arg`). A value
+    that does not fit a described device's config keys is refused before anything is stored.
     """
-    if (group or everything) and target is not None:
-        assignments = (target, *assignments)  # with --group/--all the first word is an assignment
-        target = None
+    target, assignments = (None, words) if group or everything else (words[0], words[1:])
+    if not assignments:
+        raise click.UsageError("give at least one KEY=VALUE")
     values = parse_args(assignments)
     db = existing_database(obj["db"])
     devices = resolve_targets(db, target, group, everything)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from hub.storage import ConfigStore, DeviceConfigRow, KeyRow, PrincipalStore, Role, open_database, reading
 from protocol.config import ConfigSet, Description, command_error, config_error
 from protocol.errors import FleetError
@@ -110,6 +112,10 @@ def set_config(db: str | Path, device_ids: Sequence[str], values: dict[str, Any]
     returns each device's new version. The running hub sends the change within a second."""
     if not values:
         raise ConfigError("give at least one key=value")
+    try:  # what the wire takes: key names of 1..32 chars, at most 32 keys, text up to 256 chars, finite numbers
+        ConfigSet(version=1, set=[x for kv in values.items() for x in kv])
+    except ValidationError as exc:
+        raise ConfigError(f"cannot be sent to a device: {exc.errors(include_url=False)[0]['msg']}; nothing was changed") from None
     conn = open_database(db)
     try:
         check_against_description(conn, device_ids, values)

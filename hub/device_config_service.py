@@ -260,7 +260,8 @@ class ConfigService:
 
     def _on_description(self, store: ConfigStore, device_id: str, description: Description, payload: bytes) -> None:
         h = description_hash(payload)
-        if store.save_description(h, description.model_dump_json(), device_id, time.time()):
+        known = self._description(store, h) is not None  # a read: a hub start receives every retained description
+        if not known and store.save_description(h, description.model_dump_json(), device_id, time.time()):
             self.counters["descriptions"] += 1
             log.info("description stored device_id=%s hash=%s metrics=%d commands=%d config=%d", device_id, h,
                      len(description.metrics), len(description.commands), len(description.config) // 2)
@@ -301,4 +302,5 @@ class ConfigService:
             self.counters["sent"] += 1
             log.info("config sent device_id=%s version=%s keys=%d on=%s", device_id, message.version,
                      len(message.set) // 2, "birth" if birth else "change")
-        store.record_sent(device_id, dev.version, time.time())
+        if dev.sent_version < dev.version:
+            store.record_sent(device_id, dev.version, time.time())

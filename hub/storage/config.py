@@ -118,12 +118,17 @@ class ConfigStore:
 
     def record_birth(self, device_id: str, desc_hash: str, cfg: int) -> bool:
         """Note a birth's description hash and config version; True when the device lost its configuration
-        (its ``cfg`` is below what it reported before: a factory reset), which forgets what it reported."""
+        (its ``cfg`` is below what it reported before: a factory reset), which forgets what it reported.
+        Writes nothing when the birth says what the last one said (a fleet's births at a hub start)."""
+        row = self.conn.execute("SELECT reported_version, desc_hash, birth_cfg FROM config_devices WHERE device_id = ?",
+                                [device_id]).fetchone()
+        if row is None and not desc_hash and not cfg:
+            return False  # never configured, not described: nothing to remember
+        lost = row is not None and cfg < int(row[0])
+        if row is not None and not lost and (row[1], int(row[2])) == (desc_hash, cfg):
+            return False
         with transaction(self.conn):
             self.conn.execute("INSERT OR IGNORE INTO config_devices (device_id) VALUES (?)", [device_id])
-            row = self.conn.execute("SELECT reported_version FROM config_devices WHERE device_id = ?",
-                                    [device_id]).fetchone()
-            lost = cfg < int(row[0])
             self.conn.execute("UPDATE config_devices SET desc_hash = ?, birth_cfg = ? WHERE device_id = ?",
                               [desc_hash, cfg, device_id])
             if lost:
