@@ -64,6 +64,10 @@ class ConfigStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
+    def _ensure(self, device_id: str) -> None:
+        self.conn.execute("INSERT INTO config_devices (device_id) VALUES (?) ON CONFLICT (device_id) DO NOTHING",
+                          [device_id])
+
     # ------------------------------------------------------------ desired
 
     def set_desired(self, device_ids: Iterable[str], values: dict[str, Any], now: float) -> dict[str, int]:
@@ -71,7 +75,7 @@ class ConfigStore:
         out: dict[str, int] = {}
         with transaction(self.conn):
             for device_id in device_ids:
-                self.conn.execute("INSERT OR IGNORE INTO config_devices (device_id) VALUES (?)", [device_id])
+                self._ensure(device_id)
                 self.conn.execute("UPDATE config_devices SET version = version + 1 WHERE device_id = ?", [device_id])
                 version = int(self.conn.execute("SELECT version FROM config_devices WHERE device_id = ?",
                                                 [device_id]).fetchone()[0])
@@ -128,7 +132,7 @@ class ConfigStore:
         if row is not None and not lost and (row[1], int(row[2])) == (desc_hash, cfg):
             return False
         with transaction(self.conn):
-            self.conn.execute("INSERT OR IGNORE INTO config_devices (device_id) VALUES (?)", [device_id])
+            self._ensure(device_id)
             self.conn.execute("UPDATE config_devices SET desc_hash = ?, birth_cfg = ? WHERE device_id = ?",
                               [desc_hash, cfg, device_id])
             if lost:
@@ -142,7 +146,7 @@ class ConfigStore:
                       now: float) -> bool:
         """Store a device's report; False (nothing stored) when it is older than the last one stored."""
         with transaction(self.conn):
-            self.conn.execute("INSERT OR IGNORE INTO config_devices (device_id) VALUES (?)", [device_id])
+            self._ensure(device_id)
             last = int(self.conn.execute("SELECT reported_version FROM config_devices WHERE device_id = ?",
                                          [device_id]).fetchone()[0])
             if version < last:
@@ -172,8 +176,8 @@ class ConfigStore:
     def save_description(self, desc_hash: str, body: str, device_id: str, now: float) -> bool:
         """Keep a description body under its hash; False when it was already there."""
         with transaction(self.conn):
-            cur = self.conn.execute("INSERT OR IGNORE INTO descriptions (hash, body, device_id, received_at)"
-                                    " VALUES (?, ?, ?, ?)", [desc_hash, body, device_id, now])
+            cur = self.conn.execute("INSERT INTO descriptions (hash, body, device_id, received_at)"
+                                    " VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING", [desc_hash, body, device_id, now])
         return cur.rowcount > 0
 
     def description_body(self, desc_hash: str) -> str | None:
