@@ -63,8 +63,6 @@ class Link:
     online: bool
     encoding: str = "json"
     desc: str = ""
-    describe_at: float | None = None
-    """When to ask for the description (monotonic), if it is still unknown then."""
 
 
 class ConfigService:
@@ -88,6 +86,8 @@ class ConfigService:
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self._descriptions: dict[str, Description | None] = {}
+        self._describe_due: dict[str, float] = {}
+        """Device -> when to ask for its description (monotonic), if the hub still lacks it then."""
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect, subscribe, start the thread."""
@@ -235,7 +235,7 @@ class ConfigService:
         description = self._description(store, status.desc)
         self._declare(device_id, description)
         if status.desc and description is None and "describe" in status.caps:
-            link.describe_at = time.monotonic() + self.describe_after_s
+            self._describe_due[device_id] = time.monotonic() + self.describe_after_s
         self._send(store, device_id, birth=True)
 
     def _on_report(self, store: ConfigStore, device_id: str, report: ConfigReport) -> None:
@@ -268,16 +268,19 @@ class ConfigService:
         self._descriptions[h] = description
         link = self.links.get(device_id)
         if link is not None and link.desc == h:
-            link.describe_at = None
+            self._describe_due.pop(device_id, None)
             self._declare(device_id, description)
 
     def _tick(self, store: ConfigStore) -> None:
         for device_id in store.unsent():
             self._send(store, device_id, birth=False)
         now = time.monotonic()
-        for device_id, link in self.links.items():
-            if link.describe_at is not None and now >= link.describe_at and link.online:
-                link.describe_at = None
+        for device_id, due in list(self._describe_due.items()):
+            if now < due:
+                continue
+            del self._describe_due[device_id]
+            link = self.links.get(device_id)
+            if link is not None and link.online:
                 if self._description(store, link.desc) is None and self.submit is not None:
                     self.counters["describe_requests"] += 1
                     try:
