@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
+from protocol.metrics import metric_by_name
 from protocol.models import U32, ArgValue, ShortText, WireModel
 from protocol.topics import MessageClass
 
@@ -146,6 +147,9 @@ class Description(WireModel):
             if name in names:
                 raise ValueError(f"config key {name!r} appears twice")
             names.add(name)
+        unknown = [m for m in self.metrics if metric_by_name(m) is None]
+        if unknown:
+            raise ValueError(f"metric {unknown[0][:32]!r} is not in the metric table")
         for spec in [*self.metrics.values(), *(s for c in self.commands.values() for s in c.values()),
                      *self.config[1::2]]:
             parse_spec(spec)  # the range: LOW <= HIGH

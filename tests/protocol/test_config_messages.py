@@ -53,6 +53,7 @@ def test_malformed_config_sets_are_schema_errors(payload: bytes) -> None:
     '{"config":["a","text 1..5"]}',               # only numbers take a range
     '{"metrics":{"temperature":"-40..85"}}',      # a metric spec needs its unit
     '{"config":["a"]}',                           # a name without its type
+    '{"metrics":{"warp_factor":"x 0..9"}}',       # not in the metric table
 ])
 def test_malformed_descriptions_are_schema_errors(description: str) -> None:
     with pytest.raises(ProtocolError) as info:
