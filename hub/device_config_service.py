@@ -240,7 +240,8 @@ class ConfigService:
 
     def _on_report(self, store: ConfigStore, device_id: str, report: ConfigReport) -> None:
         link = self.links.get(device_id)
-        desc = self._description(store, link.desc) if link else None
+        # a report kept for the hub while it was down can come before the device's retained birth
+        desc = self._description(store, link.desc if link else store.device_description(device_id)[0])
         applied: dict[str, Any] = {}
         refused: dict[str, str] = {}
         for key, value in report.applied_pairs():
