@@ -77,7 +77,8 @@ class ConfigService:
         self.describe_after_s = describe_after_s
         self.links: dict[str, Link] = {}
         self.counters: dict[str, int] = {"sent": 0, "reports": 0, "stale_reports": 0, "descriptions": 0,
-                                         "bad_messages": 0, "describe_requests": 0, "out_of_declared_range": 0}
+                                         "bad_messages": 0, "describe_requests": 0, "out_of_declared_range": 0,
+                                         "unresolved_keys": 0}
         self._inbox: queue.Queue[tuple[str, bytes, bool] | RangeFlags] = queue.Queue()
         self._ranges: dict[str, dict[str, tuple[float, float]]] = {}
         """Device -> metric -> declared (low, high); replaced whole by the owner thread, read by the writer's hook."""
@@ -248,10 +249,14 @@ class ConfigService:
             name = key_name(key, desc)
             if name is not None:
                 applied[name] = value
+            else:
+                self.counters["unresolved_keys"] += 1
         for key, reason in report.refused_pairs():
             name = key_name(key, desc)
             if name is not None:
                 refused[name] = reason
+            else:
+                self.counters["unresolved_keys"] += 1
         self.counters["reports"] += 1
         if not store.record_report(device_id, report.version, applied, refused, time.time()):
             self.counters["stale_reports"] += 1
