@@ -70,10 +70,12 @@ def show(obj: dict, device_id: str, fmt: str) -> None:
         emit([view], fmt)
         return
     stderr.print(f"[bold]{safe(device_id)}[/] version {view['version']}, reported {view['reported_version']}"
-                 f" ({fmt_time(view['reported_at'])}); {'[green]in sync[/]' if view['in_sync'] else '[yellow]pending[/]'}")
+                 f" ({fmt_time(view['reported_at'])}); {'[green]in sync[/]' if view['in_sync'] else '[yellow]pending[/]'}"
+                 + (f", [red]{len(view['refused'])} refused[/]" if view["refused"] else ""))
     rows = [{**k, "applied_at": fmt_time(k["applied_at"]) if k["applied_at"] else None} for k in view["keys"]]
     emit(rows, fmt, ["key", "desired", "reported", "pending", "refused", "set_version", "applied_version", "applied_at"],
-         title=f"config of {device_id}", shrink=["applied_at", "applied_version", "set_version"])
+         title=f"config of {device_id}", shrink=["applied_at", "applied_version", "set_version", "pending", "refused"],
+         whole=("key",))
 
 
 __all__ = ["ConfigError", "config_group"]

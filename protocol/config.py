@@ -212,7 +212,8 @@ def check_value(spec: str, value: Any) -> str | None:
     else:
         ok = type(value) is str
     if not ok:
-        return f"must be {'an' if s.kind == 'int' else 'a'} {'integer' if s.kind == 'int' else s.kind}" + (
+        noun = {"int": "an integer", "float": "a number", "bool": "true or false", "text": "text"}[s.kind]
+        return f"must be {noun}" + (
             f" {_fmt(s.low)}..{_fmt(s.high)}" if s.low is not None else "") + f", not {value!r}"
     if s.low is not None and s.high is not None and not s.low <= value <= s.high:
         return f"must be in {_fmt(s.low)}..{_fmt(s.high)}, not {value!r}"

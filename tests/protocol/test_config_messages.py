@@ -28,7 +28,7 @@ def test_command_and_config_checks_name_what_is_wrong() -> None:
     assert command_error(DESC, "set_interval", {"seconds": "soon"}) == (
         "set_interval: argument 'seconds' must be an integer 1..86400, not 'soon'")
     assert config_error(DESC, "mode", "eco") is None
-    assert config_error(DESC, "led", "on") == "led must be a bool, not 'on'"
+    assert config_error(DESC, "led", "on") == "led must be true or false, not 'on'"
     assert "unknown config key 'colour'" in (config_error(DESC, "colour", 1) or "")
 
 
