@@ -58,8 +58,8 @@ def _check_key(key: Any) -> None:
         raise ValueError(f"a key is a name or an index, not {key!r}")
     if isinstance(key, str) and not 1 <= len(key) <= 32:
         raise ValueError("a key name has 1 to 32 characters")
-    if isinstance(key, int) and not 0 <= key < 2 * MAX_CONFIG_KEYS:
-        raise ValueError(f"a key index is 0..{2 * MAX_CONFIG_KEYS - 1}")
+    if isinstance(key, int) and not 0 <= key < MAX_CONFIG_KEYS:
+        raise ValueError(f"a key index is 0..{MAX_CONFIG_KEYS - 1}")
 
 
 def _check_value(value: Any) -> None:
