@@ -155,3 +155,15 @@ def test_hub_asks_for_a_description_it_does_not_hold(db_path: Path, embedded_bro
     assert isinstance(command, Command) and command.name == "describe"
     device.publish(MessageClass.DESCRIPTION, PAYLOAD, retain=True)
     assert wait_for(lambda: stored(db_path).device_description(DEV)[1] is not None, timeout=10)
+
+
+def test_a_change_made_while_the_hub_was_down_reaches_an_online_device_when_it_starts(
+        db_path: Path, embedded_broker: BackgroundBroker, start_hub: Callable[..., Hub], device: Device) -> None:
+    hub = start_hub(embedded_broker.port)
+    device.publish(MessageClass.DESCRIPTION, PAYLOAD, retain=True)
+    device.birth(cfg=0)
+    assert wait_for(lambda: stored(db_path).device_description(DEV)[1] is not None, timeout=10)
+    hub.stop()
+    set_config(db_path, [DEV], {"mode": "eco"})  # stored; no hub to send it
+    start_hub(embedded_broker.port)  # the device's retained birth tells the new hub it is online
+    assert decode(MessageClass.CONFIG_SET, device.next(MessageClass.CONFIG_SET)) == ConfigSet(version=1, set=[1, "eco"])
