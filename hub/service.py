@@ -97,7 +97,9 @@ class Hub:
         def stats() -> dict[str, Any]:
             writer = ingest.writer
             online = sum(1 for d in writer.presence.devices.values() if d.state == "online") if writer else 0
-            return self.stats | ingest.gauges() | {"online": online, "store_failing": int(bool(ingest.store_failing))}
+            config = {f"config_{k}": v for k, v in self.config.counters.items()} if self.config else {}
+            return self.stats | ingest.gauges() | config | {"online": online,
+                                                            "store_failing": int(bool(ingest.store_failing))}
 
         def command_states() -> dict[str, int]:
             counts: dict[str, int] = {}

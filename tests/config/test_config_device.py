@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import queue
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ def test_described_device_gets_index_keys_and_nothing_twice(db_path: Path, embed
 
 def test_readings_outside_the_declared_range_are_flagged_and_kept(db_path: Path, embedded_broker: BackgroundBroker,
                                                                   start_hub: Callable[..., Hub], device: Device) -> None:
-    start_hub(embedded_broker.port)
+    hub = start_hub(embedded_broker.port, metrics_port=0)
     device.publish(MessageClass.DESCRIPTION, PAYLOAD, retain=True)
     device.birth(cfg=0)
     assert wait_for(lambda: stored(db_path).device_description(DEV)[1] is not None, timeout=10)
@@ -135,6 +136,8 @@ def test_readings_outside_the_declared_range_are_flagged_and_kept(db_path: Path,
     assert sorted(r["value"] for r in json.loads(result.stdout)) == [21.5, 22.0, 90.0]  # flagged, never dropped
     result = CliRunner().invoke(cli, ["--db", str(db_path), "config", "show", DEV, "--json"], catch_exceptions=False)
     assert json.loads(result.stdout)[0]["out_of_declared_range"][0]["count"] == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{hub.metrics_port}/metrics", timeout=10) as resp:
+        assert "fleet_readings_out_of_declared_range_total 1.0" in resp.read().decode()
 
     # the dashboard's snapshot shows the unit the device declares
     loader = OverviewLoader(db_path)
