@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from cli.database import existing_database
+from cli.database import existing_database, known_device
 from cli.send_cmd import parse_args
 from cli.output import emit, fmt_time, json_option, safe, stderr
-from hub.device_config import ConfigError, out_of_sync, resolve_targets, set_config, show_config
+from hub.device_config import out_of_sync, resolve_targets, set_config, show_config
 
 
 def _brief(values: dict[str, Any]) -> str:
@@ -48,6 +48,8 @@ def set_(obj: dict, words: tuple[str, ...], group: str | None, everything: bool,
         raise click.UsageError("give at least one KEY=VALUE")
     values = parse_args(assignments)
     db = existing_database(obj["db"])
+    if target is not None:
+        known_device(db, target)  # unknown: exit 8, as fleet send
     devices = resolve_targets(db, target, group, everything)
     versions = set_config(db, devices, values)
     rows = [{"device_id": d, "version": v, "set": values} for d, v in versions.items()]
@@ -65,6 +67,7 @@ def set_(obj: dict, words: tuple[str, ...], group: str | None, everything: bool,
 def show(obj: dict, device_id: str, fmt: str) -> None:
     """Desired, reported, pending difference, version and when applied, for DEVICE_ID."""
     db = existing_database(obj["db"])
+    known_device(db, device_id)
     view = show_config(db, device_id)
     if fmt != "table":
         emit([view], fmt)
@@ -78,4 +81,4 @@ def show(obj: dict, device_id: str, fmt: str) -> None:
          whole=("key",))
 
 
-__all__ = ["ConfigError", "config_group"]
+__all__ = ["config_group"]

@@ -21,7 +21,7 @@ from protocol.config import ConfigSet, Description, command_error, config_error
 from protocol.errors import FleetError
 
 
-class ConfigError(FleetError):
+class DeviceConfigError(FleetError):
     """A configuration change the hub refuses before it leaves the hub (one readable line)."""
 
 
@@ -75,21 +75,21 @@ def parse_description(body: str | None) -> Description | None:
 def resolve_targets(db: str | Path, device: str | None, group: str | None, everything: bool) -> list[str]:
     """The device ids of ``DEVICE``, ``--group G`` or ``--all`` (active devices of the registry)."""
     if sum(bool(x) for x in (device, group, everything)) != 1:
-        raise ConfigError("name one DEVICE, or --group G, or --all")
+        raise DeviceConfigError("name one DEVICE, or --group G, or --all")
     with reading(db) as conn:
         principals = [p for p in PrincipalStore(conn).list(Role.DEVICE, group) if p.active]
     ids = [p.id for p in principals]
     if device:
         if device not in ids:
-            raise ConfigError(f"unknown device {device!r} (see fleet devices list)")
+            raise DeviceConfigError(f"unknown device {device!r} (see fleet devices list)")
         return [device]
     if not ids:
-        raise ConfigError(f"no devices in group {group!r}" if group else "no devices registered")
+        raise DeviceConfigError(f"no devices in group {group!r}" if group else "no devices registered")
     return ids
 
 
 def check_against_description(conn: Any, device_ids: Sequence[str], values: dict[str, Any]) -> None:
-    """Refuse (ConfigError) a value that does not fit a described device's config keys."""
+    """Refuse (DeviceConfigError) a value that does not fit a described device's config keys."""
     store = ConfigStore(conn)
     for device_id in device_ids:
         desc = parse_description(store.device_description(device_id)[1])
@@ -98,7 +98,7 @@ def check_against_description(conn: Any, device_ids: Sequence[str], values: dict
         for key, value in values.items():
             why = config_error(desc, key, value)
             if why:
-                raise ConfigError(f"device {device_id!r}: {why}; nothing was changed")
+                raise DeviceConfigError(f"device {device_id!r}: {why}; nothing was changed")
 
 
 def check_command(conn: Any, device_id: str, name: str, args: dict[str, Any]) -> str | None:
@@ -111,11 +111,11 @@ def set_config(db: str | Path, device_ids: Sequence[str], values: dict[str, Any]
     """Store desired ``values`` for each device (checked against its description first, all or nothing);
     returns each device's new version. The running hub sends the change within a second."""
     if not values:
-        raise ConfigError("give at least one key=value")
+        raise DeviceConfigError("give at least one key=value")
     try:  # what the wire takes: key names of 1..32 chars, at most 32 keys, text up to 256 chars, finite numbers
         ConfigSet(version=1, set=[x for kv in values.items() for x in kv])
     except ValidationError as exc:
-        raise ConfigError(f"cannot be sent to a device: {exc.errors(include_url=False)[0]['msg']}; nothing was changed") from None
+        raise DeviceConfigError(f"cannot be sent to a device: {exc.errors(include_url=False)[0]['msg']}; nothing was changed") from None
     conn = open_database(db)
     try:
         check_against_description(conn, device_ids, values)
@@ -149,7 +149,7 @@ def show_config(db: str | Path, device_id: str) -> dict[str, Any]:
         known = PrincipalStore(conn).get(device_id)
     if dev is None:
         if known is None:
-            raise ConfigError(f"unknown device {device_id!r} (see fleet devices list)")
+            raise DeviceConfigError(f"unknown device {device_id!r} (see fleet devices list)")
         dev = DeviceConfigRow(device_id)
     return _view(dev, flags)
 
