@@ -81,7 +81,9 @@ class ConfigService:
                                          "unresolved_keys": 0}
         self._inbox: queue.Queue[tuple[str, bytes, bool] | RangeFlags] = queue.Queue()
         self._ranges: dict[str, dict[str, tuple[float, float]]] = {}
-        """Device -> metric -> declared (low, high); replaced whole by the owner thread, read by the writer's hook."""
+        """Device -> metric -> declared (low, high); written by the owner thread, read by the writer's hook."""
+        self._range_cache: dict[str, dict[str, tuple[float, float]]] = {}
+        """Description hash -> its metric ranges (one per kind of device)."""
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -208,13 +210,16 @@ class ConfigService:
         except StorageError as exc:
             log.warning("range flags not stored error=%s", exc)
 
-    def _declare(self, device_id: str, description: Description | None) -> None:
-        ranges = dict(self._ranges)  # copy on write: the writer's hook reads the old one meanwhile
+    def _declare(self, device_id: str, desc_hash: str, description: Description | None) -> None:
+        # changed in place: the writer's hook only calls get() on it, which the GIL keeps whole (a copy per
+        # birth would cost O(devices) each at a hub start, when every retained birth arrives at once)
         if description is None or not description.metrics:
-            ranges.pop(device_id, None)
-        else:
-            ranges[device_id] = {m: (lo, hi) for m, (_, lo, hi) in description.metric_ranges().items()}
-        self._ranges = ranges
+            self._ranges.pop(device_id, None)
+            return
+        ranges = self._range_cache.get(desc_hash)
+        if ranges is None:
+            ranges = self._range_cache[desc_hash] = {m: (lo, hi) for m, (_, lo, hi) in description.metric_ranges().items()}
+        self._ranges[device_id] = ranges
 
     def _description(self, store: ConfigStore, desc_hash: str) -> Description | None:
         if not desc_hash:
@@ -234,7 +239,7 @@ class ConfigService:
             log.info("device lost its configuration device_id=%s cfg=%s: sending everything desired", device_id,
                      status.cfg)
         description = self._description(store, status.desc)
-        self._declare(device_id, description)
+        self._declare(device_id, status.desc, description)
         if status.desc and description is None and "describe" in status.caps:
             self._describe_due[device_id] = time.monotonic() + self.describe_after_s
         self._send(store, device_id, birth=True)
@@ -275,7 +280,7 @@ class ConfigService:
         link = self.links.get(device_id)
         if link is not None and link.desc == h:
             self._describe_due.pop(device_id, None)
-            self._declare(device_id, description)
+            self._declare(device_id, h, description)
 
     def _tick(self, store: ConfigStore) -> None:
         for device_id in store.unsent():
