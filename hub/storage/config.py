@@ -174,10 +174,13 @@ class ConfigStore:
     # ------------------------------------------------------------ descriptions
 
     def save_description(self, desc_hash: str, body: str, device_id: str, now: float) -> bool:
-        """Keep a description body under its hash; False when it was already there."""
+        """Keep a description body under its hash; False when it was already there. The device's other
+        descriptions that no birth names any more are deleted: one device cannot fill the table."""
         with transaction(self.conn):
             cur = self.conn.execute("INSERT INTO descriptions (hash, body, device_id, received_at)"
                                     " VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING", [desc_hash, body, device_id, now])
+            self.conn.execute("DELETE FROM descriptions WHERE device_id = ? AND hash != ?"
+                              " AND hash NOT IN (SELECT desc_hash FROM config_devices)", [device_id, desc_hash])
         return cur.rowcount > 0
 
     def description_body(self, desc_hash: str) -> str | None:

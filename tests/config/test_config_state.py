@@ -56,3 +56,13 @@ def test_true_is_not_one_and_text_is_not_a_number(tmp_path: Path) -> None:
     s.set_desired(["d1"], {"a": 1, "b": "30"}, now=1.0)
     s.record_report("d1", 1, {"a": True, "b": 30}, {}, now=2.0)
     assert pending(s.get("d1")) == {"a": 1, "b": "30"}  # type: ignore[arg-type]
+
+
+def test_one_device_cannot_fill_the_description_table(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.save_description("a" * 16, "{}", "d1", now=1.0)
+    s.record_birth("d2", "a" * 16, 0)  # another device of the same kind names it
+    for i in range(50):
+        s.save_description(f"{i:016x}", "{}", "d1", now=2.0)
+    count = s.conn.execute("SELECT count(*) FROM descriptions").fetchone()[0]
+    assert count == 2  # the one a birth names, and the newest
