@@ -262,6 +262,14 @@ class ConfigService:
                 refused[name] = reason
             else:
                 self.counters["unresolved_keys"] += 1
+        # only keys the hub asked for or the description declares: a device cannot grow the table at will
+        dev = store.get(device_id)
+        known = set(dev.keys if dev else ()) | set(desc.config_keys() if desc else ())
+        unasked = [k for k in (*applied, *refused) if k not in known]
+        if unasked:
+            self.counters["unresolved_keys"] += len(unasked)
+            applied = {k: v for k, v in applied.items() if k in known}
+            refused = {k: v for k, v in refused.items() if k in known}
         self.counters["reports"] += 1
         if not store.record_report(device_id, report.version, applied, refused, time.time()):
             self.counters["stale_reports"] += 1
