@@ -191,15 +191,14 @@ class ConfigService:
         if not ranges:
             return
         flags: dict[tuple[str, str], tuple[int, float, float]] = {}
-        for device_id, rows in result.telemetry:
+        for device_id, _, _, _, metric, value, ts, *_ in result.readings:  # the rows the writer stored
             declared = ranges.get(device_id)
             if declared is None:
                 continue
-            for dt, metric, value in rows.readings:
-                bounds = declared.get(metric)
-                if bounds is not None and not bounds[0] <= value <= bounds[1]:
-                    n = flags.get((device_id, metric), (0, 0.0, 0.0))[0]
-                    flags[(device_id, metric)] = (n + 1, value, (rows.ts + dt) / 1000.0)
+            bounds = declared.get(metric)
+            if bounds is not None and not bounds[0] <= value <= bounds[1]:
+                n = flags.get((device_id, metric), (0, 0.0, 0.0))[0]
+                flags[(device_id, metric)] = (n + 1, value, ts)
         if flags:
             self._inbox.put(RangeFlags(flags))
 
