@@ -10,7 +10,7 @@ truth and these two files are derived from it (``fleet broker export-acl``):
   ``fleet/ops/<name>/#`` subtree plus read access to fleet events and device uplinks. The
   rules are the ones :mod:`broker.acl` enforces in the embedded broker.
 
-Where the plaintext secrets come from: the registry keeps only scrypt hashes, which Mosquitto
+Where the plaintext secrets come from: the registry keeps only salted hashes, which Mosquitto
 cannot check, so a secret must be *known* to be exported. :func:`known_secrets` reads the
 files this project already keeps next to the database (0600): ``<db>.<id>-secret`` (the hub,
 the CLI's operator account) and ``<db>.sim-creds.json`` (simulated devices), plus an optional
