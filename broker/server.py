@@ -14,6 +14,8 @@ mixed in, one module per concern:
   with per-device quotas (:mod:`broker.quota`) enforced as backpressure on the device's own socket
 - :mod:`broker.login_throttle`: back-off for failed logins per device id and source address;
   :mod:`broker.log_summary`: denials and refusals logged once per interval, then counted
+- :mod:`broker.subscriptions`: a subscription index (no scan over every filter per message or
+  per disconnect)
 - :mod:`broker.access`: password hashes checked off the event loop (#9); :mod:`broker.acl`:
   topic rules without wildcard escalation (#7)
 """
@@ -38,11 +40,12 @@ from broker.registry import Registry, Role
 from broker.revocation import RevocationWatch
 from broker.routing import RoutingMixin
 from broker.stats import BrokerCounters
+from broker.subscriptions import SubscriptionIndexMixin
 
 log = logging.getLogger("fleet.broker")
 
 
-class FleetBroker(LoginFirstMixin, RoutingMixin, Broker):
+class FleetBroker(LoginFirstMixin, RoutingMixin, SubscriptionIndexMixin, Broker):
     """amqtt's broker with the project's access control and defect workarounds (see module doc).
 
     Plugins reach the access control as ``context._broker_instance.access``.
