@@ -125,11 +125,14 @@ def run_step(port: int, n: int, broker: subprocess.Popen[bytes], connect_bound: 
              db: str = "") -> dict[str, object]:
     """One simulator child against a running broker; the broker's RSS before, at its peak, per device."""
     cmd = [sys.executable, __file__, "--child", str(port), str(n), str(connect_bound), str(hold), db]
-    base = psutil.Process(broker.pid).memory_info().rss
+    broker_proc = psutil.Process(broker.pid)
+    base = broker_proc.memory_info().rss
+    cpu0 = sum(broker_proc.cpu_times()[:2])
     out_path = Path(tempfile.mkstemp(prefix="sim-scale-")[1])
     with out_path.open("wb") as out:
         sim = subprocess.Popen(cmd, stdout=out, stderr=None, preexec_fn=raise_nofile)
         peak = 0
+        cpu_at_report: float | None = None
         deadline = time.monotonic() + connect_bound + hold + 120
         while sim.poll() is None and time.monotonic() < deadline:
             try:
@@ -137,6 +140,8 @@ def run_step(port: int, n: int, broker: subprocess.Popen[bytes], connect_bound: 
             except psutil.Error:
                 pass
             time.sleep(0.5)
+            if cpu_at_report is None and out_path.stat().st_size:  # the child reported: connecting is over
+                cpu_at_report = sum(broker_proc.cpu_times()[:2])
         if sim.poll() is None:
             sim.kill()
             sim.wait(10)
@@ -150,6 +155,10 @@ def run_step(port: int, n: int, broker: subprocess.Popen[bytes], connect_bound: 
     connected = int(result.get("held_after_hold") or 0)
     if connected:
         result["broker_kb_per_device"] = round((peak - base) / 1024 / connected, 1)
+    if cpu_at_report is not None and result.get("connected"):
+        # broker CPU while connecting and holding (logins, subscriptions, births, telemetry at 0.2/s)
+        result["broker_cpu_s"] = round(cpu_at_report - cpu0, 1)
+        result["broker_cpu_ms_per_device"] = round((cpu_at_report - cpu0) * 1000 / int(result["connected"]), 2)
     result["load"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     return result
 

@@ -65,6 +65,7 @@ def broker_command() -> None:
               show_default=True, help="Disconnect a client silent for keepalive x this factor; its will fires.")
 @click.option("--max-queued-messages", type=click.IntRange(min=1), default=_DEFAULTS.max_queued_messages,
               show_default=True, help="Messages queued per offline persistent session (oldest dropped beyond).")
+@_setting("max_connections", click.IntRange(min=-1), "Connections a listener accepts at once (-1: no limit).")
 @_setting("max_service_payload_bytes", click.IntRange(min=64), "Payload limit for the hub and operators.")
 @_setting("max_packet_bytes", click.IntRange(min=1024), "Close a connection announcing a bigger packet, unread.")
 @_setting("connect_timeout", click.FloatRange(min=0, min_open=True), "Seconds a new connection has to send CONNECT.")
