@@ -64,6 +64,7 @@ from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from amqtt.mqtt.unsubscribe import UnubscribePayload as UnsubscribePayload  # sic, amqtt 0.12.1
 
 from broker.connection import ActivityReader, PacketTooLargeError
+from broker.light import LightQueue
 from broker.log_summary import LogSummary, clip
 from broker.quota import ClientQuota
 from broker.stats import BrokerCounters
@@ -214,6 +215,12 @@ class StrictReaderHandler(BrokerProtocolHandler):
     """
 
     fleet_policy: ConnectionPolicy | None = None
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        # most connections never SUBSCRIBE twice or UNSUBSCRIBE: queues without eager deques (broker/light.py)
+        self._pending_subscriptions = LightQueue()
+        self._pending_unsubscriptions = LightQueue()
 
     async def _reader_loop(self) -> None:
         if self.session is None or self._reader_ready is None or self.reader is None:
