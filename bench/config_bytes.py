@@ -125,7 +125,8 @@ class RawDevice:
         self.sock.close()
 
 
-def measure(port: int, db: Path, device_id: str, secret: str, encoding: str, described: bool) -> dict[str, Any]:
+def measure(hub: Hub, port: int, db: Path, device_id: str, secret: str, encoding: str,
+            described: bool) -> dict[str, Any]:
     """Bytes of the ConfigSet PUBLISH one device gets for a one-key change, and of its report."""
     dev = RawDevice(port, device_id, secret)
     try:
@@ -138,13 +139,14 @@ def measure(port: int, db: Path, device_id: str, secret: str, encoding: str, des
                                                 encoding), 2, retain=True)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
+            assert hub.config is not None
+            link = hub.config.links.get(device_id)
             conn = open_database(db)
             try:
-                row = ConfigStore(conn).get(device_id)
                 body = ConfigStore(conn).description_body(h) if described else ""
             finally:
                 conn.close()
-            if row is not None and (body or not described):
+            if link is not None and link.online and (body or not described):
                 break
             time.sleep(0.05)
         else:
@@ -184,8 +186,8 @@ def run() -> list[dict[str, Any]]:
         secrets = {dev: registry.add(dev) for dev, _, _ in cases}
         port = free_port()
         with BackgroundBroker(BrokerSettings(port=port, db=db)):
-            with Hub(HubSettings(db=db, broker=f"mqtt://127.0.0.1:{port}")):
-                rows = [measure(port, db, dev, secrets[dev], enc, described) for dev, enc, described in cases]
+            with Hub(HubSettings(db=db, broker=f"mqtt://127.0.0.1:{port}")) as hub:
+                rows = [measure(hub, port, db, dev, secrets[dev], enc, described) for dev, enc, described in cases]
     return [*rows, aws_shadow("sensor-1")]
 
 
