@@ -97,7 +97,7 @@ def export_acl_command(obj: dict, out_dir: Path | None, password_file: Path | No
                        secrets_file: Path | None, rotate: bool) -> None:
     """Generate Mosquitto's password file and ACL file from the registry.
 
-    The registry keeps only scrypt hashes of secrets, which Mosquitto cannot check, so each
+    The registry keeps only salted hashes of secrets, which Mosquitto cannot check, so each
     principal's plaintext secret must be known to export it: read from the files kept next to
     the database (<db>.<id>-secret for the hub and the CLI's operator, <db>.sim-creds.json for
     simulated devices), from --secrets, or newly issued with --rotate. Every secret is verified
