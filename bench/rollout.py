@@ -182,7 +182,7 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         db = workdir / "fleet.db"
         ids = [device_id("sim", i + 1) for i in range(args.devices)]
-        print(f"provisioning {args.devices} devices (scrypt, once)", flush=True)
+        print(f"provisioning {args.devices} devices (generated secrets: fast logins)", flush=True)
         creds = provision(db, ids)
         image = workdir / "image.bin"
         image.write_bytes(os.urandom(args.image_kb * 1024))
