@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from amqtt.broker import RetainedApplicationMessage
@@ -73,6 +74,8 @@ class RoutingMixin(_Base):
         access: AccessControl
         counters: BrokerCounters
         notes: LogSummary
+
+        def matching_subscriptions(self, topic: str) -> Iterator[list[tuple[Session, int]]]: ...
 
     async def _topic_filtering(self, session: Session, topic: str, action: AmqttAction) -> bool:
         return self.access.authorize(session, _ACTIONS[action], topic)
@@ -198,9 +201,7 @@ class RoutingMixin(_Base):
         data: bytes = broadcast["data"]
         pub_qos: int | None = broadcast.get("qos", broadcast.get("pub_qos"))
         authorize = self.access.authorize
-        for topic_filter, subscriptions in self._subscriptions.items():
-            if not self._matches(topic, topic_filter):
-                continue
+        for subscriptions in self.matching_subscriptions(topic):  # an index, not a scan (broker/subscriptions.py)
             for target, sub_qos in subscriptions:
                 qos = sub_qos if pub_qos is None else min(pub_qos, sub_qos)
                 if not authorize(target, Action.RECEIVE, topic):
