@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import ssl
 import threading
 import time
@@ -140,7 +141,13 @@ class FirmwareService:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_tick:
-                    if self.owner is not None and claims.adopter_of(self.owner.name) != self.owner.worker:
+                    try:
+                        holder = claims.adopter_of(self.owner.name) if self.owner is not None else None
+                    except sqlite3.Error as exc:  # a locked database: not sure we still own it, so skip this tick
+                        log.warning("rollout claim not read error=%r", exc)
+                        next_tick = now + self.rollout.tick_s
+                        continue
+                    if self.owner is not None and holder != self.owner.worker:
                         log.warning("rollouts now driven by another worker: stepping down worker=%s",
                                     self.owner.worker)
                         self.lost.set()
