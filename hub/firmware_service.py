@@ -93,6 +93,11 @@ class FirmwareService:
             self._client.loop_stop()
             self._client = None
 
+    @property
+    def alive(self) -> bool:
+        """True while the engine thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         # a clean session: requests that arrive while the hub is down are re-sent by the devices
@@ -152,7 +157,10 @@ class FirmwareService:
                                     self.owner.worker)
                         self.lost.set()
                         return  # without saving: the new owner has reloaded from the database
-                    engine.tick(time.time())
+                    try:
+                        engine.tick(time.time())
+                    except sqlite3.Error as exc:  # a locked or failing database: what is dirty is saved next tick
+                        log.warning("rollout tick failed, trying again next tick error=%r", exc)
                     next_tick = now + self.rollout.tick_s
                     rate = engine.bandwidth()
                     if rate is not None:

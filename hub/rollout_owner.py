@@ -92,6 +92,8 @@ class RolloutOwner:
             holder = rows.adopter_of(self.claim.name)
             if self.service.lost.is_set() or holder != self.claim.worker:
                 self._step_down(rows, f"the claim is held by {holder}", release=False)
+            elif not self.service.alive:  # its thread ended: give the claim up, a peer (or this worker) bids again
+                self._step_down(rows, "the engine thread ended", release=True)
             return
         group = self.settings.worker_group
         beats = {b.worker: b for b in rows.heartbeats() if b.stats.get("worker_group") == group}
