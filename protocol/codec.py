@@ -66,7 +66,8 @@ MODEL_FOR: dict[MessageClass, type[BaseModel]] = {
 SHORT_KEYS: dict[type[BaseModel], dict[str, str]] = {
     Telemetry: {"boot": "b", "seq": "q", "ts": "t", "readings": "r", "dropped": "d"},
     Alert: {"boot": "b", "seq": "q", "ts": "t", "code": "c", "severity": "v", "message": "m", "dropped": "d"},
-    Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i", "boot_ts": "t"},
+    Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i", "boot_ts": "t",
+             "sleep_s": "z"},
     Command: {"id": "i", "name": "n", "args": "a", "expires": "x"},
     CommandReply: {"id": "i", "state": "s", "detail": "d", "result": "r"},
     Watermark: {"boot": "b", "seq": "q", "next": "n", "max": "m", "ts": "t"},

@@ -100,6 +100,9 @@ class Status(WireModel):
     """Heartbeat period: the device sends something at least this often while online."""
     boot_ts: OptionalEpochMs = 0
     """Wall-clock time of this boot's power-up (uptime 0), for devices that stamp uptime (0: unknown)."""
+    sleep_s: Annotated[int, Field(ge=0, le=604_800)] = 0
+    """A sleepy device: it sleeps between wakes and wakes at least this often (seconds; 0: never sleeps).
+    The hub shows it ``sleeping``, not offline, between wakes (firmware_protocol.md 4.5)."""
 
 
 class Command(WireModel):
