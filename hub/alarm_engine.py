@@ -207,7 +207,7 @@ class AlarmEngine:
         watch.pending_since = None
         self.pending.discard((rule.name, device_id))
         watch.open = True
-        if watch.alarm_id is not None and watch.cleared_at is not None and now - watch.cleared_at <= self.flap_window_s:
+        if watch.cleared_at is not None and now - watch.cleared_at <= self.flap_window_s:
             self.counters.flaps += 1
             self.transitions.append(Transition("reopen", rule, device_id, value, detail, now, watch))
         else:

@@ -153,7 +153,7 @@ class AlarmService:
         raised: list[Transition] = []
         with transaction(store.conn):
             for t in transitions:
-                if t.what == "raise":
+                if t.what == "raise" or t.watch.alarm_id is None and t.what == "reopen":
                     t.watch.alarm_id = store.raise_alarm(t.rule.name, t.device_id, t.rule.severity.value, t.value,
                                                          t.detail, t.ts)
                     raised.append(t)

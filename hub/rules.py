@@ -47,6 +47,10 @@ class RuleError(FleetError):
     """A rule that cannot be stored: bad fields, a duplicate name, an unknown rule."""
 
 
+class UnknownRule(RuleError):
+    """No rule of that name."""
+
+
 class Rule(BaseModel):
     """One alarm rule, checked at the edge (the CLI or a script) before it is stored."""
 
@@ -146,9 +150,9 @@ def remove_rule(db: str | Path, name: str) -> int:
     finally:
         conn.close()
     if cleared is None:
-        raise RuleError(f"no rule named {name!r} (fleet rules list shows them)")
+        raise UnknownRule(f"no rule named {name!r}")
     return cleared
 
 
-__all__ = ["Rule", "RuleError", "RuleKind", "StorageError", "THRESHOLD_KINDS", "add_rule", "list_rules", "make_rule",
+__all__ = ["Rule", "RuleError", "RuleKind", "StorageError", "THRESHOLD_KINDS", "UnknownRule", "add_rule", "list_rules", "make_rule",
            "remove_rule"]
