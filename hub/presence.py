@@ -155,7 +155,7 @@ class PresenceTracker:
                 self._wills.setdefault(device_id, now)  # takes effect in check_stale unless a birth comes first
                 self.store.save_device(dev)
                 return BirthOutcome(None, reset, False)
-        reason = "reset" if reset else "birth" if state == ONLINE else "will"
+        reason = "reset" if reset else "will" if state != ONLINE else "wake" if dev.state == SLEEPING else "birth"
         event = self._transition(dev, state, reason, now)
         if reset and event is None:  # already online: the command side must still hear of the new incarnation
             self.store.insert_presence_event(device_id, state, reason, dev.boot, now)
