@@ -1,9 +1,10 @@
 """The alarm engine: a pure state machine over readings and device presence, driven by an explicit clock.
 
 Cost model (issue 15, item 5): rules are indexed by metric, so a reading of a metric no rule
-names costs one dict lookup. For a metric with rules, a value on the good side of a rule costs
-a comparison and, only when that (rule, device) is being watched (pending or alarmed), a dict
-lookup. State is created only when a value goes bad. Nothing here touches the database: the
+names costs one dict lookup. The threshold rules of a metric are sorted: two bisects find the
+rules a value is past, and the rules already watching the device (pending, alarmed, recently
+cleared) are one dict lookup; a normal value on an unwatched device costs no more, however many
+rules the metric has. State is created only when a value goes bad. Nothing here touches the database: the
 engine returns :class:`Transition` objects and its owner (:mod:`hub.alarm_service`) writes them.
 
 Per (rule, device), a :class:`Watch`:
@@ -19,6 +20,7 @@ Per (rule, device), a :class:`Watch`:
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +40,40 @@ class Watch:
     alarm_id: int | None = None
     cleared_at: float | None = None
     value: float | None = None
+
+
+class Compiled:
+    """A threshold rule's fields as plain attributes (the hot loop reads them per reading)."""
+
+    __slots__ = ("rule", "name", "is_above", "threshold", "clear", "clear_inclusive", "for_s", "group")
+
+    def __init__(self, rule: Rule) -> None:
+        assert rule.threshold is not None
+        self.rule = rule
+        self.name = rule.name
+        self.is_above = rule.kind is RuleKind.ABOVE
+        self.threshold = float(rule.threshold)
+        self.clear = float(rule.threshold if rule.clear is None else rule.clear)
+        self.clear_inclusive = rule.clear is None
+        """Without a clear threshold, a value back at the threshold clears (it is no longer past it)."""
+        self.for_s = rule.for_s
+        self.group = rule.group
+
+
+class MetricRules:
+    """The threshold rules of one metric, sorted so a value finds the rules it is past with one bisect."""
+
+    def __init__(self, compiled: list[Compiled]) -> None:
+        self.above = sorted((c for c in compiled if c.is_above), key=lambda c: c.threshold)
+        self.above_thr = [c.threshold for c in self.above]
+        """Bad when value > threshold: the first ``bisect_left(above_thr, value)`` rules."""
+        self.below = sorted((c for c in compiled if not c.is_above), key=lambda c: c.threshold)
+        self.below_thr = [c.threshold for c in self.below]
+        """Bad when value < threshold: the rules from ``bisect_right(below_thr, value)`` on."""
+        self.n_below = len(self.below)
+        self.by_name = {c.name: c for c in compiled}
+        self.watched: dict[str, dict[str, tuple[Compiled, Watch]]] = {}
+        """device id -> the rules of this metric watching it (pending, alarmed or recently cleared)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +117,7 @@ class AlarmEngine:
     def __init__(self, flap_window_s: float = 300.0) -> None:
         self.flap_window_s = flap_window_s
         self.rules: dict[str, Rule] = {}
-        self.by_metric: dict[str, list[Rule]] = {}
+        self.by_metric: dict[str, MetricRules] = {}
         self.tick_rules: list[Rule] = []
         self.watches: dict[str, dict[str, Watch]] = {}
         self.groups: dict[str, str] = {}
@@ -99,19 +135,33 @@ class AlarmEngine:
                 self.watches.pop(name, None)
                 self.pending = {k for k in self.pending if k[0] != name}
         self.rules = new
-        self.by_metric = {}
+        by_metric: dict[str, list[Compiled]] = {}
         for rule in new.values():
             if rule.kind in THRESHOLD_KINDS:
                 assert rule.metric is not None
-                self.by_metric.setdefault(rule.metric, []).append(rule)
+                by_metric.setdefault(rule.metric, []).append(Compiled(rule))
+        self.by_metric = {metric: MetricRules(compiled) for metric, compiled in by_metric.items()}
         self.tick_rules = [r for r in new.values() if r.kind not in THRESHOLD_KINDS]
+        for name, watches in self.watches.items():  # the per-device index of what survived
+            self._index(name, watches)
+
+    def _index(self, rule_name: str, watches: dict[str, Watch]) -> None:
+        rule = self.rules.get(rule_name)
+        if rule is None or rule.metric is None or rule.metric not in self.by_metric:
+            return
+        mr = self.by_metric[rule.metric]
+        compiled = mr.by_name[rule_name]
+        for device_id, watch in watches.items():
+            mr.watched.setdefault(device_id, {})[rule_name] = (compiled, watch)
 
     def restore(self, rule: str, device_id: str, alarm_id: int, open_: bool, cleared_at: float | None,
                 value: float | None) -> None:
         """Take back a stored alarm after a restart (open, or cleared recently enough to flap)."""
         if rule not in self.rules:
             return
-        self.watches.setdefault(rule, {})[device_id] = Watch(None, open_, alarm_id, cleared_at, value)
+        watch = Watch(None, open_, alarm_id, cleared_at, value)
+        self.watches.setdefault(rule, {})[device_id] = watch
+        self._index(rule, {device_id: watch})
 
     # ------------------------------------------------------------ readings (the ingest path's batches)
 
@@ -122,43 +172,67 @@ class AlarmEngine:
         if not by_metric:
             return
         get = by_metric.get
+        n = 0
         for row in rows:
-            rules = get(row[4])
-            if rules is not None:
-                self.on_reading(row[0], rules, row[5], row[7])
-
-    def on_reading(self, device_id: str, rules: list[Rule], value: float, now: float) -> None:
-        """One reading against the rules of its metric."""
-        self.counters.evaluations += 1
-        groups = self.groups
-        for rule in rules:
-            if rule.group is not None and groups.get(device_id) != rule.group:
+            mr = get(row[4])
+            if mr is None:
                 continue
-            threshold = rule.threshold
-            assert threshold is not None
-            bad = value > threshold if rule.kind is RuleKind.ABOVE else value < threshold
-            watches = self.watches.get(rule.name)
-            watch = watches.get(device_id) if watches is not None else None
-            if not bad and watch is None:
-                continue  # the common case: nothing watched, nothing wrong
-            if watch is None:
-                watch = self.watches.setdefault(rule.name, {}).setdefault(device_id, Watch())
-            watch.value = value
-            if watch.open:
-                clear = threshold if rule.clear is None else rule.clear
-                good = (value < clear or (rule.clear is None and value <= clear)) if rule.kind is RuleKind.ABOVE \
-                    else (value > clear or (rule.clear is None and value >= clear))
-                if good:
-                    self._clear(rule, device_id, watch, value, f"{rule.metric} {value:g}: back to normal", now)
-            elif bad:
-                if watch.pending_since is None:
-                    watch.pending_since = now
-                    self.pending.add((rule.name, device_id))
-                if now - watch.pending_since >= rule.for_s:
-                    self._raise(rule, device_id, watch, value, f"{rule.metric} {value:g} ({rule.describe()})", now)
-            elif watch.pending_since is not None:
-                watch.pending_since = None
-                self.pending.discard((rule.name, device_id))
+            n += 1
+            value = row[5]
+            # thresholds sorted: the rules a value is past are one bisect away; the others matter only
+            # where this device is already watched (pending or alarmed)
+            above = bisect_left(mr.above_thr, value)
+            below = bisect_right(mr.below_thr, value)
+            watched = mr.watched.get(row[0])
+            if above == 0 and below == mr.n_below and not watched:
+                continue
+            self._evaluate(mr, row[0], value, row[7], above, below, watched)
+        self.counters.evaluations += n
+
+    def on_reading(self, device_id: str, metric: str, value: float, now: float) -> None:
+        """One reading (a batch of one)."""
+        self.on_readings([(device_id, 0, 0, 0, metric, value, now, now, 0)])
+
+    def _evaluate(self, mr: MetricRules, device_id: str, value: float, now: float, above: int, below: int,
+                  watched: dict[str, tuple[Compiled, Watch]] | None) -> None:
+        bad = [*mr.above[:above], *mr.below[below:]]
+        seen: set[str] = set()
+        groups = self.groups
+        for c in bad:
+            if c.group is not None and groups.get(device_id) != c.group:
+                continue
+            seen.add(c.name)
+            entry = watched.get(c.name) if watched is not None else None
+            if entry is None:
+                watch = Watch()
+                self.watches.setdefault(c.name, {})[device_id] = watch
+                mr.watched.setdefault(device_id, {})[c.name] = (c, watch)
+            else:
+                watch = entry[1]
+            self._step(c, device_id, watch, value, now, True)
+        if watched:
+            for name, (c, watch) in list(watched.items()):
+                if name not in seen:
+                    self._step(c, device_id, watch, value, now, False)
+
+    def _step(self, c: Compiled, device_id: str, watch: Watch, value: float, now: float, bad: bool) -> None:
+        watch.value = value
+        rule = c.rule
+        if watch.open:
+            good = value < c.clear if c.is_above else value > c.clear
+            if c.clear_inclusive:
+                good = good or value == c.clear
+            if good:
+                self._clear(rule, device_id, watch, value, f"{rule.metric} {value:g}: back to normal", now)
+        elif bad:
+            if watch.pending_since is None:
+                watch.pending_since = now
+                self.pending.add((c.name, device_id))
+            if now - watch.pending_since >= c.for_s:
+                self._raise(rule, device_id, watch, value, f"{rule.metric} {value:g} ({rule.describe()})", now)
+        elif watch.pending_since is not None:
+            watch.pending_since = None
+            self.pending.discard((c.name, device_id))
 
     # ------------------------------------------------------------ the clock
 
@@ -235,6 +309,12 @@ class AlarmEngine:
                      if not w.open and w.pending_since is None and (w.cleared_at is None or w.cleared_at < horizon)]
             for d in stale:
                 del watches[d]
+        for mr in self.by_metric.values():
+            for device_id, entries in list(mr.watched.items()):
+                for name in [n for n, (_, w) in entries.items() if self.watches.get(n, {}).get(device_id) is not w]:
+                    del entries[name]
+                if not entries:
+                    del mr.watched[device_id]
 
 
 __all__ = ["AlarmEngine", "DeviceView", "EngineCounters", "Transition", "Watch"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import Counter
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,9 @@ from protocol.errors import FleetError
 from protocol.text import inert
 
 log = logging.getLogger("fleet.hub.alarms")
+
+SUMMARY_S = 10.0
+"""Clears and flaps are counted and logged in one line this often (raises get a line each)."""
 
 MAX_PENDING_BATCHES = 10_000
 """Batches waiting for evaluation; beyond this the oldest are skipped (counted) so memory stays bounded."""
@@ -51,6 +55,7 @@ class AlarmService:
         self._thread: threading.Thread | None = None
         self.skipped_batches = 0
         self.write_failures = 0
+        self._summary: Counter[str] = Counter()
         self._open: dict[tuple[str, str], int] = {}
         """Open alarms by (state, severity), refreshed every tick (acknowledgements come from other processes)."""
 
@@ -102,6 +107,7 @@ class AlarmService:
             stamp = self._load(store)
             self._ready.set()
             next_tick = 0.0
+            next_summary = time.monotonic() + SUMMARY_S
             while not self._stop.is_set():
                 self._wake.wait(max(0.0, next_tick - time.monotonic()))
                 self._wake.clear()
@@ -117,11 +123,15 @@ class AlarmService:
                             stamp = self._load(store)
                         self._tick(store)
                     self._apply(store, self.engine.take())
+                    if time.monotonic() >= next_summary:
+                        next_summary = time.monotonic() + SUMMARY_S
+                        self._log_summary()
                 except sqlite3.Error as exc:  # a busy or full database: transitions are found again next tick
                     self.write_failures += 1
                     if self.write_failures & (self.write_failures - 1) == 0:
                         log.error("alarm state not written error=%r failures=%s", exc, self.write_failures)
         finally:
+            self._log_summary()
             conn.close()
 
     def _load(self, store: AlarmStore) -> tuple[int, float]:
@@ -148,27 +158,52 @@ class AlarmService:
         self._open = store.open_counts()
 
     def _apply(self, store: AlarmStore, transitions: list[Transition]) -> None:
+        """Store a batch's transitions in one transaction, folded per alarm: a value that crosses back and
+        forth within one batch costs one flap update and at most one clear, not a row per crossing."""
         if not transitions:
             return
+        runs: dict[int, list[Transition]] = {}
+        for t in transitions:
+            runs.setdefault(id(t.watch), []).append(t)
         raised: list[Transition] = []
         with transaction(store.conn):
-            for t in transitions:
-                if t.what == "raise" or t.watch.alarm_id is None and t.what == "reopen":
-                    t.watch.alarm_id = store.raise_alarm(t.rule.name, t.device_id, t.rule.severity.value, t.value,
-                                                         t.detail, t.ts)
-                    raised.append(t)
-                elif t.watch.alarm_id is None:
-                    continue  # its raise was never stored (a failed write): nothing to change
-                elif t.what == "reopen":
-                    store.reopen(t.watch.alarm_id, t.value, t.detail, t.ts)
-                else:
-                    store.clear(t.watch.alarm_id, t.value, t.detail, t.ts)
-        # one line per transition: alarms are rare by design (hysteresis, flaps fold into one alarm)
-        for t in transitions:
-            log.info("alarm %s rule=%s device_id=%s alarm_id=%s detail=%s", t.what, t.rule.name, inert(t.device_id),
-                     t.watch.alarm_id, inert(t.detail))
+            for run in runs.values():
+                watch = run[0].watch
+                segment: list[Transition] = []
+                for t in run:
+                    if t.what == "raise" or (watch.alarm_id is None and t.what == "reopen"):
+                        self._fold(store, watch.alarm_id, segment)
+                        segment = []
+                        watch.alarm_id = store.raise_alarm(t.rule.name, t.device_id, t.rule.severity.value, t.value,
+                                                           t.detail, t.ts)
+                        raised.append(t)
+                    else:
+                        segment.append(t)
+                self._fold(store, watch.alarm_id, segment)
+        self._summary.update(t.what for t in transitions)
+        for t in raised:  # a new alarm is worth a line; flaps and clears are summarized
+            log.info("alarm raised rule=%s device_id=%s alarm_id=%s severity=%s detail=%s", t.rule.name,
+                     inert(t.device_id), t.watch.alarm_id, t.rule.severity.value, inert(t.detail))
         for t in raised:
             self._act(store, t)
+
+    @staticmethod
+    def _fold(store: AlarmStore, alarm_id: int | None, segment: list[Transition]) -> None:
+        if alarm_id is None or not segment:
+            return  # nothing stored to change (its raise was never written)
+        reopens = [t for t in segment if t.what == "reopen"]
+        if reopens:
+            last = reopens[-1]
+            store.reopen(alarm_id, last.value, last.detail, last.ts, count=len(reopens))
+        if segment[-1].what == "clear":
+            last = segment[-1]
+            store.clear(alarm_id, last.value, last.detail, last.ts)
+
+    def _log_summary(self) -> None:
+        if self._summary:
+            log.info("alarms in the last %.0f s: %s", SUMMARY_S,
+                     " ".join(f"{k}={n}" for k, n in sorted(self._summary.items())))
+            self._summary.clear()
 
     def _act(self, store: AlarmStore, t: Transition) -> None:
         rule = t.rule

@@ -137,12 +137,14 @@ class AlarmStore:
         self._event(alarm_id, ACTIVE, now, value, detail)
         return alarm_id
 
-    def reopen(self, alarm_id: int, value: float | None, detail: str, now: float) -> None:
-        """Raise a recently cleared alarm again (a flap): active once more, ``flaps`` + 1."""
+    def reopen(self, alarm_id: int, value: float | None, detail: str, now: float, count: int = 1) -> None:
+        """Raise a recently cleared alarm again (``count`` flaps, folded into one history row): active once
+        more (an acknowledged one too: it is a new occurrence)."""
         self.conn.execute(
-            "UPDATE alarms SET state = ?, value = ?, detail = ?, cleared_at = NULL, flaps = flaps + 1,"
-            " updated_at = ? WHERE id = ?", (ACTIVE, value, detail, now, alarm_id))
-        self._event(alarm_id, ACTIVE, now, value, f"raised again (flap): {detail}")
+            "UPDATE alarms SET state = ?, value = ?, detail = ?, cleared_at = NULL, flaps = flaps + ?,"
+            " updated_at = ? WHERE id = ?", (ACTIVE, value, detail, count, now, alarm_id))
+        times = f" {count} times" if count > 1 else ""
+        self._event(alarm_id, ACTIVE, now, value, f"raised again{times} (flap): {detail}")
 
     def clear(self, alarm_id: int, value: float | None, detail: str, now: float) -> None:
         """The condition is over: the alarm is cleared (acknowledged or not)."""
@@ -216,6 +218,11 @@ class AlarmStore:
         """Open alarms by (state, severity), for the dashboard and the metrics."""
         return {(s, sev): n for s, sev, n in self.conn.execute(
             "SELECT state, severity, COUNT(*) FROM alarms WHERE state != ? GROUP BY state, severity", (CLEARED,))}
+
+    def open_by_device(self) -> dict[str, int]:
+        """Open alarms per device, for the dashboard."""
+        return dict(self.conn.execute(
+            "SELECT device_id, COUNT(*) FROM alarms WHERE state != ? GROUP BY device_id", (CLEARED,)))
 
     # ------------------------------------------------------------ what tick-time rules read
 

@@ -16,9 +16,8 @@ def engine(*rules, flap_window_s: float = 300.0) -> AlarmEngine:  # type: ignore
 
 def feed(e: AlarmEngine, device: str, metric: str, values: list[tuple[float, float]]) -> list[str]:
     """(time, value) readings of one device; the transitions they caused, as 'what@time'."""
-    rules = e.by_metric.get(metric, [])
     for ts, v in values:
-        e.on_reading(device, rules, v, ts)
+        e.on_reading(device, metric, v, ts)
     return [f"{t.what}@{t.ts:g}" for t in e.take()]
 
 
