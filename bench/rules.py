@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +74,8 @@ def main() -> None:
     ap.add_argument("--broker", default="mosquitto", choices=["mosquitto", "embedded"])
     ap.add_argument("--encoding", default="json", choices=["json", "cbor"])
     ap.add_argument("--modes", default="none,quiet,firing")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="record the hub with py-spy during the last round (raw collapsed stacks) to PROFILE-<mode>.txt")
     args = ap.parse_args()
     modes = args.modes.split(",")
     log(f"uptime load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -94,8 +98,17 @@ def main() -> None:
                     set_rules(fleet.db, MODES[mode], metrics_port)
                     boot += 1  # a fresh boot per measurement: nothing is a duplicate of an earlier one
                     files = write_load(workdir, args.encoding, boot, per_device, 1, False)
+                    spy = None
+                    if args.profile is not None and rnd == args.rounds:
+                        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                                                str(proc.pid), "--rate", "250", "--format", "raw", "--threads",
+                                                "-o", str(args.profile.with_name(f"{args.profile.name}-{mode}.txt"))],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     rate, _, cpu_us, _ = hub_phase(fleet, hub, metrics_port, files, args.encoding, blaster, total, 1,
                                                    f"round {rnd} {mode}")
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(30)
                     table.append((rnd, mode, rate, cpu_us, raw, os.getloadavg()[0]))
         finally:
             if proc is not None:
