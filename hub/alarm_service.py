@@ -11,6 +11,7 @@ raised alarm's rule has an action, the command goes out through the command brid
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
 from collections import Counter
 import threading
@@ -216,8 +217,10 @@ class AlarmService:
         try:
             command_id = self.submit(t.device_id, rule.action_command, dict(rule.action_args))
             detail = f"action: command {rule.action_command} sent as {command_id}"
-        except (FleetError, TimeoutError) as exc:
+        except FleetError as exc:  # unknown device, a busy device, a bad argument: said in the history
             detail = f"action: command {rule.action_command} not sent: {exc}"
+        except queue.Empty:  # the command bridge did not answer within its call timeout
+            detail = f"action: command {rule.action_command} not sent: the command bridge did not answer"
         log.info("alarm action rule=%s device_id=%s %s", rule.name, inert(t.device_id), detail)
         with transaction(store.conn):
             store.note(t.watch.alarm_id, time.time(), detail)
