@@ -90,7 +90,7 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceView:
+class DeviceState:
     """A device as tick-time rules see it (from one query per tick)."""
 
     device_id: str
@@ -236,7 +236,7 @@ class AlarmEngine:
 
     # ------------------------------------------------------------ the clock
 
-    def tick(self, now: float, devices: Sequence[DeviceView] = (), metric_last: dict[str, dict[str, float]] | None = None
+    def tick(self, now: float, devices: Sequence[DeviceState] = (), metric_last: dict[str, dict[str, float]] | None = None
              ) -> None:
         """Raise threshold alarms whose ``for`` elapsed without a new reading; evaluate no-data and offline rules."""
         for key in list(self.pending):
@@ -317,4 +317,4 @@ class AlarmEngine:
                     del mr.watched[device_id]
 
 
-__all__ = ["AlarmEngine", "DeviceView", "EngineCounters", "Transition", "Watch"]
+__all__ = ["AlarmEngine", "DeviceState", "EngineCounters", "Transition", "Watch"]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hub.alarm_engine import AlarmEngine, DeviceView, Transition
+from hub.alarm_engine import AlarmEngine, DeviceState, Transition
 from hub.config import HubSettings
 from hub.rules import Rule
 from hub.storage import open_database, transaction
@@ -152,10 +152,10 @@ class AlarmService:
         now = time.time()
         engine = self.engine
         engine.groups = store.groups()
-        devices: list[DeviceView] = []
+        devices: list[DeviceState] = []
         metric_last: dict[str, dict[str, float]] = {}
         if engine.tick_rules:
-            devices = [DeviceView(*row) for row in store.device_view()]
+            devices = [DeviceState(*row) for row in store.device_view()]
             for metric in {r.metric for r in engine.tick_rules if r.metric is not None}:
                 metric_last[metric] = store.metric_last(metric)
         engine.tick(now, devices, metric_last)

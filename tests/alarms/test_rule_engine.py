@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub.alarm_engine import AlarmEngine, DeviceView
+from hub.alarm_engine import AlarmEngine, DeviceState
 from hub.rules import RuleError, RuleKind, make_rule
 
 
@@ -83,8 +83,8 @@ def test_readings_of_metrics_without_rules_cost_nothing() -> None:
 
 
 def dev(device_id: str, state: str, since: float, last_data: float | None = None, group: str | None = None,
-        sleep_s: int = 0) -> DeviceView:
-    return DeviceView(device_id, state, "x", since, last_data, sleep_s, group, last_data)
+        sleep_s: int = 0) -> DeviceState:
+    return DeviceState(device_id, state, "x", since, last_data, sleep_s, group, last_data)
 
 
 def test_offline_rule_fires_after_its_duration_and_never_for_a_sleeping_device() -> None:
