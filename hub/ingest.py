@@ -175,7 +175,9 @@ class Ingest:
                     next_presence = now_m + s.presence_check_s
                     if s.worker_group:
                         self.writer.reset()  # last_seen comes from every worker: judge staleness on the db's
-                    self.writer.check_stale(time.time())
+                    events = self.writer.check_stale(time.time())
+                    if events:  # wills past their hysteresis, stale and sleeping devices: the hooks hear of them
+                        self._run_hooks(BatchResult(presence=events))
                 if s.retain_days is not None and (retention_more or now_m >= next_retention):
                     if not retention_more:
                         next_retention = now_m + s.retention_check_s
@@ -239,6 +241,9 @@ class Ingest:
         # a message from an older connection is redelivered on this one and acked then
         self.client.ack_many([msg.mid for msg in batch if msg.qos == 1 and msg.generation == generation])
         self._publish_watermarks(result)
+        self._run_hooks(result)
+
+    def _run_hooks(self, result: BatchResult) -> None:
         for hook in self.hooks:
             try:
                 hook(result)

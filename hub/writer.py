@@ -57,12 +57,14 @@ class HubStats:
     """Births whose boot went back: a new incarnation of the device."""
     deadletters_sequenced: int = 0
     """Dead letters whose seq counts as dealt with (the watermark moves past them)."""
+    presence_flaps: int = 0
+    """Devices back online soon after going offline, or before their will took effect."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "messages": self.messages, "readings": self.readings, "duplicates": self.duplicates,
             "gaps": self.gaps, "skewed": self.skewed, "batches": self.batches,
-            "dropped": self.dropped, "resets": self.resets, "deadletters_sequenced": self.deadletters_sequenced,
+            "dropped": self.dropped, "resets": self.resets, "presence_flaps": self.presence_flaps, "deadletters_sequenced": self.deadletters_sequenced,
             "deadletters": dict(self.deadletters), "retention_deleted": self.retention_deleted,
             "retention_chunks": self.retention_chunks,
             "received": dict(self.received), "persisted": dict(self.persisted),
@@ -92,8 +94,7 @@ class BatchWriter:
         self.stats = HubStats()
         self.skew = SkewTally()
         """Skewed messages since the last summary line (the ingest loop logs and resets it)."""
-        self.presence = PresenceTracker(store, staleness_factor=settings.staleness_factor,
-                                        staleness_min_s=settings.staleness_min_s)
+        self.presence = self._make_presence()
         self._streams: dict[tuple[str, int], SeqTracker] = {}
         self._published: dict[str, tuple[int, int, int, int]] = {}
         self._dirty: set[tuple[str, int]] = set()
@@ -154,6 +155,7 @@ class BatchWriter:
         self.stats.resets += counts["reset"]
         self.stats.deadletters_sequenced += counts["deadletter_seq"]
         self.stats.deadletters.update(dead)
+        self.stats.presence_flaps += self.presence.take_flaps()
         for key, n in counts.items():  # after the commit, so a rolled-back batch counts nothing
             what, _, cls = key.partition(":")
             if what == "received":
@@ -337,8 +339,15 @@ class BatchWriter:
         self._streams.clear()
         self._published.clear()
         self._dirty.clear()
-        self.presence = PresenceTracker(self.store, staleness_factor=self.settings.staleness_factor,
-                                        staleness_min_s=self.settings.staleness_min_s)
+        wills = self.presence._wills  # wills in their hysteresis are not in the database: keep them
+        self.presence = self._make_presence()
+        self.presence._wills.update(wills)
+
+    def _make_presence(self) -> PresenceTracker:
+        s = self.settings
+        return PresenceTracker(self.store, staleness_factor=s.staleness_factor, staleness_min_s=s.staleness_min_s,
+                               offline_hysteresis_s=s.offline_hysteresis_s, flap_window_s=s.flap_window_s,
+                               sleep_grace=s.sleep_grace)
 
     def _dead_letter(self, msg: Inbound, verdict: Rejected, active: set[str] | None,
                      touched: dict[str, tuple[int, SeqTracker]], counts: Counter[str]) -> bool:
@@ -370,8 +379,10 @@ class BatchWriter:
         return True
 
     def check_stale(self, now: float) -> list[PresenceEvent]:
-        """Mark silent devices offline (own short transaction)."""
-        return self.presence.check_stale(now)
+        """Mark silent devices offline or sleeping, and apply due wills (own short transaction)."""
+        events = self.presence.check_stale(now)
+        self.stats.presence_flaps += self.presence.take_flaps()
+        return events
 
     def delete_old(self, cutoff: float) -> int:
         """One retention chunk; returns the readings deleted."""

@@ -28,6 +28,9 @@ Versions
         (``broker.quota``); a NULL field keeps the broker's default.
     7   device configuration and self-description (:mod:`hub.storage.config`): ``config_devices``,
         ``config_keys``, ``descriptions``, ``range_flags``; four new tables, nothing else touched.
+    8   hub-side alarms (:mod:`hub.storage.alarms`): ``alarm_rules``, ``alarms``, ``alarm_events``;
+        sleepy presence: ``devices.sleep_s`` (the wake period a device declared) and
+        ``devices.flaps`` (online/offline flaps counted by the hub).
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -494,9 +497,63 @@ def _to_v7_config(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(ddl)
 
 
+ALARM_DDL = (
+    # kind: above, below (a metric against a threshold), no_data, offline; clear: the hysteresis
+    # threshold (NULL: the threshold itself); action: a command sent when an alarm is raised
+    """CREATE TABLE alarm_rules (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    metric TEXT,
+    threshold REAL,
+    clear REAL,
+    for_s REAL NOT NULL DEFAULT 0,
+    severity TEXT NOT NULL,
+    grp TEXT,
+    action_command TEXT,
+    action_args TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+)""",
+    # state: active, acknowledged, cleared; flaps: times it was raised again soon after it cleared
+    """CREATE TABLE alarms (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    value REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    raised_at REAL NOT NULL,
+    acked_at REAL,
+    acked_by TEXT,
+    cleared_at REAL,
+    flaps INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+)""",
+    "CREATE INDEX alarms_open ON alarms (rule, device_id) WHERE state != 'cleared'",
+    "CREATE INDEX alarms_state ON alarms (state, raised_at)",
+    """CREATE TABLE alarm_events (
+    alarm_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    ts REAL NOT NULL,
+    value REAL,
+    detail TEXT NOT NULL DEFAULT ''
+)""",
+    "CREATE INDEX alarm_events_alarm ON alarm_events (alarm_id, ts)",
+    "ALTER TABLE devices ADD COLUMN sleep_s INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE devices ADD COLUMN flaps INTEGER NOT NULL DEFAULT 0",
+)
+
+
+def _to_v8_alarms(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 7 -> 8: alarm rules, alarms and their history; the sleepy-presence columns of ``devices``."""
+    for ddl in ALARM_DDL:
+        conn.execute(ddl)
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5, _to_v6_quotas, _to_v7_config)
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5, _to_v6_quotas,
+                                     _to_v7_config, _to_v8_alarms)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)
