@@ -235,11 +235,22 @@ class SimDevice:
             self._first_online = now
             self._next_storm = now + self.settings.fault_start_s
         self._by_pid.clear()
-        self.config.on_online()  # the description (once), before the birth that names it
-        client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
+        # the link can already be gone here: a firmware apply (or any loss) that happened while _connect
+        # waited for SUBACK closes it before this coroutine resumes (wait_for adds a loop hop). Raising
+        # MqttError out of run() would end the device's task silently: no birth, no reboot, no goodbye.
+        try:
+            self.config.on_online()  # the description (once), before the birth that names it
+            client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
+        except MqttError:
+            self.client = None
+            return  # the run loop reboots if one is pending, then reconnects
         stats.births += 1
         self.ota.on_online()
-        self._resend(client, self.outbox.on_reconnect(self._session_present))  # rule R1
+        try:
+            self._resend(client, self.outbox.on_reconnect(self._session_present))  # rule R1
+        except MqttError:
+            self.client = None
+            return
         wake_ticks = 0
         # spread the fleet's ticks over the interval, reproducibly
         next_tick = now + (self.index * 0.618034 % 1.0) * self.interval
