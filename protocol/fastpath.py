@@ -115,6 +115,30 @@ def _float_size(value: float) -> int:
     return size
 
 
+_CBOR_READINGS: dict[tuple[int, object, type], tuple[str, int] | None] = {}
+"""(metric id, value, value type) -> (metric name, encoded size of the value), None when refused: sensors
+repeat their values, so most readings are checked by one look-up (the value itself is always the
+payload's, so 0.0 and -0.0 share an entry without mixing their signs)."""
+
+
+def _cbor_reading(metric_id: int, value: object) -> tuple[str, int] | None:
+    key = (metric_id, value, type(value))
+    try:
+        return _CBOR_READINGS[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable value (a list, a map): not a reading
+        return None
+    metric = metric_by_id(metric_id)
+    entry = None
+    if metric is not None and _value(metric.name, value) is not None:
+        entry = (metric.name, _float_size(value) if type(value) is float else _int_size(value))  # type: ignore[arg-type]
+    if len(_CBOR_READINGS) >= 1 << 16:
+        _CBOR_READINGS.clear()
+    _CBOR_READINGS[key] = entry
+    return entry
+
+
 def _dropped_ok(dropped: object, seq: int) -> bool:
     """``dropped`` is a u32 below ``seq``, or 0 (the model's rule)."""
     return _u32(dropped) and (dropped == 0 or dropped < seq)  # type: ignore[operator]
@@ -205,22 +229,23 @@ def _from_cbor(payload: bytes) -> TelemetryRows | None:
     size = (1 + 2 * len(keys) + _int_size(boot) + _int_size(seq) + _int_size(ts) + (_int_size(dropped) if len(keys) == 5 else 0)
             + _int_size(n))
     readings = []
+    append = readings.append
+    cache = _CBOR_READINGS
     for r in raw:
         if type(r) is not list or len(r) != 3:
             return None
         dt, metric_id, value = r
         if type(dt) is not int or not 0 <= dt <= _MAX_OFFSET or type(metric_id) is not int:
             return None
-        metric = metric_by_id(metric_id)
-        if metric is None:
+        try:
+            entry = cache[(metric_id, value, type(value))]
+        except (KeyError, TypeError):
+            entry = _cbor_reading(metric_id, value)
+        if entry is None:
             return None
         # ... and each reading: a 3-item array head, dt, metric id, the value as it came (int or float)
-        size += 1 + (1 if dt < 24 else _int_size(dt)) + _int_size(metric_id) + (
-            _float_size(value) if type(value) is float else _int_size(value) if type(value) is int else 0)
-        value = _value(metric.name, value)
-        if value is None:
-            return None
-        readings.append((dt, metric.name, value))
+        size += 1 + (1 if dt < 24 else _int_size(dt)) + (1 if metric_id < 24 else _int_size(metric_id)) + entry[1]
+        append((dt, entry[0], value if type(value) is float else float(value)))  # type: ignore[arg-type]
     if size != len(payload) or tuple(keys) != _CANONICAL_ORDER[len(keys) == 5]:
         return None
     if n >= 24 and 0x9F in payload:  # an indefinite-length array of 24+ items is as long as the definite one

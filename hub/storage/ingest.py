@@ -60,6 +60,9 @@ class IngestStore:
         """The newest run of each (device, boot) seen, None when it has none; valid while no other
         connection writes (checked with ``PRAGMA data_version`` at each transaction's start)."""
         self._pending: dict[tuple[int, int, int], Run] = {}
+        self._staged: list[tuple[int, int, int, int, int, int | float]] = []
+        self._folding: list[tuple[int, int, float]] = []
+        self._latest: dict[int, tuple[int, float, str, str, float]] = {}
         self._data_version = -1
         self._retention_series = 0  # the retention pass goes round the series; where it stopped
         self._round_deleted = 0  # readings deleted so far in this round
@@ -74,6 +77,7 @@ class IngestStore:
                     self._tails.clear()
                     self._data_version = version
                 yield self.conn
+                self._flush_readings()
                 self._flush_runs()
                 for name, n in self._counted.items():
                     if n:
@@ -83,6 +87,9 @@ class IngestStore:
             self._series.clear()
             self._tails.clear()
             self._pending.clear()
+            self._staged.clear()
+            self._folding.clear()
+            self._latest.clear()
             raise
         finally:
             self._counted = dict.fromkeys(self._counted, 0)
@@ -237,6 +244,41 @@ class IngestStore:
         # one upsert per (series, period, start) per batch; the values as the devices sent them
         acc = fold(folding)
         self.conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
+
+    def stage_readings(self, device_id: str, boot: int, seq: int, base_ms: int,
+                       readings: Sequence[tuple[int, str, float]], received_at: float) -> None:
+        """One message's readings, ``(dt ms, metric, value)`` after its time ``base_ms``, stored when the
+        transaction commits: one executemany of samples, one upsert per touched minute, hour and latest value.
+
+        The writer's per-reading work happens here, once, on plain tuples.
+        """
+        series = self._series
+        staged = self._staged
+        folding = self._folding
+        latest = self._latest
+        for idx, (dt, metric, value) in enumerate(readings):
+            key = series.get((device_id, metric))
+            if key is None:
+                key = self.series_key(device_id, metric)
+            ts = base_ms + dt
+            staged.append((key, ts, boot, seq, idx, pack(value)))
+            folding.append((key, ts, value))
+            prev = latest.get(key)
+            if prev is None or ts >= prev[0]:
+                latest[key] = (ts, value, device_id, metric, received_at)
+
+    def _flush_readings(self) -> None:
+        if not self._staged:
+            return
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", self._staged)
+        self._counted["readings"] += len(self._staged)
+        self.conn.executemany(ROLLUP_UPSERT, rollup_rows(fold(self._folding)))
+        self.upsert_latest([(device_id, metric, ts / 1000.0, value, received_at)
+                            for ts, value, device_id, metric, received_at in self._latest.values()])
+        self._staged = []
+        self._folding = []
+        self._latest = {}
 
     def upsert_latest(self, rows: Iterable[tuple[str, str, float, float, float]]) -> None:
         """Rows of (device_id, metric, ts, value, received_at); an older ts never replaces a newer one."""
