@@ -7,8 +7,8 @@ or ``settings.duration`` passes and returns a :class:`SimSummary`; or use ``star
 
 Provisioning: :func:`provision` makes sure devices ``<prefix>-00001``... exist in the
 registry and that their secrets are known, in a credentials file next to the database
-(``<db>.sim-creds.json``, mode 0600). The registry stores only scrypt hashes (~50 ms each),
-so new devices are hashed in a thread pool (hashlib's scrypt releases the GIL). The file
+(``<db>.sim-creds.json``, mode 0600). The registry stores generated secrets as fast keyed
+hashes (``broker/secrets.py``); new devices are still registered in a thread pool. The file
 also keeps each device's boot counter, so that a rerun starts a new boot rather than
 replaying seq numbers of an old one.
 """
