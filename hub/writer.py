@@ -119,8 +119,7 @@ class BatchWriter:
         births: list[str] = []
         counts: Counter[str] = Counter()
         dead: Counter[str] = Counter()
-        readings: list[tuple[Any, ...]] = []
-        latest: dict[tuple[str, str], tuple[str, str, float, float, float]] = {}
+        readings = [0]  # readings staged in this batch
         skew = SkewTally()
         with self.store.transaction():
             for msg, verdict in zip(batch, verdicts):
@@ -134,10 +133,7 @@ class BatchWriter:
                     if self._dead_letter(msg, verdict, active, touched, counts):
                         dead[verdict.reason.value] += 1
                     continue
-                self._accept(msg, verdict, result, touched, births, counts, readings, latest, skew)
-            if readings:
-                self.store.insert_readings(readings)
-                self.store.upsert_latest(latest.values())
+                self._accept(msg, verdict, result, touched, births, counts, readings, skew)
             for key in self._dirty:
                 self.store.save_stream(key[0], key[1], self._streams[key])
             self.presence.flush()
@@ -146,7 +142,7 @@ class BatchWriter:
         self._forget_old_boots(touched)
         self.stats.batches += 1
         self.stats.messages += counts["stored"]
-        self.stats.readings += len(readings)
+        self.stats.readings += readings[0]
         self.stats.duplicates += counts["duplicate"]
         self.stats.gaps += counts["gap"]
         self.stats.skewed += counts["skewed"]
@@ -208,8 +204,7 @@ class BatchWriter:
     # ------------------------------------------------------------------ messages
 
     def _accept(self, msg: Inbound, verdict: Accepted, result: BatchResult, touched: dict[str, tuple[int, SeqTracker]],
-                births: list[str], counts: Counter[str], readings: list[tuple[Any, ...]],
-                latest: dict[tuple[str, str], tuple[str, str, float, float, float]], skew: SkewTally) -> None:
+                births: list[str], counts: Counter[str], readings: list[int], skew: SkewTally) -> None:
         device_id, message, now = verdict.device_id, verdict.message, msg.received_at
         if not isinstance(message, (TelemetryRows, Alert)):
             counts["persisted:" + verdict.cls.value] += 1
@@ -257,15 +252,8 @@ class BatchWriter:
             self.store.insert_alert(device_id, key, message.seq, base / 1000.0, message.code,
                                     message.severity.value, message.message, now)
             return
-        seq, flag = message.seq, int(skewed)
-        append = readings.append
-        for idx, (dt, metric, value) in enumerate(message.readings):
-            ts = (base + dt) / 1000.0
-            append((device_id, key, seq, idx, metric, value, ts, now, flag))
-            latest_key = (device_id, metric)
-            prev = latest.get(latest_key)
-            if prev is None or ts >= prev[2]:
-                latest[latest_key] = (device_id, metric, ts, value, now)
+        self.store.stage_readings(device_id, key, message.seq, base, message.readings, now)
+        readings[0] += len(message.readings)
 
     def _wall_clock(self, device_id: str, message: TelemetryRows | Alert, now: float) -> tuple[int, bool]:
         """The message's time in ms since the epoch (uptime stamps turned into wall-clock time when the
