@@ -165,7 +165,7 @@ class AlarmEngine:
 
     # ------------------------------------------------------------ readings (the ingest path's batches)
 
-    def on_readings(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    def on_readings(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Evaluate a committed batch's readings, as the writer made them:
         ``(device_id, boot, seq, idx, metric, value, ts, received_at, skewed)``; time is ``received_at``."""
         by_metric = self.by_metric

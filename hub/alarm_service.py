@@ -24,7 +24,7 @@ from hub.config import HubSettings
 from hub.rules import Rule
 from hub.storage import open_database, transaction
 from hub.storage.alarms import AlarmStore
-from hub.writer import BatchResult
+from hub.writer import BatchResult, reading_rows
 from protocol.errors import FleetError
 from protocol.text import inert
 
@@ -67,10 +67,10 @@ class AlarmService:
 
     def on_batch(self, result: BatchResult) -> None:
         """Ingest hook: queue the batch's readings for evaluation (cheap; never blocks on the engine)."""
-        if not result.readings:
+        if not result.telemetry:
             return
         with self._lock:
-            self._batches.append(result.readings)
+            self._batches.append(result.telemetry)
             if len(self._batches) > MAX_PENDING_BATCHES:
                 del self._batches[0]
                 self.skipped_batches += 1
@@ -118,8 +118,8 @@ class AlarmService:
                 self._wake.clear()
                 with self._lock:
                     batches, self._batches = self._batches, []
-                for rows in batches:
-                    self.engine.on_readings(rows)
+                for telemetry in batches:
+                    self.engine.on_readings(reading_rows(telemetry))
                 try:
                     if time.monotonic() >= next_tick:
                         next_tick = time.monotonic() + self.settings.alarm_check_s

@@ -35,7 +35,7 @@ from hub.device_config import key_name, parse_description, plan
 from hub.errors import HubError
 from hub.storage import ConfigStore, StorageError, open_database
 from hub.transport import low_latency
-from hub.writer import BatchResult
+from hub.writer import BatchResult, reading_rows
 from protocol.codec import decode, encode
 from protocol.config import ConfigReport, Description, description_hash
 from protocol.errors import FleetError, ProtocolError
@@ -191,7 +191,7 @@ class ConfigService:
         if not ranges:
             return
         flags: dict[tuple[str, str], tuple[int, float, float]] = {}
-        for device_id, _, _, _, metric, value, ts, *_ in result.readings:  # the rows the writer stored
+        for device_id, _, _, _, metric, value, ts, *_ in reading_rows(result.telemetry):
             declared = ranges.get(device_id)
             if declared is None:
                 continue

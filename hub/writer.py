@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,17 @@ class HubStats:
         }
 
 
+StoredTelemetry = tuple[str, int, int, int, Sequence[tuple[int, str, float]], float, bool]
+"""``(device_id, boot, seq, base_ms, readings as (dt ms, metric, value), received_at, skewed)``."""
+
+
+def reading_rows(telemetry: Iterable[StoredTelemetry]) -> Iterator[tuple[Any, ...]]:
+    """The readings of stored messages as ``(device_id, boot, seq, idx, metric, value, ts, received_at, skewed)``."""
+    for device_id, boot, seq, base_ms, readings, received_at, skewed in telemetry:
+        for idx, (dt, metric, value) in enumerate(readings):
+            yield device_id, boot, seq, idx, metric, value, (base_ms + dt) / 1000.0, received_at, skewed
+
+
 @dataclass
 class BatchResult:
     """What a committed batch changed, for acks, watermarks and hooks."""
@@ -80,9 +92,10 @@ class BatchResult:
     """The form (json or cbor) each device of ``watermarks`` asked for in its latest birth."""
     replies: list[tuple[str, CommandReply]] = field(default_factory=list)
     presence: list[PresenceEvent] = field(default_factory=list)
-    readings: list[tuple[Any, ...]] = field(default_factory=list)
-    """The batch's stored readings ``(device_id, boot, seq, idx, metric, value, ts, received_at, skewed)``,
-    for the alarm engine (the same list the writer inserted: no copy)."""
+    telemetry: list[StoredTelemetry] = field(default_factory=list)
+    """The batch's stored telemetry messages, for the alarm engine and the range check: one tuple per
+    message, so the writer does no per-reading work for them (:func:`reading_rows` spreads them out)."""
+
 
 
 class BatchWriter:
@@ -138,7 +151,6 @@ class BatchWriter:
                 self.store.save_stream(key[0], key[1], self._streams[key])
             self.presence.flush()
         self._dirty.clear()
-        result.readings = readings
         self._forget_old_boots(touched)
         self.stats.batches += 1
         self.stats.messages += counts["stored"]
@@ -253,6 +265,7 @@ class BatchWriter:
                                     message.severity.value, message.message, now)
             return
         self.store.stage_readings(device_id, key, message.seq, base, message.readings, now)
+        result.telemetry.append((device_id, key, message.seq, base, message.readings, now, skewed))
         readings[0] += len(message.readings)
 
     def _wall_clock(self, device_id: str, message: TelemetryRows | Alert, now: float) -> tuple[int, bool]:
