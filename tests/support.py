@@ -168,3 +168,13 @@ def broker_counters(broker: BackgroundBroker) -> dict[str, float]:
         assert broker.broker is not None
         return broker.broker.counters()
     return broker.call(read)  # type: ignore[no-any-return]
+
+
+def session_state(broker: BackgroundBroker, client_id: str) -> str | None:
+    """The embedded broker's state of ``client_id``'s session ("connected", "disconnected"...; None: no session),
+    read on its own loop: an event to wait for instead of a sleep after a client disconnects."""
+    async def read() -> str | None:
+        assert broker.broker is not None
+        entry = broker.broker.amqtt._sessions.get(client_id)
+        return None if entry is None else str(entry[0].transitions.state)
+    return broker.call(read)  # type: ignore[no-any-return]

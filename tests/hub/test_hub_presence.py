@@ -10,7 +10,7 @@ from hub_helpers import birth, publish, publish_seqs, stop_client, stored_messag
 from protocol.codec import encode
 from protocol.models import Status
 from protocol.topics import MessageClass
-from support import add_device, connect, wait_for
+from support import add_device, connect, load_factor, wait_for
 
 
 def presence(db_path, device_id):  # type: ignore[no-untyped-def]
@@ -31,8 +31,9 @@ def test_silent_device_goes_offline_within_its_window_without_a_will(embedded_br
     assert (row["fw"], row["boot"], row["interval_s"]) == ("2.1.0", 3, 1)
     went_online = time.monotonic()
     # the connection stays up (keepalive 60 s), so no broker ever fires a will
-    assert wait_for(lambda: presence(db_path, "quiet-1")["state"] == "offline", 5)
-    assert time.monotonic() - went_online < 2.0 + 1.0  # window 2 s, checked every 0.2 s
+    assert wait_for(lambda: presence(db_path, "quiet-1")["state"] == "offline", 30)
+    # window 2 s, checked every 0.2 s; a loaded machine may check late
+    assert time.monotonic() - went_online < 2.0 + 1.0 * load_factor()
     assert presence(db_path, "quiet-1")["state_reason"] == "stale"
     # its next message brings it back
     publish_seqs(client, "quiet-1", [1], boot=3)
