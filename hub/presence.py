@@ -132,8 +132,8 @@ class PresenceTracker:
                         "back: flash wiped or board replaced; data is kept apart per incarnation)",
                         device_id, old_boot, status.boot, dev.incarnation)
         boot_ts_changed = False
+        new_boot = dev.boot != status.boot
         if state == ONLINE:
-            new_boot = dev.boot != status.boot
             boot_ts = status.boot_ts or (None if new_boot or reset else dev.boot_ts)
             boot_ts_changed = boot_ts is not None and boot_ts != dev.boot_ts
             dev.fw, dev.boot, dev.enc, dev.interval_s = status.fw, status.boot, status.enc, status.interval_s
@@ -157,7 +157,11 @@ class PresenceTracker:
                 return BirthOutcome(None, reset, False)
         reason = "reset" if reset else "will" if state != ONLINE else "wake" if dev.state == SLEEPING else "birth"
         event = self._transition(dev, state, reason, now)
-        if reset and event is None:  # already online: the command side must still hear of the new incarnation
+        if event is None and state == ONLINE and (reset or new_boot):
+            # already online, yet a birth of another boot: the device restarted and its will never came (the
+            # broker died with it, e.g. a hard-killed `fleet up`); the history must show the new boot, not end
+            # at the old one, and the command side must hear of it (a new incarnation, or lost commands)
+            dev.state_since = now
             self.store.insert_presence_event(device_id, state, reason, dev.boot, now)
             event = PresenceEvent(device_id, state, reason, dev.boot, now)
         self.store.save_device(dev)

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import MosquittoProcess, start_mosquitto
+import pytest_timeout
+from support import MosquittoProcess, load_factor, start_mosquitto
 
 from broker.background import BackgroundBroker
 from broker.config import BrokerSettings
@@ -16,6 +17,19 @@ from broker.registry import Registry
 from broker.server import free_port
 from hub.config import HubSettings
 from hub.service import Hub
+
+
+TIMEOUT_SCALE_CAP = 5.0
+"""A test's pytest-timeout grows with the load, up to this factor (120 s -> 10 min): a hang still ends."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: pytest_timeout.Settings) -> object:
+    """pytest-timeout's per-test limit, scaled like every wait in the tests (support.load_factor)."""
+    scale = min(load_factor(), TIMEOUT_SCALE_CAP)
+    if scale <= 1.0 or not settings.timeout:
+        return None  # pytest-timeout's own hook sets the timer as configured
+    return pytest_timeout.pytest_timeout_set_timer(item, settings._replace(timeout=settings.timeout * scale))
 
 
 @pytest.fixture

@@ -63,8 +63,13 @@ def connect(port: int, creds: Creds | None, client_id: str | None = None, *, cle
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until it is true or ``timeout`` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it is true or ``timeout`` x :func:`load_factor` passes; returns its last value.
+
+    The deadline scales with the machine: a wait that passes costs nothing more, and a loaded
+    machine (``make test-stress``, other jobs) gets the time it needs. Never use it to check that
+    something did NOT happen: send a marker after it and wait for the marker instead.
+    """
+    deadline = time.monotonic() + timeout * load_factor()
     while True:
         value = predicate()
         if value or time.monotonic() > deadline:
@@ -167,4 +172,14 @@ def broker_counters(broker: BackgroundBroker) -> dict[str, float]:
     async def read() -> dict[str, float]:
         assert broker.broker is not None
         return broker.broker.counters()
+    return broker.call(read)  # type: ignore[no-any-return]
+
+
+def session_state(broker: BackgroundBroker, client_id: str) -> str | None:
+    """The embedded broker's state of ``client_id``'s session ("connected", "disconnected"...; None: no session),
+    read on its own loop: an event to wait for instead of a sleep after a client disconnects."""
+    async def read() -> str | None:
+        assert broker.broker is not None
+        entry = broker.broker.amqtt._sessions.get(client_id)
+        return None if entry is None else str(entry[0].transitions.state)
     return broker.call(read)  # type: ignore[no-any-return]

@@ -22,6 +22,8 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.driver import Driver
+from textual.drivers.linux_driver import LinuxDriver
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
@@ -40,6 +42,7 @@ from cli.dashboard.render import (
     visible_devices,
 )
 from cli.dashboard.sender import CommandSender, SendOutcome
+from cli.dashboard.terminal import TerminalDriver
 from hub.overview import DeviceDetail, DeviceView, Snapshot, SortKey, ViewState
 from protocol.errors import FleetError
 from protocol.text import inert
@@ -377,6 +380,12 @@ class DashboardApp(App[None]):
         self.detail: DeviceDetail | None = None
         self.sent: list[SendOutcome] = []  # what the operator was told about each send, oldest first
         self.feed = DashboardFeed(db, refresh_s, lambda s, d: self.post_message(FeedUpdate(s, d)))
+
+    def get_driver_class(self) -> type[Driver]:
+        """Textual's driver, but on Linux and macOS one that draws on the terminal, not on stderr
+        (see :mod:`cli.dashboard.terminal`); ``TEXTUAL_DRIVER`` still wins."""
+        default = super().get_driver_class()
+        return TerminalDriver if default is LinuxDriver else default
 
     def on_mount(self) -> None:
         self.push_screen(FleetScreen())

@@ -6,6 +6,7 @@ import subprocess
 import threading
 
 import pytest
+from paho_helpers import subscribe
 
 from broker.registry import Role
 from support import Creds, add_device, connect, wait_for
@@ -45,14 +46,13 @@ def test_mosquitto_pub_as_device_reaches_hub_and_foreign_topic_does_not(embedded
     got: list[tuple[str, bytes]] = []
     client = connect(embedded_broker.port, hub)
     client.on_message = lambda c, u, m: got.append((m.topic, m.payload))
-    client.subscribe("d/#", qos=1)
+    assert subscribe(client, "d/#") == 1
     port = str(embedded_broker.port)
     base = ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-u", dev.username, "-i", dev.username, "-P", dev.password, "-q", "1"]
-    wait_for(lambda: False, timeout=0.3)
-    subprocess.run([*base, "-t", "d/sensor-4/t", "-m", "own"], check=True, timeout=10)
-    subprocess.run([*base, "-t", "d/other/t", "-m", "foreign"], check=True, timeout=10)
-    assert wait_for(lambda: ("d/sensor-4/t", b"own") in got)
-    wait_for(lambda: False, timeout=0.5)
+    # the foreign one first: the own one, sent after it, is the marker that it had its chance to arrive
+    subprocess.run([*base, "-t", "d/other/t", "-m", "foreign"], check=True, timeout=30)
+    subprocess.run([*base, "-t", "d/sensor-4/t", "-m", "own"], check=True, timeout=30)
+    assert wait_for(lambda: ("d/sensor-4/t", b"own") in got, timeout=15)
     assert ("d/other/t", b"foreign") not in got
     client.disconnect()
     client.loop_stop()

@@ -16,7 +16,7 @@ import pytest
 from paho_helpers import Inbox, close, subscribe
 
 from broker.registry import Role
-from support import Creds, add_device, connect, wait_for
+from support import Creds, add_device, connect, session_state, wait_for
 
 
 def _hub(embedded_broker, registry, topic: str = "d/#") -> tuple[mqtt.Client, Inbox]:  # type: ignore[no-untyped-def]
@@ -62,7 +62,8 @@ def test_offline_persistent_device_gets_queued_commands_without_retain_flag(embe
     dev = connect(embedded_broker.port, creds, clean=False)
     assert subscribe(dev, "d/sleepy/c") == 1
     close(dev)
-    wait_for(lambda: False, timeout=0.2)
+    # the broker has taken the DISCONNECT: what the hub sends now is queued for the offline session
+    assert wait_for(lambda: session_state(embedded_broker, "sleepy") == "disconnected", timeout=15)
     for i in range(3):
         hub.publish("d/sleepy/c", f"cmd-{i}".encode(), qos=1).wait_for_publish(5)
     hub.publish("d/sleepy/c", b"qos0-while-away", qos=0).wait_for_publish(5)
@@ -75,12 +76,14 @@ def test_offline_persistent_device_gets_queued_commands_without_retain_flag(embe
     dev.on_connect = lambda c, u, flags, rc, p: present.append(flags.session_present)
     dev.connect("127.0.0.1", embedded_broker.port)
     dev.loop_start()
-    assert wait_for(lambda: len(inbox.items) >= 3, timeout=5), inbox.items
-    wait_for(lambda: False, timeout=0.3)
+    assert wait_for(lambda: len(inbox.items) >= 3, timeout=15), inbox.items
+    # marker: a command sent now arrives after everything queued, so the QoS 0 one had its chance
+    hub.publish("d/sleepy/c", b"marker", qos=1).wait_for_publish(5)
+    assert wait_for(lambda: b"marker" in inbox.payloads(), timeout=15), inbox.items
     assert present == [True]
     assert [(t, p, qos, retain) for t, p, qos, retain, _dup in inbox.items] == [
         ("d/sleepy/c", f"cmd-{i}".encode(), 1, False) for i in range(3)
-    ]
+    ] + [("d/sleepy/c", b"marker", 1, False)]
     close(dev, hub)
 
 
@@ -121,8 +124,9 @@ def test_unacknowledged_messages_are_redelivered_to_a_persistent_session(embedde
     dev = connect(embedded_broker.port, add_device(registry, "dev-r"))
     for i in range(10):
         dev.publish("d/dev-r/t", str(i).encode(), qos=1).wait_for_publish(5)
-    assert wait_for(lambda: len(first.items) >= 10, timeout=5)
-    wait_for(lambda: False, timeout=0.2)  # let the even PUBACKs reach the broker
+    assert wait_for(lambda: len(first.items) >= 10, timeout=15)
+    # marker: the broker answers a PUBLISH sent after the even PUBACKs only once it has read them
+    hub.publish("d/dev-r/c", b"marker", qos=1).wait_for_publish(15)
     _kill_socket(hub)
 
     second = Inbox()
@@ -192,8 +196,14 @@ def test_persistent_session_is_not_inherited_by_another_principal(embedded_broke
     ops.on_connect = lambda c, u, flags, rc, p: present.append(flags.session_present)
     ops.connect("127.0.0.1", embedded_broker.port)
     ops.loop_start()
-    assert wait_for(lambda: present, timeout=5)
+    assert wait_for(lambda: present, timeout=15)
+    # marker: another hub gets "later"; by then the broker has routed it to every subscriber it has
+    watcher = connect(embedded_broker.port, add_device(registry, "hub-2", Role.HUB))
+    seen = Inbox().attach(watcher)
+    assert subscribe(watcher, "d/+/t") == 1
     dev.publish("d/dev-s/t", b"later", qos=1).wait_for_publish(5)
-    wait_for(lambda: False, timeout=0.5)
+    assert wait_for(lambda: b"later" in seen.payloads(), timeout=15)
+    # ... and ops' own round trip comes back after anything the broker queued for it before
+    ops.publish("fleet/ops/ops/req", b"marker", qos=1).wait_for_publish(15)
     assert present == [False] and inbox.items == []
-    close(ops, dev)
+    close(ops, dev, watcher)

@@ -27,7 +27,7 @@ from raw_mqtt import (
 )
 
 from broker.registry import Role
-from support import add_device, connect, wait_for
+from support import add_device, connect, load_factor, wait_for
 
 PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK = 3, 4, 5, 6, 7, 9
 
@@ -80,8 +80,9 @@ def test_wildcard_topic_in_publish_closes_the_connection_and_the_rest_is_never_p
     sock.sendall(publish_packet("d/smuggler/+", b"bad", qos=1, packet_id=1)
                  + publish_packet("d/smuggler/t", b"smuggled", qos=1, packet_id=2) + PINGREQ)
     started = time.monotonic()
-    answers, closed = _packets_until_closed(sock, timeout=5)
-    assert closed and time.monotonic() - started < 3, "connection not closed at once"
+    answers, closed = _packets_until_closed(sock, timeout=30)
+    # "at once": well before any keep-alive (60 s) would close it, allowing for a loaded machine
+    assert closed and time.monotonic() - started < 3 * load_factor(), "connection not closed at once"
     assert answers == [], f"the broker answered packets after the violation: {answers}"
     _marker(embedded_broker, registry, inbox)
     assert b"smuggled" not in inbox.payloads() and b"bad" not in inbox.payloads()
@@ -117,8 +118,8 @@ def test_malformed_packet_closes_the_connection_at_once(embedded_broker, registr
     assert rc == 0
     sock.sendall(MALFORMED[name] + PINGREQ)
     started = time.monotonic()
-    answers, closed = _packets_until_closed(sock, timeout=5)
-    assert closed and time.monotonic() - started < 3, f"{name}: connection left open"
+    answers, closed = _packets_until_closed(sock, timeout=30)
+    assert closed and time.monotonic() - started < 3 * load_factor(), f"{name}: connection left open"
     assert answers == [], f"{name}: packets after the violation were answered: {answers}"
     sock.close()
 
@@ -136,8 +137,8 @@ def test_other_protocol_levels_get_connack_01_at_once_without_a_traceback(embedd
     sock = socket.create_connection(("127.0.0.1", embedded_broker.port), timeout=5)
     started = time.monotonic()
     sock.sendall(connect_bytes)
-    answers, closed = _packets_until_closed(sock, timeout=5)
-    assert closed and time.monotonic() - started < 2
+    answers, closed = _packets_until_closed(sock, timeout=30)
+    assert closed and time.monotonic() - started < 2 * load_factor()
     assert answers == [(2, 0, b"\x00\x01")], answers  # CONNACK, session present 0, 0x01 unacceptable version
     sock.close()
     assert counters(embedded_broker)["unsupported_protocol"] == 1

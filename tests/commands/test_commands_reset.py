@@ -37,13 +37,21 @@ def test_queued_command_reaches_a_device_that_came_back_with_a_lower_boot(embedd
                 return presence(conn).get("reborn-1", {}).get("state")
             finally:
                 conn.close()
-        assert wait_for(lambda: state() == "offline", 5)
+        assert wait_for(lambda: state() == "offline", 30)
+        # the bridge hears of the will after the commit: wait for its own view, or the command goes out at once
+        bridge = hub.commands.bridge
+        assert bridge is not None
+
+        def bridge_offline() -> bool:
+            return bool(bridge.call(lambda: (link := bridge.links.get("reborn-1")) is not None and not link.online))
+
+        assert wait_for(bridge_offline, 30)
         rec = hub.commands.submit("reborn-1", "ping")
         assert rec.state is CommandState.QUEUED
         # the new board (same id, flash wiped): boot 1
         dev = CommandDevice(embedded_broker.port, creds).connect()
         try:
-            assert wait_for(lambda: (store.get(rec.id) or rec).state is CommandState.SUCCEEDED, 15), store.history(rec.id)
+            assert wait_for(lambda: (store.get(rec.id) or rec).state is CommandState.SUCCEEDED, 60), store.history(rec.id)
             assert dev.executed == [rec.id]
         finally:
             dev.disconnect()

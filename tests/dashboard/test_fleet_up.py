@@ -159,3 +159,22 @@ def test_dashboard_under_tmux_navigate_filter_drill_down_send_and_hub_down(tmp_p
             proc.kill()
         if term is not None:
             term.kill()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+@pytest.mark.timeout(300)
+def test_fleet_up_draws_on_the_terminal_and_stderr_stays_readable(tmp_path):
+    """`fleet up 2>file`: the dashboard is on the screen, the file holds plain lines, not the screen."""
+    port = free_port()
+    err = tmp_path / "err.txt"
+    term = Tmux(f"fleet-up-{port}", f"cd {tmp_path} && {FLEET} up -n 3 --port {port} 2>{err}")
+    try:
+        term.wait("3 devices: 3 online", "sim-00003", "Filter (/):", timeout=120)
+        term.keys("q")
+        assert wait_for(lambda: not term.alive(), timeout=60), term.screen()
+    finally:
+        term.kill()
+    text = err.read_text()
+    assert "\x1b" not in text, text[:400]
+    lines = text.splitlines()
+    assert lines[0] == "logs go to fleet.db.log" and lines[-1] == "stopped", text

@@ -44,10 +44,20 @@ def test_export_csv_jsonl_filters_and_chunks(db_path, tmp_path):
     assert len(rows) == 12_000 and rows[0]["metric"] == "temperature"
     assert "exported 12000 readings" in res.stderr
 
+    # the CLI reads the clock itself, somewhere between t0 and t1: a reading newer than t1 - 100 s must be
+    # in, one older than t0 - 100 s must not (on a loaded machine the first export alone can take 15 s)
+    t0 = time.time()
     res = runner.invoke(cli, ["--db", str(db_path), "export", "--format", "jsonl", "--since", "100s", "--device", "dev-a"])
+    t1 = time.time()
+    assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in io.StringIO(res.stdout)]
-    assert lines and all(x["device_id"] == "dev-a" and x["ts"] >= now - 101 for x in lines)
-    assert len(lines) == 5  # dev-a's readings 5, 25, 45, 65 and 85 s ago
+    got = [round(x["ts"], 1) for x in lines]  # stored in milliseconds
+    dev_a = [round(now - (12_000 - i) * 10 + 5, 1) for i in range(1, 12_000, 2)]
+    must = [ts for ts in dev_a if ts >= t1 - 100 + 0.1]  # 0.1: readings are stored in ms, compared rounded
+    may = [ts for ts in dev_a if ts >= t0 - 100 - 0.1]
+    assert all(x["device_id"] == "dev-a" for x in lines)
+    # dev-a's readings 5, 25, 45, 65 and 85 s old when filled: the export may come seconds later
+    assert must and set(must) <= set(got) <= set(may) and len(got) == len(set(got)), (must, got, may)
 
     chunks = list(iter_readings(db_path, chunk=5000))
     assert [len(c) for c in chunks] == [5000, 5000, 2000]

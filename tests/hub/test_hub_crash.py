@@ -12,7 +12,7 @@ import pytest
 from hub_helpers import publish_seqs, scalar, stop_client, stored_messages, stored_readings
 
 from broker.registry import Role, role_subject
-from support import HubProcess, add_device, connect, wait_for
+from support import HubProcess, add_device, connect, load_factor, wait_for, wait_progress
 
 DEVICES = 4
 PER_DEVICE = 1200
@@ -37,7 +37,7 @@ def crash_and_recover(port: int, clients: list, device_ids: list[str], hub: HubP
     hub.start()
     # first contact: the hub's persistent session exists once seq 1 of every device is stored;
     # seq 1 is re-sent until then (the hub subscribes a moment after it starts; repeats are de-duplicated)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30 * load_factor()  # the hub process starts slowly on a loaded machine
     while stored_messages(db) < DEVICES and time.monotonic() < deadline:
         for client, dev in zip(clients, device_ids):
             publish_seqs(client, dev, [1], n=READINGS)
@@ -53,15 +53,17 @@ def crash_and_recover(port: int, clients: list, device_ids: list[str], hub: HubP
     for t in threads:
         t.start()
     total = DEVICES * PER_DEVICE
-    assert wait_for(lambda: stored_messages(db) >= total // 4, 15)
+    assert wait_progress(lambda: stored_messages(db), total // 4) >= total // 4, hub.log.read_text()[-2000:]
     hub.kill()
     killed_at = stored_messages(db)
     assert killed_at < total, "the stream ended before the kill; make it longer"
     time.sleep(0.3)
     hub.start()
     for t in threads:
-        t.join(30)
-    assert wait_for(lambda: stored_messages(db) == total, 10), (stored_messages(db), total)
+        t.join(60 * load_factor())
+        assert not t.is_alive(), "a device is still publishing"
+    # recovery: fail only when the count stops moving (a loaded machine is slow, not stuck)
+    assert wait_progress(lambda: stored_messages(db), total) == total, hub.log.read_text()[-2000:]
     assert stored_readings(db) == total * READINGS
     assert scalar(db, "SELECT COUNT(*) FROM (SELECT 1 FROM readings GROUP BY device_id, boot, seq, idx"
                       " HAVING COUNT(*) > 1)") == 0
@@ -70,6 +72,7 @@ def crash_and_recover(port: int, clients: list, device_ids: list[str], hub: HubP
     assert scalar(db, "SELECT COUNT(*) FROM gaps WHERE missing > 0") == 0
 
 
+@pytest.mark.timeout(600)  # waits scale with the machine's load (wait_progress); this bounds the whole run
 def test_sigkill_mid_stream_loses_nothing_on_mosquitto(mosquitto, registry, db_path, hub_process):
     device_ids = [f"crash-{i}" for i in range(DEVICES)]
     for d in device_ids:
@@ -82,6 +85,7 @@ def test_sigkill_mid_stream_loses_nothing_on_mosquitto(mosquitto, registry, db_p
             stop_client(c)
 
 
+@pytest.mark.timeout(600)
 def test_sigkill_mid_stream_loses_nothing_on_embedded_broker(embedded_broker, registry, db_path, hub_process):
     """Holds because broker/ redelivers unacknowledged QoS1 and queues for the offline hub (AMQTT_NOTES.md #3, #4)."""
     device_ids = [f"crash-{i}" for i in range(DEVICES)]

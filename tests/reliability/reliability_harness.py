@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support import HubProcess
+from support import HubProcess, load_factor
 
 from device_sim.background import BackgroundFleet
 from device_sim.fleet import Credentials, SimSummary, device_id, provision
@@ -191,18 +191,26 @@ def ledger_past(ledger: Path, cutoff: float) -> bool:
     return latest is not None and latest > cutoff
 
 
-def settle(ledger: Path, hub_db: Path, cutoff: float, timeout: float = 20.0) -> Audit:
-    """Poll the audit until nothing produced before ``cutoff`` is missing (or ``timeout`` passes).
+def settle(ledger: Path, hub_db: Path, cutoff: float, stall_s: float = 20.0, cap_s: float = 300.0) -> Audit:
+    """Poll the audit until nothing produced before ``cutoff`` is missing.
 
     The simulator writes its ledger in batches (every half second): the audit waits for a row
     produced after the cutoff first, so that it never judges a ledger that lacks the last messages.
+    It gives up when the hub stops storing for ``stall_s`` x :func:`load_factor` (a loaded machine
+    is slow, not stuck) or after ``cap_s``.
     """
-    deadline = time.monotonic() + timeout
-    while not ledger_past(ledger, cutoff) and time.monotonic() < deadline:
+    start = time.monotonic()
+    while not ledger_past(ledger, cutoff) and time.monotonic() - start < stall_s * load_factor():
         time.sleep(0.1)
+    last_change, last_stored = time.monotonic(), -1
     while True:
         result = audit(ledger, hub_db, cutoff)
-        if (result.covered and not result.missing) or time.monotonic() > deadline:
+        now = time.monotonic()
+        if result.covered and not result.missing:
+            return result
+        if result.stored > last_stored:
+            last_change, last_stored = now, result.stored
+        elif now - last_change > stall_s * load_factor() or now - start > cap_s:
             return result
         time.sleep(0.25)
 

@@ -9,8 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from reliability_harness import finish, provision_fleet, sim_settings, stored_count
-from support import MOSQUITTO, start_mosquitto, wait_for
+from support import MOSQUITTO, start_mosquitto, wait_progress
 
 from broker.background import BackgroundBroker
 from broker.config import BrokerSettings
@@ -22,6 +23,7 @@ DOWN_S = 1.5
 """Long enough for paho's reconnect back-off to let devices in before the hub: what they send first goes nowhere."""
 
 
+@pytest.mark.timeout(900)  # waits scale with the machine's load (wait_progress); this bounds the whole run
 def test_embedded_broker_restart_loses_nothing(tmp_path: Path, db_path: Path, start_hub) -> None:  # type: ignore[no-untyped-def]
     settings = BrokerSettings(port=free_port(), db=db_path)
     broker = BackgroundBroker(settings).start()
@@ -30,13 +32,14 @@ def test_embedded_broker_restart_loses_nothing(tmp_path: Path, db_path: Path, st
         start_hub(settings.port)
         sim = BackgroundFleet(sim_settings(settings.port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
         try:
-            assert wait_for(lambda: stored_count(db_path) >= DEVICES * 20, 20)
+            assert wait_progress(lambda: stored_count(db_path), DEVICES * 20) >= DEVICES * 20
             for _ in range(2):
                 broker.stop()
                 time.sleep(DOWN_S)
                 broker = BackgroundBroker(settings).start()  # same port, same registry; no sessions, no retained
                 before = stored_count(db_path)
-                assert wait_for(lambda: stored_count(db_path) >= before + DEVICES * 10, 20)
+                # the fleet is back and the hub stores again: fail only when storing stops (not when it is slow)
+                assert wait_progress(lambda: stored_count(db_path), before + DEVICES * 10) >= before + DEVICES * 10
         finally:
             result, summary = finish(sim, ledger, db_path, time.time())
     finally:
@@ -47,6 +50,7 @@ def test_embedded_broker_restart_loses_nothing(tmp_path: Path, db_path: Path, st
     assert result.overflow_dropped == 0, result.line()  # a buffer may overflow on a slow machine: nothing given up
 
 
+@pytest.mark.timeout(900)
 def test_mosquitto_restart_loses_nothing(tmp_path: Path, db_path: Path, registry, start_hub) -> None:  # type: ignore[no-untyped-def]
     mosq = start_mosquitto(tmp_path)
     ledger = tmp_path / "ledger.db"
@@ -55,7 +59,7 @@ def test_mosquitto_restart_loses_nothing(tmp_path: Path, db_path: Path, registry
         start_hub(mosq.port)
         sim = BackgroundFleet(sim_settings(mosq.port, DEVICES, ledger), provision_fleet(db_path, DEVICES)).start()
         try:
-            assert wait_for(lambda: stored_count(db_path) >= DEVICES * 20, 20)
+            assert wait_progress(lambda: stored_count(db_path), DEVICES * 20) >= DEVICES * 20
             for _ in range(2):
                 procs[-1].send_signal(signal.SIGKILL)
                 procs[-1].wait(5)
@@ -64,7 +68,8 @@ def test_mosquitto_restart_loses_nothing(tmp_path: Path, db_path: Path, registry
                 procs.append(subprocess.Popen([MOSQUITTO, "-c", str(mosq.conf)], stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL))
                 before = stored_count(db_path)
-                assert wait_for(lambda: stored_count(db_path) >= before + DEVICES * 10, 20)
+                # the fleet is back and the hub stores again: fail only when storing stops (not when it is slow)
+                assert wait_progress(lambda: stored_count(db_path), before + DEVICES * 10) >= before + DEVICES * 10
         finally:
             result, summary = finish(sim, ledger, db_path, time.time())
     finally:

@@ -19,7 +19,7 @@ from broker.server import free_port
 from cli.main import cli
 from hub.config import HubSettings, hub_password
 from raw_mqtt import raw_connect  # tests/broker/raw_mqtt.py (see conftest.py)
-from support import add_device, broker_counters, connect, wait_for
+from support import add_device, broker_counters, connect, load_factor, wait_for
 
 ATTACKERS = 8
 ATTACK_S = 4.0
@@ -45,12 +45,12 @@ def test_brute_force_does_not_slow_other_devices_and_leaves_no_sessions(embedded
     registry.add("victim", secret="a secret a person chose")  # scrypt: guesses cost real hash work
     baseline = [round_trip(dev, "d/steady/t") for _ in range(30)]
     before = sessions(embedded_broker)
-    stop = time.monotonic() + ATTACK_S
+    stop = threading.Event()
     refused = [0] * ATTACKERS
 
     def attack(i: int) -> None:
         n = 0
-        while time.monotonic() < stop:
+        while not stop.is_set():
             user = ("victim", "steady", f"ghost-{i}-{n}")[n % 3]
             try:
                 sock, rc = raw_connect(port, user, username=user, password=f"guess-{n}", timeout=10)
@@ -61,26 +61,33 @@ def test_brute_force_does_not_slow_other_devices_and_leaves_no_sessions(embedded
             n += 1
 
     threads = [threading.Thread(target=attack, args=(i,)) for i in range(ATTACKERS)]
+    started = time.monotonic()
     for t in threads:
         t.start()
+    # the attack lasts at least ATTACK_S and until it has been answered enough (the back-off answers a
+    # guesser late, and a loaded machine later still): a fixed window counted fewer answers on a slow machine
+    cap = started + ATTACK_S * 15 * load_factor()
     under_attack: list[float] = []
-    while any(t.is_alive() for t in threads):
+    while time.monotonic() < cap and not (time.monotonic() - started >= ATTACK_S and sum(refused) >= ATTACKERS * 2
+                                          and len(under_attack) >= 20):
         under_attack.append(round_trip(dev, "d/steady/t"))
         time.sleep(0.01)
+    attack_s = time.monotonic() - started
+    stop.set()
     for t in threads:
-        t.join(15)
+        t.join(30)
     # a new, legitimate login during the attack's aftermath still gets in
     late = connect(port, add_device(registry, "late"))
     p50, base50 = statistics.median(under_attack), statistics.median(baseline)
-    print(f"brute force: {sum(refused)} refused logins in {ATTACK_S} s; QoS1 round trip p50 {base50 * 1000:.1f} ms "
+    print(f"brute force: {sum(refused)} refused logins in {attack_s:.1f} s; QoS1 round trip p50 {base50 * 1000:.1f} ms "
           f"-> {p50 * 1000:.1f} ms under attack ({len(under_attack)} samples)")
-    # the back-off answers a guesser late (broker.login_throttle), so 8 sequential guessers get
-    # only a few answers each in 4 s: the attack ran, and was slowed down
-    assert sum(refused) >= ATTACKERS * 2
+    # the attack ran (8 guessers were answered, slowly: broker.login_throttle) and the steady device
+    # kept its round trip, compared with its own baseline on the same machine in the same run
+    assert sum(refused) >= ATTACKERS * 2, f"only {sum(refused)} answers in {attack_s:.0f} s"
     assert len(under_attack) >= 20
     assert p50 < max(0.1, base50 * 10), f"round trip p50 {p50 * 1000:.0f} ms under attack"
     assert dev.is_connected()
-    assert wait_for(lambda: sessions(embedded_broker) == before + 1, 5), (sessions(embedded_broker), before)
+    assert wait_for(lambda: sessions(embedded_broker) == before + 1, 15), (sessions(embedded_broker), before)
     for c in (dev, late):
         c.disconnect()
         c.loop_stop()

@@ -15,7 +15,7 @@ from raw_mqtt import raw_session
 
 from broker.background import BackgroundBroker
 from broker.registry import Registry
-from support import add_device
+from support import add_device, wait_for
 
 
 def _on_loop(fn):  # type: ignore[no-untyped-def]
@@ -30,12 +30,7 @@ def counters(broker: BackgroundBroker) -> dict[str, float]:
 
 def wait_throttled(broker: BackgroundBroker, above: float, timeout: float = 20.0) -> bool:
     """Wait until the broker has refused a login without checking it (a back-off is in force)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if counters(broker)["logins_throttled"] > above:
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_for(lambda: counters(broker)["logins_throttled"] > above, timeout, interval=0.05)
 
 
 def first_login_s(port: int, registry: Registry, device_id: str) -> float:
