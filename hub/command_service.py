@@ -8,7 +8,6 @@ flood of telemetry never delays them.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from typing import Any
 
@@ -20,7 +19,7 @@ from hub.config import HubSettings
 from hub.device_config import check_command
 from hub.errors import HubError
 from hub.storage import CommandRecord, CommandStore, PresenceStore
-from hub.transport import low_latency
+from hub.transport import hub_session
 from hub.watermark_holds import WatermarkHolds
 from hub.writer import BatchResult
 from protocol.ops import OPS_PREFIX, parse_ops_topic
@@ -95,12 +94,7 @@ class CommandService:
         s = self.settings
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-cmd",
                              clean_session=False, protocol=mqtt.MQTTv311)
-        if s.username:
-            client.username_pw_set(s.username, self.password)
-        if s.address.tls:
-            client.tls_set(ca_certs=str(s.cafile) if s.cafile else None, cert_reqs=ssl.CERT_REQUIRED)
-        low_latency(client)
-        client.reconnect_delay_set(0.2, 5)
+        hub_session(client, s, self.password)
         # in a worker group each operator request reaches exactly one worker, which creates and owns the command
         client.on_connect = lambda c, u, f, rc, p: rc.is_failure or c.subscribe(s.shared(f"{OPS_PREFIX}/+/req"), qos=1)
         client.on_subscribe = lambda c, u, mid, rcs, p: any(rc.is_failure for rc in rcs) or self._subscribed.set()

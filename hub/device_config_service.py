@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from hub.config import HubSettings
 from hub.device_config import key_name, parse_description, plan
 from hub.errors import HubError
 from hub.storage import ConfigStore, StorageError, open_database
-from hub.transport import low_latency
+from hub.transport import hub_session
 from hub.writer import BatchResult, reading_rows
 from protocol.codec import decode, encode
 from protocol.config import ConfigReport, Description, description_hash
@@ -117,13 +116,8 @@ class ConfigService:
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         # a persistent session: reports sent while the hub is down wait for it in the broker
-        client = low_latency(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-cfg",
-                                         clean_session=False, protocol=mqtt.MQTTv311))
-        client.reconnect_delay_set(0.2, 5)
-        if s.username:
-            client.username_pw_set(s.username, self.password)
-        if s.address.tls:
-            client.tls_set(ca_certs=str(s.cafile) if s.cafile else None, cert_reqs=ssl.CERT_REQUIRED)
+        client = hub_session(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-cfg",
+                                         clean_session=False, protocol=mqtt.MQTTv311), s, self.password)
 
         def on_connect(c: mqtt.Client, u: object, f: object, rc: mqtt.ReasonCode, p: object) -> None:
             if not rc.is_failure:

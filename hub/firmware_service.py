@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import queue
 import sqlite3
-import ssl
 import threading
 import time
 from collections import deque
@@ -30,7 +29,7 @@ from hub.config import HubSettings
 from hub.errors import HubError
 from hub.rollout import ChunkJob, RolloutEngine, RolloutSettings, TokenBucket
 from hub.storage import FirmwareStore, PresenceStore, StatusStore, StorageError, open_database
-from hub.transport import low_latency
+from hub.transport import hub_session
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.firmware import MAX_CHUNK_CBOR, FirmwareReport, FirmwareRequest
@@ -105,13 +104,8 @@ class FirmwareService:
         # a worker group's session outlives its owner: what arrives between a SIGKILL and the takeover
         # waits in it for the next owner, who connects with the same client id
         client_id = self.owner.session if self.owner else f"{s.mqtt_client_id}-fw"
-        client = low_latency(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                         clean_session=self.owner is None, protocol=mqtt.MQTTv311))
-        client.reconnect_delay_set(0.2, 5)
-        if s.username:
-            client.username_pw_set(s.username, self.password)
-        if s.address.tls:
-            client.tls_set(ca_certs=str(s.cafile) if s.cafile else None, cert_reqs=ssl.CERT_REQUIRED)
+        client = hub_session(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                         clean_session=self.owner is None, protocol=mqtt.MQTTv311), s, self.password)
         client.max_inflight_messages_set(100)
 
         def on_connect(c: mqtt.Client, u: object, f: object, rc: mqtt.ReasonCode, p: object) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import queue
 import sqlite3
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from hub.inbound import HUB_RECEIVES, Inbound
 from hub.metrics import COMMIT_BUCKETS, Buckets
 from hub.skew import SKEW_SUMMARY_S
 from hub.store import HubStore
-from hub.transport import IngestClient, low_latency
+from hub.transport import IngestClient, hub_session
 from hub.watermark_holds import WatermarkHolds
 from hub.writer import BatchResult, BatchWriter
 from protocol.codec import encode
@@ -80,12 +79,7 @@ class Ingest:
         s = self.settings
         client = IngestClient(mqtt.CallbackAPIVersion.VERSION2, client_id=s.mqtt_client_id, clean_session=False,
                              protocol=mqtt.MQTTv311, manual_ack=True)
-        if s.username:
-            client.username_pw_set(s.username, password)
-        if s.address.tls:
-            client.tls_set(ca_certs=str(s.cafile) if s.cafile else None, cert_reqs=ssl.CERT_REQUIRED)
-        low_latency(client)
-        client.reconnect_delay_set(0.2, 5)
+        hub_session(client, s, password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

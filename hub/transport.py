@@ -9,11 +9,15 @@ TCP_NODELAY; this does the same for paho.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
+
+if TYPE_CHECKING:
+    from hub.config import HubSettings
 
 
 def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -24,6 +28,18 @@ def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
 def low_latency(client: mqtt.Client) -> mqtt.Client:
     """Turn off Nagle's algorithm on every socket ``client`` opens; returns the client."""
     client.on_socket_open = _nodelay
+    return client
+
+
+def hub_session(client: mqtt.Client, settings: HubSettings, password: str | None) -> mqtt.Client:
+    """Set up one of the hub's MQTT sessions (ingest, commands, firmware, configuration) the same way:
+    its login, TLS when the broker URL asks for it, no Nagle, quick reconnects. Returns the client."""
+    if settings.username:
+        client.username_pw_set(settings.username, password)
+    if settings.address.tls:
+        client.tls_set(ca_certs=str(settings.cafile) if settings.cafile else None, cert_reqs=ssl.CERT_REQUIRED)
+    low_latency(client)
+    client.reconnect_delay_set(0.2, 5)
     return client
 
 
