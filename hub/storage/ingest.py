@@ -8,14 +8,14 @@ Used by exactly one thread (the writer), on its own connection, inside
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.storage.connection import transaction
-from hub.storage.rollups import fold
+from hub.storage.connection import Connection, transaction
+from hub.storage.dialect import is_pg
+from hub.storage.rollups import Fold, fold
 from hub.storage.schema import ROLLUP_UPSERT, rollup_rows
 from hub.storage.values import pack, unpack
 from protocol.limits import LIMITS
@@ -47,8 +47,9 @@ class IngestStore:
     rolls back (a key inserted in it is gone), so a cached key always exists in the file.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._pg = is_pg(conn)
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[str, str], int] = {}
         self._counted = {"readings": 0, "messages": 0}
@@ -56,7 +57,7 @@ class IngestStore:
         self._round_deleted = 0  # readings deleted so far in this round
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """One write transaction; the running totals are added in it; rolled back when the block raises."""
         try:
             with transaction(self.conn):
@@ -72,7 +73,10 @@ class IngestStore:
             self._counted = dict.fromkeys(self._counted, 0)
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database file and truncate it (tools and benchmarks; the hub lets SQLite do it)."""
+        """Copy the WAL into the database file and truncate it (tools and benchmarks; the hub lets SQLite do it).
+        Nothing to do on PostgreSQL (its server checkpoints)."""
+        if self._pg:
+            return
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # ------------------------------------------------------------------ keys
@@ -133,6 +137,8 @@ class IngestStore:
             received_ms = round(received_at * 1000)
             keyed.append((self.device_key(device_id), boot, seq, 0 if kind == "t" else 1, received_ms,
                           received_ms - ts, int(skewed)))
+        if self._pg:
+            return self._insert_messages_pg(keyed)
         existing: set[tuple[int, int, int]] = set()
         for i in range(0, len(keyed), 300):  # 3 bound variables a row, under SQLite's limit
             chunk = keyed[i:i + 300]
@@ -156,6 +162,21 @@ class IngestStore:
         self._counted["messages"] += len(new)
         return stored
 
+    def _insert_messages_pg(self, keyed: list[tuple[int, int, int, int, int, int, int]]) -> list[bool]:
+        """PostgreSQL: one multi-row insert that skips stored keys and returns the keys it stored (a key twice
+        in the batch is stored once: the first copy wins)."""
+        inserted = set(self.conn.insert_values(  # type: ignore[union-attr]
+            "INSERT INTO message_keys (device, boot, seq, kind, received_at, lag_ms, skewed)", keyed,
+            "ON CONFLICT DO NOTHING RETURNING device, boot, seq", returning=True))
+        stored = []
+        for row in keyed:
+            key = row[:3]
+            fresh = key in inserted
+            inserted.discard(key)
+            stored.append(fresh)
+        self._counted["messages"] += sum(stored)
+        return stored
+
     def insert_readings(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Rows of (device_id, boot, seq, idx, metric, value, ts, received_at, skewed); ts in seconds.
 
@@ -168,14 +189,25 @@ class IngestStore:
             if key is None:
                 key = self.series_key(device_id, metric)
             ts_ms = round(ts * 1000)
-            out.append((key, ts_ms, boot, seq, idx, pack(value)))
+            out.append((key, ts_ms, boot, seq, idx, value if self._pg else pack(value)))
             folding.append((key, ts_ms, value))
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", out)
+        if self._pg:  # multi-row statements: a few round trips per batch instead of one per row
+            self.conn.insert_values(  # type: ignore[union-attr]
+                "INSERT INTO samples (series, ts, boot, seq, idx, value)", out, "ON CONFLICT DO NOTHING")
+        else:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", out)
         self._counted["readings"] += len(out)
         # one upsert per (series, period, start) per batch; the values as the devices sent them
-        acc = fold(folding)
-        self.conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
+        self._upsert_rollups(fold(folding))
+
+    def _upsert_rollups(self, acc: Fold) -> None:
+        rows = rollup_rows(acc)
+        if self._pg:
+            head, _, tail = ROLLUP_UPSERT.partition(" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            self.conn.insert_values(head, sorted(rows), tail)  # type: ignore[union-attr]
+        else:
+            self.conn.executemany(ROLLUP_UPSERT, rows)
 
     def upsert_latest(self, rows: Iterable[tuple[str, str, float, float, float]]) -> None:
         """Rows of (device_id, metric, ts, value, received_at); an older ts never replaces a newer one."""
@@ -226,7 +258,7 @@ class IngestStore:
                 f"UPDATE samples SET ts = ts + ? WHERE series IN ({marks}) AND boot = ? AND ts < ?",
                 (boot_ts_ms, *series, boot, below))
         self.conn.execute(
-            "UPDATE message_keys SET lag_ms = lag_ms - ?, skewed = (abs(lag_ms - ?) > ?)"
+            "UPDATE message_keys SET lag_ms = lag_ms - ?, skewed = CASE WHEN abs(lag_ms - ?) > ? THEN 1 ELSE 0 END"
             " WHERE device = ? AND boot = ? AND received_at - lag_ms < ?",
             (boot_ts_ms, boot_ts_ms, skew_threshold_s * 1000, device, boot, below))
         self.conn.execute("UPDATE alerts SET ts = ts + ? WHERE device_id = ? AND boot = ? AND ts < ?",
@@ -239,8 +271,7 @@ class IngestStore:
             still = self.conn.execute(
                 f"SELECT series, ts, value FROM samples WHERE series IN ({marks}) AND ts < ?",
                 (*series, below)).fetchall()
-            acc = fold((sid, ts, unpack(v)) for sid, ts, v in [*still, *moved])
-            self.conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
+            self._upsert_rollups(fold((sid, ts, unpack(v)) for sid, ts, v in [*still, *moved]))
         return len(moved)
 
     def insert_reply(self, device_id: str, command_id: str, state: str, detail: str, result: dict[str, Any],
@@ -280,13 +311,12 @@ class IngestStore:
                      detected_at: float, closed_at: float | None, dropped_at: float | None = None) -> int:
         """Insert a new gap (``gap_id`` None) or update a shrunk, split, closed or dropped one; returns its id."""
         if gap_id is None:
-            cur = self.conn.execute(
+            row = self.conn.execute(
                 "INSERT INTO gaps (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at, dropped_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at, dropped_at),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+            ).fetchone()
+            return int(row[0])
         self.conn.execute(
             "UPDATE gaps SET from_seq = ?, to_seq = ?, missing = ?, closed_at = ?, dropped_at = ? WHERE id = ?",
             (from_seq, to_seq, missing, closed_at, dropped_at, gap_id),

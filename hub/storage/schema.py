@@ -37,7 +37,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from hub.storage.dialect import ddl_to_postgres
 from hub.storage.errors import StorageError
 from hub.storage.rollups import Fold, fold
 from hub.storage.values import SQL_UNPACK, pack, unpack
@@ -335,11 +337,11 @@ them would cost the writer three conversions per row for about half a byte per r
 ROLLUP_UPSERT = (
     "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
-    " count = count + excluded.count, low = MIN(low, excluded.low), high = MAX(high, excluded.high),"
-    " total = total + excluded.total,"
-    " last = CASE WHEN excluded.last_dt >= last_dt THEN excluded.last ELSE last END,"
-    " last_dt = MAX(last_dt, excluded.last_dt)")
-"""Merge a batch's aggregate into the stored one."""
+    " count = rollups.count + excluded.count, low = MIN(rollups.low, excluded.low),"
+    " high = MAX(rollups.high, excluded.high), total = rollups.total + excluded.total,"
+    " last = CASE WHEN excluded.last_dt >= rollups.last_dt THEN excluded.last ELSE rollups.last END,"
+    " last_dt = MAX(rollups.last_dt, excluded.last_dt)")
+"""Merge a batch's aggregate into the stored one (columns qualified: PostgreSQL finds bare names ambiguous)."""
 
 
 def rollup_rows(acc: Fold) -> list[tuple[int, int, int, int, float, float, float, float, int]]:
@@ -358,17 +360,14 @@ def _to_v3(conn: sqlite3.Connection, path: Path) -> None:
         conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
 
 
-def _to_v4_contract(conn: sqlite3.Connection, path: Path) -> None:
-    """Device contract v2 (firmware_protocol.md 4.1, 5.4, 7.1): dropped gaps, dead letters under their seq,
-    device incarnations (resets) and the power-up time of uptime-stamping devices. Additive only."""
-    for ddl in (
-        "ALTER TABLE gaps ADD COLUMN dropped_at REAL",
-        "ALTER TABLE deadletters ADD COLUMN boot INTEGER",
-        "ALTER TABLE deadletters ADD COLUMN seq INTEGER",
-        "CREATE UNIQUE INDEX IF NOT EXISTS deadletters_key ON deadletters (device_id, boot, seq) WHERE seq IS NOT NULL",
-        "ALTER TABLE devices ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE devices ADD COLUMN boot_ts INTEGER",
-        """CREATE TABLE IF NOT EXISTS device_resets (
+V4_CONTRACT = (
+    "ALTER TABLE gaps ADD COLUMN dropped_at REAL",
+    "ALTER TABLE deadletters ADD COLUMN boot INTEGER",
+    "ALTER TABLE deadletters ADD COLUMN seq INTEGER",
+    "CREATE UNIQUE INDEX IF NOT EXISTS deadletters_key ON deadletters (device_id, boot, seq) WHERE seq IS NOT NULL",
+    "ALTER TABLE devices ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE devices ADD COLUMN boot_ts INTEGER",
+    """CREATE TABLE IF NOT EXISTS device_resets (
     id INTEGER PRIMARY KEY,
     device_id TEXT NOT NULL,
     incarnation INTEGER NOT NULL,
@@ -376,7 +375,13 @@ def _to_v4_contract(conn: sqlite3.Connection, path: Path) -> None:
     new_boot INTEGER NOT NULL,
     ts REAL NOT NULL
 )""",
-    ):
+)
+
+
+def _to_v4_contract(conn: sqlite3.Connection, path: Path) -> None:
+    """Device contract v2 (firmware_protocol.md 4.1, 5.4, 7.1): dropped gaps, dead letters under their seq,
+    device incarnations (resets) and the power-up time of uptime-stamping devices. Additive only."""
+    for ddl in V4_CONTRACT:
         conn.execute(ddl)
 
 
@@ -481,3 +486,109 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
         raise
     conn.execute("COMMIT")
     return found
+
+
+# ---------------------------------------------------------------------------------------- PostgreSQL twin
+#
+# A PostgreSQL database keeps its version in the one-row table ``schema_version`` (there is no
+# user_version). PG_STEPS[n] is the DDL that brings it from version n - 1 to n: the same tables as the
+# SQLite migration, through :func:`hub.storage.dialect.ddl_to_postgres`. No PostgreSQL database ever
+# held the version-1 layout of readings and messages, so step 1 leaves those two tables out and step 2
+# only creates the compact layout and its views; the data-moving parts of SQLite's migrations have
+# nothing to move. A new SQLite migration needs its entry here (tests/storage check the two agree).
+
+PG_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+_PG_V1_SKIP = {"readings", "messages"}
+
+PG_V2_VIEWS = (
+    """CREATE VIEW readings AS
+SELECT d.device_id AS device_id, s.boot AS boot, s.seq AS seq, s.idx AS idx, m.metric AS metric,
+       s.value AS value, s.ts / 1000.0 AS ts, k.received_at / 1000.0 AS received_at,
+       COALESCE(k.skewed, 0) AS skewed
+FROM samples s JOIN series r ON r.id = s.series JOIN device_keys d ON d.id = r.device
+JOIN metric_keys m ON m.id = r.metric
+LEFT JOIN message_keys k ON k.device = r.device AND k.boot = s.boot AND k.seq = s.seq""",
+    V2_VIEWS[1],
+)
+"""The compatibility views; ``samples.value`` is a plain double on PostgreSQL (nothing to unpack)."""
+
+# command_events has no key; its history is read in insertion order (SQLite's rowid). PostgreSQL gets
+# that order as an identity column of the same name.
+_PG_V1_TABLES = {name: ddl for name, ddl in V1_TABLES.items() if name not in _PG_V1_SKIP}
+_PG_V1_TABLES["command_events"] = V1_TABLES["command_events"].replace(
+    "command_id TEXT NOT NULL,", "rowid INTEGER GENERATED ALWAYS AS IDENTITY,\n                command_id TEXT NOT NULL,")
+
+
+def _pg(*ddl: str) -> tuple[str, ...]:
+    return tuple(ddl_to_postgres(d) for d in ddl)
+
+
+PG_STEPS: dict[int, tuple[str, ...]] = {
+    1: _pg(*_PG_V1_TABLES.values(), *(i for i in V1_INDEXES if "readings" not in i)),
+    2: (*_pg(*V2_TABLES), *PG_V2_VIEWS,
+        "INSERT INTO counters (name, value) VALUES ('readings', 0), ('messages', 0)"),
+    3: _pg(V3_ROLLUPS),
+    4: _pg(*V4_CONTRACT),
+    5: _pg(*FIRMWARE_TABLES),
+    6: _pg(QUOTAS_TABLE),
+}
+"""``PG_STEPS[n]`` brings a PostgreSQL database from version ``n - 1`` to ``n``."""
+
+
+def pg_version(conn: Any) -> int:
+    """The schema version of a PostgreSQL database (0: no fleet schema yet)."""
+    row = conn.execute_native("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not row[0]:
+        return 0
+    row = conn.execute_native("SELECT version FROM schema_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_pg_version(conn: Any) -> int:
+    """The database's version; StorageError when a newer release wrote it."""
+    version = pg_version(conn)
+    if version > CURRENT_VERSION:
+        raise StorageError(conn.name, f"{conn.name} has schema version {version}, newer than this fleet-hub knows "
+                           f"({CURRENT_VERSION})", "upgrade fleet-hub, or use the release that wrote it")
+    return version
+
+
+def migrate_postgres(conn: Any) -> int:
+    """Bring a PostgreSQL database to :data:`CURRENT_VERSION` in one transaction; returns the version it had.
+
+    A transaction-scoped advisory lock makes concurrent openers (workers starting together on several
+    machines) wait for the one that upgrades; DDL is transactional, so a failed upgrade leaves nothing.
+    """
+    from hub.storage.postgres import MIGRATION_LOCK
+
+    if check_pg_version(conn) == CURRENT_VERSION:
+        return CURRENT_VERSION
+    conn.execute_native("BEGIN")
+    try:
+        conn.execute_native("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        found = check_pg_version(conn)
+        if found < CURRENT_VERSION:
+            # a database that holds foreign tables of the same names is not ours: say so rather than mix
+            if found == 0:
+                _refuse_foreign_pg(conn)
+            for version in range(found + 1, CURRENT_VERSION + 1):
+                for ddl in PG_STEPS[version]:
+                    conn.execute_native(ddl)
+            conn.execute_native(PG_VERSION_TABLE)
+            conn.execute_native("DELETE FROM schema_version")
+            conn.execute_native("INSERT INTO schema_version (version) VALUES (%s)", [CURRENT_VERSION])
+        conn.execute_native("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
+    return found
+
+
+def _refuse_foreign_pg(conn: Any) -> None:
+    names = {r[0] for r in conn.execute_native(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()").fetchall()}
+    ours = names & (set(V1_TABLES) | {"samples", "message_keys", "device_keys"})
+    if ours:
+        raise StorageError(conn.name, f"{conn.name} holds tables named like fleet's ({', '.join(sorted(ours))}) "
+                           "but no fleet schema version", "pass --db with another database, or drop those tables")
