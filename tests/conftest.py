@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pgserver import PostgresServer, postgres_bin
 from support import MosquittoProcess, start_mosquitto
 
 from broker.background import BackgroundBroker
@@ -20,6 +22,39 @@ from hub.service import Hub
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "fleet.db"
+
+
+BACKENDS = ("sqlite", "postgresql")
+"""The storage backends the ingest, commands, reliability and scale-out suites run against (their
+conftest overrides ``db_path`` with :func:`backend_db_path`)."""
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster for the session (temp folder, free port, socket in the folder)."""
+    bindir = postgres_bin()
+    if bindir is None:
+        if os.environ.get("FLEET_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL binaries not found (/usr/lib/postgresql/*/bin) but FLEET_REQUIRE_POSTGRES is set")
+        pytest.skip("PostgreSQL is not installed here (no /usr/lib/postgresql/*/bin/initdb; .ci/run installs it)")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_db(postgres_server: PostgresServer) -> Path:
+    """A fresh, empty PostgreSQL database as the ``--db`` value (a URL carried in a Path, as the CLI does)."""
+    return Path(postgres_server.new_database())
+
+
+def backend_db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """``db_path`` for a test parametrized over :data:`BACKENDS`."""
+    if request.param == "postgresql":
+        # side files (secrets) of a PostgreSQL database go to the working folder: the test's own
+        request.getfixturevalue("monkeypatch").chdir(tmp_path)
+        return Path(request.getfixturevalue("postgres_server").new_database())
     return tmp_path / "fleet.db"
 
 

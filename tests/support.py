@@ -168,3 +168,22 @@ def broker_counters(broker: BackgroundBroker) -> dict[str, float]:
         assert broker.broker is not None
         return broker.broker.counters()
     return broker.call(read)  # type: ignore[no-any-return]
+
+
+def db_rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
+    """Rows of ``sql`` (SQLite dialect) on the fleet database ``db``, SQLite file or PostgreSQL URL; [] when
+    the database cannot be read yet (not created, locked, a table missing)."""
+    import sqlite3
+
+    from hub.storage import StorageError, open_database
+
+    try:
+        conn = open_database(db, readonly=True)
+    except StorageError:
+        return []
+    try:
+        return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
