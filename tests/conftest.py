@@ -25,11 +25,6 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "fleet.db"
 
 
-BACKENDS = ("sqlite", "postgresql")
-"""The storage backends the ingest, commands, reliability and scale-out suites run against (their
-conftest overrides ``db_path`` with :func:`backend_db_path`)."""
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A private PostgreSQL cluster for the session (temp folder, free port, socket in the folder)."""
@@ -47,15 +42,6 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_db(postgres_server: PostgresServer) -> Path:
     """A fresh, empty PostgreSQL database as the ``--db`` value (a URL carried in a Path, as the CLI does)."""
     return Path(postgres_server.new_database())
-
-
-def backend_db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """``db_path`` for a test parametrized over :data:`BACKENDS`."""
-    if request.param == "postgresql":
-        # side files (secrets) of a PostgreSQL database go to the working folder: the test's own
-        request.getfixturevalue("monkeypatch").chdir(tmp_path)
-        return Path(request.getfixturevalue("postgres_server").new_database())
-    return tmp_path / "fleet.db"
 
 
 @pytest.fixture

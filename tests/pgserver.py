@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from broker.server import free_port
 
 
@@ -97,3 +99,17 @@ class PostgresServer:
         subprocess.run(self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"),
                        capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+BACKENDS = ("sqlite", "postgresql")
+"""The storage backends the ingest, commands, reliability and scale-out suites run against (their
+conftest overrides ``db_path`` with :func:`backend_db_path`)."""
+
+
+def backend_db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """``db_path`` for a test parametrized over :data:`BACKENDS`."""
+    if request.param == "postgresql":
+        # side files (secrets) of a PostgreSQL database go to the working folder: the test's own
+        request.getfixturevalue("monkeypatch").chdir(tmp_path)
+        return Path(request.getfixturevalue("postgres_server").new_database())
+    return tmp_path / "fleet.db"

@@ -6,8 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import BACKENDS, backend_db_path
-from pgserver import PostgresServer
+from pgserver import BACKENDS, PostgresServer, backend_db_path
 
 from hub.storage import CommandStore, IngestStore, Period, PrincipalStore, StatusStore, StorageError, open_database
 from hub.storage import queries
