@@ -55,15 +55,18 @@ class PostgresServer:
     def _cmd(self, *args: str) -> list[str]:
         return [*self._run_as, *args]
 
-    def start(self) -> PostgresServer:
-        """initdb (trust auth on the socket and loopback) and start; returns once it accepts connections."""
+    def start(self, *, durable: bool = False) -> PostgresServer:
+        """initdb (trust auth on the socket and loopback) and start; returns once it accepts connections.
+
+        ``durable``: PostgreSQL's default durability (fsync, full page writes) for benchmarks; the tests
+        run without fsync (a test cluster never outlives a crash of the machine)."""
         subprocess.run(self._cmd(str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user, "-A", "trust",
                                  "-E", "UTF8", "--no-sync"), check=True, capture_output=True)
         # fsync off: a test cluster never survives a crash of the machine anyway (the hub's own
         # durability is the server's business); faster on a busy 2-core machine
         conf = (f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.sock}'\n"
-                "fsync = off\nsynchronous_commit = on\nfull_page_writes = off\nmax_connections = 200\n"
-                "shared_buffers = 32MB\n")
+                "max_connections = 200\nshared_buffers = 128MB\n"
+                + ("" if durable else "fsync = off\nfull_page_writes = off\n"))
         with (self.data / "postgresql.conf").open("a") as f:
             f.write(conf)
         subprocess.run(self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),

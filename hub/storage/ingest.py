@@ -16,7 +16,7 @@ from typing import Any
 from hub.storage.connection import Connection, transaction
 from hub.storage.dialect import is_pg
 from hub.storage.rollups import Fold, fold
-from hub.storage.schema import ROLLUP_UPSERT, rollup_rows
+from hub.storage.schema import ROLLUP_COLUMNS, ROLLUP_UPSERT, rollup_rows
 from hub.storage.values import pack, unpack
 from protocol.limits import LIMITS
 
@@ -53,6 +53,11 @@ class IngestStore:
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[str, str], int] = {}
         self._counted = {"readings": 0, "messages": 0}
+        # PostgreSQL: the batch's message keys are looked up at once (expect_messages) and written at once,
+        # at the end of the transaction (the write lock makes the look-up and the insert one step)
+        self._stored_keys: set[tuple[int, int, int]] = set()
+        self._absent_keys: set[tuple[int, int, int]] = set()
+        self._pending_keys: list[tuple[int, int, int, int, int, int, int]] = []
         self._retention_series = 0  # the retention pass goes round the series; where it stopped
         self._round_deleted = 0  # readings deleted so far in this round
 
@@ -62,6 +67,7 @@ class IngestStore:
         try:
             with transaction(self.conn):
                 yield self.conn
+                self._flush_keys()
                 for name, n in self._counted.items():
                     if n:
                         self.conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, name))
@@ -71,6 +77,33 @@ class IngestStore:
             raise
         finally:
             self._counted = dict.fromkeys(self._counted, 0)
+            self._stored_keys.clear()
+            self._absent_keys.clear()
+            self._pending_keys.clear()
+
+    def expect_messages(self, keys: Iterable[tuple[str, int, int]]) -> None:
+        """The (device_id, boot, seq) keys this transaction is about to offer to :meth:`insert_message`: on
+        PostgreSQL they are looked up in one query, and the new ones written in one COPY at commit, instead of
+        a round trip each. A key offered but not expected is still looked up (one round trip). No-op on SQLite."""
+        if not self._pg:
+            return
+        wanted = {(self.device_key(d), b, s) for d, b, s in keys}
+        if not wanted:
+            return
+        cols = [list(c) for c in zip(*wanted)]  # three arrays (lists: psycopg sends a tuple as a record)
+        found = {tuple(r) for r in self.conn.execute_native(  # type: ignore[union-attr]
+            "SELECT device, boot, seq FROM message_keys WHERE (device, boot, seq) IN"
+            " (SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]))", cols).fetchall()}
+        self._stored_keys |= found
+        self._absent_keys |= wanted - found
+
+    def _flush_keys(self) -> None:
+        """Write the message keys :meth:`insert_message` accepted in this transaction (PostgreSQL)."""
+        if self._pending_keys:
+            rows, self._pending_keys = self._pending_keys, []
+            self.conn.copy_insert(  # type: ignore[union-attr]
+                "message_keys", ("device", "boot", "seq", "kind", "received_at", "lag_ms", "skewed"), rows,
+                "ON CONFLICT DO NOTHING")
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file and truncate it (tools and benchmarks; the hub lets SQLite do it).
@@ -114,6 +147,9 @@ class IngestStore:
         ``kind`` is "t" or "a"; ``ts`` the device's time in ms; ``received_at`` the hub's, in seconds.
         """
         received_ms = round(received_at * 1000)
+        if self._pg:
+            return self._offer_key_pg((self.device_key(device_id), boot, seq, 0 if kind == "t" else 1, received_ms,
+                                       received_ms - ts, int(skewed)))
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO message_keys (device, boot, seq, kind, received_at, lag_ms, skewed)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -124,6 +160,22 @@ class IngestStore:
             self._counted["messages"] += 1
             return True
         return False
+
+    def _offer_key_pg(self, row: tuple[int, int, int, int, int, int, int]) -> bool:
+        key = row[:3]
+        if key in self._stored_keys:
+            return False
+        if key not in self._absent_keys and self.conn.execute(
+                "SELECT 1 FROM message_keys WHERE device = ? AND boot = ? AND seq = ?", key).fetchone():
+            self._stored_keys.add(key)
+            return False
+        self._absent_keys.discard(key)
+        self._stored_keys.add(key)  # a second copy later in this transaction is a duplicate
+        self._pending_keys.append(row)
+        self._counted["messages"] += 1
+        if not self.conn.in_transaction:  # type: ignore[union-attr]  # autocommit use: written at once
+            self._flush_keys()
+        return True
 
     def insert_messages(self, rows: Sequence[tuple[str, int, int, str, int, float, bool]]) -> list[bool]:
         """Batch twin of :meth:`insert_message` for rows of (device_id, boot, seq, kind, ts, received_at, skewed).
@@ -165,8 +217,9 @@ class IngestStore:
     def _insert_messages_pg(self, keyed: list[tuple[int, int, int, int, int, int, int]]) -> list[bool]:
         """PostgreSQL: one multi-row insert that skips stored keys and returns the keys it stored (a key twice
         in the batch is stored once: the first copy wins)."""
-        inserted = set(self.conn.insert_values(  # type: ignore[union-attr]
-            "INSERT INTO message_keys (device, boot, seq, kind, received_at, lag_ms, skewed)", keyed,
+        self._flush_keys()
+        inserted = set(self.conn.copy_insert(  # type: ignore[union-attr]
+            "message_keys", ("device", "boot", "seq", "kind", "received_at", "lag_ms", "skewed"), keyed,
             "ON CONFLICT DO NOTHING RETURNING device, boot, seq", returning=True))
         stored = []
         for row in keyed:
@@ -191,9 +244,9 @@ class IngestStore:
             ts_ms = round(ts * 1000)
             out.append((key, ts_ms, boot, seq, idx, value if self._pg else pack(value)))
             folding.append((key, ts_ms, value))
-        if self._pg:  # multi-row statements: a few round trips per batch instead of one per row
-            self.conn.insert_values(  # type: ignore[union-attr]
-                "INSERT INTO samples (series, ts, boot, seq, idx, value)", out, "ON CONFLICT DO NOTHING")
+        if self._pg:  # COPY and one INSERT ... SELECT: a few round trips per batch instead of one per row
+            self.conn.copy_insert(  # type: ignore[union-attr]
+                "samples", ("series", "ts", "boot", "seq", "idx", "value"), out, "ON CONFLICT DO NOTHING")
         else:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", out)
@@ -204,8 +257,8 @@ class IngestStore:
     def _upsert_rollups(self, acc: Fold) -> None:
         rows = rollup_rows(acc)
         if self._pg:
-            head, _, tail = ROLLUP_UPSERT.partition(" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            self.conn.insert_values(head, sorted(rows), tail)  # type: ignore[union-attr]
+            _, _, tail = ROLLUP_UPSERT.partition(" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            self.conn.copy_insert("rollups", ROLLUP_COLUMNS, sorted(rows), tail)  # type: ignore[union-attr]
         else:
             self.conn.executemany(ROLLUP_UPSERT, rows)
 
@@ -245,6 +298,7 @@ class IngestStore:
         lag (and skew flag) recomputed, and the rollups of the device's series below 10^12 are
         folded again, since the uptime-stamped readings were aggregated under uptime minutes.
         """
+        self._flush_keys()  # the keys accepted so far in this transaction get their lag corrected too
         below = LIMITS.uptime_ts_below
         device = self.device_key(device_id)
         series = [r[0] for r in self.conn.execute("SELECT id FROM series WHERE device = ?", (device,))]

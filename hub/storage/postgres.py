@@ -97,6 +97,8 @@ class PgConnection:
         self.name = display_name(url)
         self._sql: dict[str, str] = {}
         self._pg = self._connect()
+        self._staged: set[str] = set()
+        self._staged_on: psycopg.Connection[Any] | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
@@ -151,24 +153,33 @@ class PgConnection:
         except psycopg.Error as exc:
             raise _as_dbapi(exc) from exc
 
-    def insert_values(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "",
-                      returning: bool = False) -> list[tuple[Any, ...]]:
-        """``head VALUES (..), (..), ... tail`` in multi-row statements of up to ~30,000 parameters: the fast way
-        to write a batch (one statement, one round trip, for hundreds of rows). ``head``/``tail`` are in the
-        SQLite dialect without placeholders; with ``returning``, the rows the statements returned."""
+    def copy_insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], tail: str = "",
+                    returning: bool = False) -> list[tuple[Any, ...]]:
+        """Write ``rows`` into ``table`` the fast way: COPY into a session-private staging table (no SQL text
+        per row: psycopg's placeholder parsing of a big multi-row INSERT costs more than the server's work),
+        then one ``INSERT INTO table SELECT ... tail`` (``tail``: the conflict clause, SQLite dialect; with
+        ``returning``, a RETURNING clause whose rows come back). Call it inside a transaction."""
         if not rows:
             return []
-        width = len(rows[0])
-        per = max(1, 30_000 // width)
-        one = "(" + ",".join(["%s"] * width) + ")"
-        got: list[tuple[Any, ...]] = []
-        for i in range(0, len(rows), per):
-            chunk = rows[i:i + per]
-            sql = f"{self._translate(head)} VALUES {','.join([one] * len(chunk))} {self._translate(tail)}"
-            cur = self.execute_native(sql, [v for r in chunk for v in r])
-            if returning:
-                got += cur.fetchall()
-        return got
+        stage = f"fleet_in_{table}"
+        cols = ", ".join(columns)
+        pg = self._live()
+        try:
+            if pg is not self._staged_on:
+                self._staged.clear()
+                self._staged_on = pg
+            if stage not in self._staged:
+                pg.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS)")
+                self._staged.add(stage)
+            with pg.cursor().copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur = pg.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {self._translate(tail)}")
+            got = cur.fetchall() if returning else []
+            pg.execute(f"DELETE FROM {stage}")  # the next batch of this transaction starts empty
+            return got
+        except psycopg.Error as exc:
+            raise _as_dbapi(exc) from exc
 
     def begin_write(self) -> None:
         """BEGIN a write transaction holding :data:`WRITE_LOCK` (the twin of SQLite's ``BEGIN IMMEDIATE``)."""

@@ -334,6 +334,8 @@ V3_ROLLUPS = """CREATE TABLE rollups (
 not 6); mean = total / count. Values stay REAL: an aggregate row covers many readings, and packing
 them would cost the writer three conversions per row for about half a byte per reading."""
 
+ROLLUP_COLUMNS = ("series", "period", "start", "count", "low", "high", "total", "last", "last_dt")
+
 ROLLUP_UPSERT = (
     "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
