@@ -7,6 +7,9 @@ The stores are written once, in SQLite's SQL. :func:`to_postgres` rewrites a sta
     INSERT OR REPLACE INTO t (c..) -> INSERT INTO t (c..) ... ON CONFLICT (key of t) DO UPDATE SET c = EXCLUDED.c
     MAX(a, b) / MIN(a, b)          -> GREATEST(a, b) / LEAST(a, b)  (the aggregates, one argument, stay)
     hex(x)                         -> upper(encode(x, 'hex'))
+    ... DO UPDATE SET n = n + 1    -> ... DO UPDATE SET n = t.n + 1  (PostgreSQL finds a bare column ambiguous)
+
+(``BEGIN IMMEDIATE`` is the connection's business: it takes the write lock, see hub/storage/postgres.py.)
 
 :func:`ddl_to_postgres` does the same for the schema's DDL, so a migration's PostgreSQL twin is
 usually its SQLite DDL passed through it (see ``PG_STEPS`` in :mod:`hub.storage.schema`).
@@ -102,6 +105,48 @@ def _append_conflict(sql: str, clause: str) -> str:
     return f"{sql[:m.start()]} {clause}{sql[m.start():]}"
 
 
+_INSERT_TABLE = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.I)
+_DO_UPDATE = re.compile(r"\bDO\s+UPDATE\s+SET\s", re.I)
+_SET_END = re.compile(r"\s(WHERE|RETURNING)\s", re.I)
+_WORD = re.compile(r"(?<![.\w%])([A-Za-z_]\w*)\b(?!\s*[.(])")
+_SQL_WORDS = {"case", "when", "then", "else", "end", "and", "or", "not", "null", "is", "in", "excluded", "true",
+              "false", "between", "like", "cast", "as", "integer", "bigint", "real", "text", "distinct", "s"}
+
+
+def _top_level_split(text: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _qualify_upsert(sql: str) -> str:
+    """Qualify the bare column names on the right of ``DO UPDATE SET col = ...`` with the target table."""
+    target = _INSERT_TABLE.match(sql)
+    m = _DO_UPDATE.search(sql)
+    if target is None or m is None:
+        return sql
+    table = target.group(1)
+    end = _SET_END.search(sql, m.end())
+    stop = end.start() if end else len(sql)
+    items = []
+    for item in _top_level_split(sql[m.end():stop]):
+        lhs, eq, rhs = item.partition("=")
+        if eq:
+            rhs = _WORD.sub(lambda w: w.group(1) if w.group(1).lower() in _SQL_WORDS else f"{table}.{w.group(1)}", rhs)
+        items.append(lhs + eq + rhs)
+    return sql[:m.end()] + ",".join(items) + sql[stop:]
+
+
 def to_postgres(sql: str) -> str:
     """``sql`` (the storage package's SQLite dialect) in PostgreSQL's dialect, for psycopg."""
     out = sql.replace("%", "%%").replace("?", "%s")
@@ -116,6 +161,7 @@ def to_postgres(sql: str) -> str:
         out = _append_conflict("INSERT INTO " + rest, f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}")
     elif (m := _OR_IGNORE.match(out)) is not None:
         out = _append_conflict("INSERT INTO " + out[m.end():], "ON CONFLICT DO NOTHING")
+    out = _qualify_upsert(out)
     return _scalar_functions(out)
 
 
@@ -129,6 +175,9 @@ _TYPES = (
 )
 
 
+_CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\s*\(", re.I)
+
+
 def ddl_to_postgres(ddl: str) -> str:
     """A SQLite ``CREATE``/``ALTER`` statement of the schema as PostgreSQL DDL: 64-bit integers (SQLite's INTEGER
     holds 64 bits, PostgreSQL's 32), doubles (PostgreSQL's REAL is 32-bit), BYTEA, identity keys for
@@ -137,4 +186,8 @@ def ddl_to_postgres(ddl: str) -> str:
     out = ddl
     for pattern, repl in _TYPES:
         out = pattern.sub(repl, out)
+    m = _CREATE_TABLE.match(out)
+    if m is not None and "PRIMARY KEY" not in out.upper():
+        # a table without a key is read "in insertion order" (ORDER BY ts, rowid): SQLite's rowid, as a column
+        out = out[:m.end()] + "\n    rowid BIGINT GENERATED ALWAYS AS IDENTITY," + out[m.end():]
     return out

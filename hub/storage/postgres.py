@@ -129,7 +129,11 @@ class PgConnection:
         return out
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        """Run one statement (SQLite dialect); the cursor answers ``fetchone``/``fetchall``/``rowcount``/iteration."""
+        """Run one statement (SQLite dialect); the cursor answers ``fetchone``/``fetchall``/``rowcount``/iteration.
+        ``BEGIN IMMEDIATE`` begins a write transaction (:meth:`begin_write`)."""
+        if sql == "BEGIN IMMEDIATE":
+            self.begin_write()
+            return self._pg.cursor()
         try:
             return self._live().execute(self._translate(sql), list(params) or None)  # type: ignore[arg-type]
         except psycopg.Error as exc:

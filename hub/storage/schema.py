@@ -515,11 +515,9 @@ LEFT JOIN message_keys k ON k.device = r.device AND k.boot = s.boot AND k.seq = 
 )
 """The compatibility views; ``samples.value`` is a plain double on PostgreSQL (nothing to unpack)."""
 
-# command_events has no key; its history is read in insertion order (SQLite's rowid). PostgreSQL gets
-# that order as an identity column of the same name.
+# (command_events has no key and is read in insertion order, "ORDER BY ts, rowid": ddl_to_postgres gives
+# such a table a rowid identity column)
 _PG_V1_TABLES = {name: ddl for name, ddl in V1_TABLES.items() if name not in _PG_V1_SKIP}
-_PG_V1_TABLES["command_events"] = V1_TABLES["command_events"].replace(
-    "command_id TEXT NOT NULL,", "rowid INTEGER GENERATED ALWAYS AS IDENTITY,\n                command_id TEXT NOT NULL,")
 
 
 def _pg(*ddl: str) -> tuple[str, ...]:
