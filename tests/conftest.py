@@ -21,7 +21,12 @@ from hub.service import Hub
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The test's fleet database: a SQLite file; a fresh PostgreSQL database when FLEET_TEST_BACKEND=postgresql
+    (the whole suite on PostgreSQL; the ingest, commands, reliability and scale-out suites run on both anyway)."""
+    if os.environ.get("FLEET_TEST_BACKEND") == "postgresql":
+        request.getfixturevalue("monkeypatch").chdir(tmp_path)  # side files in the test's own folder
+        return Path(request.getfixturevalue("postgres_server").new_database())
     return tmp_path / "fleet.db"
 
 

@@ -175,7 +175,17 @@ _TYPES = (
 )
 
 
-_CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\s*\(", re.I)
+_CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s*\(", re.I)
+
+IDENTITY_TABLES: set[str] = set()
+"""Tables whose ``id`` is SQLite's ``INTEGER PRIMARY KEY`` (an identity on PostgreSQL): an INSERT into one
+gets ``RETURNING id`` there, so ``cursor.lastrowid`` works on both backends (filled by :func:`ddl_to_postgres`)."""
+
+
+def returns_id(sql: str) -> bool:
+    """True when ``sql`` is a single INSERT into an identity table without its own RETURNING (lastrowid wanted)."""
+    m = _INSERT_TABLE.match(sql)
+    return m is not None and m.group(1) in IDENTITY_TABLES and _RETURNING.search(sql) is None
 
 
 def ddl_to_postgres(ddl: str) -> str:
@@ -187,6 +197,8 @@ def ddl_to_postgres(ddl: str) -> str:
     for pattern, repl in _TYPES:
         out = pattern.sub(repl, out)
     m = _CREATE_TABLE.match(out)
+    if m is not None and re.search(r"\bid INTEGER PRIMARY KEY\b", ddl):
+        IDENTITY_TABLES.add(m.group(1))
     if m is not None and "PRIMARY KEY" not in out.upper():
         # a table without a key is read "in insertion order" (ORDER BY ts, rowid): SQLite's rowid, as a column
         out = out[:m.end()] + "\n    rowid BIGINT GENERATED ALWAYS AS IDENTITY," + out[m.end():]

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from hub.storage.dialect import to_postgres
+from hub.storage.dialect import returns_id, to_postgres
 from hub.storage.errors import StorageError
 from hub.storage.location import database_name, display_name
 
@@ -81,6 +81,21 @@ def open_error(url: str, exc: psycopg.Error) -> StorageError:
 # ---------------------------------------------------------------------------------------- connection
 
 
+class _Inserted:
+    """The cursor of an INSERT into an identity table: its rowcount and the new row's id (``lastrowid``)."""
+
+    description = None
+
+    def __init__(self, rowcount: int, lastrowid: int | None) -> None:
+        self.rowcount, self.lastrowid = rowcount, lastrowid
+
+    def fetchone(self) -> None:
+        return None
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+
 class PgConnection:
     """A psycopg 3 connection with the surface the stores use of ``sqlite3.Connection``.
 
@@ -135,6 +150,10 @@ class PgConnection:
             self.begin_write()
             return self._pg.cursor()
         try:
+            if returns_id(sql):  # SQLite's cursor.lastrowid, from RETURNING id
+                cur = self._live().execute(self._translate(sql) + " RETURNING id", list(params) or None)  # type: ignore[arg-type]
+                row = cur.fetchone()
+                return _Inserted(cur.rowcount, row[0] if row else None)  # type: ignore[return-value]
             return self._live().execute(self._translate(sql), list(params) or None)  # type: ignore[arg-type]
         except psycopg.Error as exc:
             raise _as_dbapi(exc) from exc
