@@ -524,16 +524,19 @@ def _pg(*ddl: str) -> tuple[str, ...]:
     return tuple(ddl_to_postgres(d) for d in ddl)
 
 
-PG_STEPS: dict[int, tuple[str, ...]] = {
-    1: _pg(*_PG_V1_TABLES.values(), *(i for i in V1_INDEXES if "readings" not in i)),
-    2: (*_pg(*V2_TABLES), *PG_V2_VIEWS,
-        "INSERT INTO counters (name, value) VALUES ('readings', 0), ('messages', 0)"),
-    3: _pg(V3_ROLLUPS),
-    4: _pg(*V4_CONTRACT),
-    5: _pg(*FIRMWARE_TABLES),
-    6: _pg(QUOTAS_TABLE),
+PG_TWINS: dict[Migration, tuple[str, ...]] = {
+    _to_v1: _pg(*_PG_V1_TABLES.values(), *(i for i in V1_INDEXES if "readings" not in i)),
+    _to_v2: (*_pg(*V2_TABLES), *PG_V2_VIEWS,
+             "INSERT INTO counters (name, value) VALUES ('readings', 0), ('messages', 0)"),
+    _to_v3: _pg(V3_ROLLUPS),
+    _to_v4_contract: _pg(*V4_CONTRACT),
+    _to_v5: _pg(*FIRMWARE_TABLES),
+    _to_v6_quotas: _pg(QUOTAS_TABLE),
 }
-"""``PG_STEPS[n]`` brings a PostgreSQL database from version ``n - 1`` to ``n``."""
+"""The PostgreSQL DDL of each SQLite migration (keyed by the migration, so renumbering keeps them paired)."""
+
+PG_STEPS: dict[int, tuple[str, ...]] = {n: PG_TWINS[m] for n, m in enumerate(MIGRATIONS, start=1) if m in PG_TWINS}
+"""``PG_STEPS[n]`` brings a PostgreSQL database from version ``n - 1`` to ``n`` (every n: tests/storage checks)."""
 
 
 def pg_version(conn: Any) -> int:
