@@ -219,6 +219,9 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4", help="Worker counts to measure, comma-separated.")
     ap.add_argument("--backends", default="sqlite,postgresql", help="sqlite, postgresql or both.")
     ap.add_argument("--messages", type=int, default=16000, help=f"Messages per step ({PER_MSG} readings each).")
+    ap.add_argument("--synchronous-commit", default="on", choices=["on", "off"],
+                    help="PostgreSQL's synchronous_commit (off: a commit does not wait for its WAL flush; like "
+                         "SQLite's synchronous=NORMAL in WAL mode, a crash of the OS may lose the last commits).")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="fleet-bench-workers-") as tmp:
@@ -231,10 +234,13 @@ def main() -> None:
                     bindir = postgres_bin()
                     if bindir is None:
                         raise SystemExit("bench/workers.py: no PostgreSQL binaries (apt-get install postgresql)")
-                    server = PostgresServer(bindir).start(durable=True)
+                    server = PostgresServer(bindir).start(
+                        durable=True, extra_conf=f"synchronous_commit = {args.synchronous_commit}\n")
                 for n in (int(x) for x in args.workers.split(",")):
                     rows.append(step(backend, n, args.messages, workdir, blaster,
                                      server if backend == "postgresql" else None))
+                    if backend == "postgresql":
+                        rows[-1]["backend"] = f"postgresql (sync commit {args.synchronous_commit})"
                     print(rows[-1], file=sys.stderr, flush=True)
         finally:
             if server is not None:

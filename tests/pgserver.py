@@ -55,7 +55,7 @@ class PostgresServer:
     def _cmd(self, *args: str) -> list[str]:
         return [*self._run_as, *args]
 
-    def start(self, *, durable: bool = False) -> PostgresServer:
+    def start(self, *, durable: bool = False, extra_conf: str = "") -> PostgresServer:
         """initdb (trust auth on the socket and loopback) and start; returns once it accepts connections.
 
         ``durable``: PostgreSQL's default durability (fsync, full page writes) for benchmarks; the tests
@@ -66,7 +66,7 @@ class PostgresServer:
         # durability is the server's business); faster on a busy 2-core machine
         conf = (f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.sock}'\n"
                 "max_connections = 200\nshared_buffers = 128MB\n"
-                + ("" if durable else "fsync = off\nfull_page_writes = off\n"))
+                + ("" if durable else "fsync = off\nfull_page_writes = off\n") + extra_conf)
         with (self.data / "postgresql.conf").open("a") as f:
             f.write(conf)
         subprocess.run(self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
