@@ -142,7 +142,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-cmd-") as tmp:
         workdir = Path(tmp)
         db = workdir / "fleet.db"
-        print(f"provisioning {args.devices} devices (scrypt, once)", flush=True)
+        print(f"provisioning {args.devices} devices (generated secrets: fast hashes)", flush=True)
         provision(db, [device_id("sim", i + 1) for i in range(args.devices)])
         for kind in args.brokers.split(","):
             print(f"== {kind}", flush=True)

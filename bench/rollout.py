@@ -11,6 +11,8 @@ follows it to the end. It reports
   lag            telemetry lag (hub received_at - device ts) of the readings that sampled devices
                  took before the rollout and during it, p50 / p99
   no_working     devices that ended neither on the new version nor back on the old one (goal 0)
+  cpu            CPU seconds of the hub and the broker processes during the rollout, and as a
+                 share of one core over total_s (from /proc/<pid>/stat: user + system)
 
 Not a test. Run:  .venv/bin/python bench/rollout.py [--devices 1000] [--image-kb 256] [--bandwidth 8MB/s]
 """
@@ -61,6 +63,17 @@ def wait_online(db: Path, ids: list[str], timeout: float) -> float:
         time.sleep(2.0)
 
 
+def cpu_s(proc: subprocess.Popen[bytes] | None) -> float:
+    """User + system CPU seconds of a running process so far (0 when it is gone or unknown)."""
+    if proc is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ms(values: list[float], p: float) -> int | None:
     """The p-th percentile in milliseconds; None when there are no values (a window too short)."""
     return round(percentile(values, p) * 1000) if values else None
@@ -107,6 +120,8 @@ def run_broker(kind: str, db: Path, workdir: Path, ids: list[str], version: str,
         time.sleep(args.baseline_s)
         base = lags(db, sample, base_t0, time.time() - 5.0)
         t0 = time.time()
+        cpu0 = (cpu_s(hub), cpu_s(broker), time.process_time())
+        load0 = os.getloadavg()[0]
         rid = start_rollout(db, version, "sim", parse_stages(args.stages), 0.05, args.max_concurrent,
                             parse_bandwidth(args.bandwidth))
         while True:
@@ -118,6 +133,8 @@ def run_broker(kind: str, db: Path, workdir: Path, ids: list[str], version: str,
                 break
             time.sleep(2.0)
         t1 = time.time()
+        cpu = (cpu_s(hub) - cpu0[0], cpu_s(broker) - cpu0[1], time.process_time() - cpu0[2])
+        load1 = os.getloadavg()[0]
         time.sleep(5.0)  # readings taken just before t1 arrive
         during = lags(db, sample, t0, t1)
         counters = [fleet.call(lambda d=d: fleet.fleet.device(d).ota.counters) for d in ids]  # type: ignore[union-attr]
@@ -132,7 +149,11 @@ def run_broker(kind: str, db: Path, workdir: Path, ids: list[str], version: str,
             "wire_x_mean": round(sum(wire) / len(wire), 3), "wire_x_max": round(wire[-1], 3),
             "lag_before_p50_ms": ms(base, 50), "lag_before_p99_ms": ms(base, 99),
             "lag_during_p50_ms": ms(during, 50), "lag_during_p99_ms": ms(during, 99),
-            "load_1m": round(os.getloadavg()[0], 1),
+            "hub_cpu_s": round(cpu[0], 1), "broker_cpu_s": round(cpu[1], 1), "sim_cpu_s": round(cpu[2], 1),
+            "hub_cpu_pct": round(100 * cpu[0] / max(t1 - t0, 1e-9)),
+            "broker_cpu_pct": round(100 * cpu[1] / max(t1 - t0, 1e-9)),
+            "bytes_per_device_mean": round(sum(c.wire_bytes for c in counters) / len(counters)),
+            "load_1m": f"{load0:.1f}-{load1:.1f}",
         }
     finally:
         if fleet is not None:
@@ -161,7 +182,7 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         db = workdir / "fleet.db"
         ids = [device_id("sim", i + 1) for i in range(args.devices)]
-        print(f"provisioning {args.devices} devices (scrypt, once)", flush=True)
+        print(f"provisioning {args.devices} devices (generated secrets: fast logins)", flush=True)
         creds = provision(db, ids)
         image = workdir / "image.bin"
         image.write_bytes(os.urandom(args.image_kb * 1024))
@@ -172,7 +193,8 @@ def main() -> None:
     print()
     print(table(rows, ["broker", "devices", "image_kb", "bandwidth", "state", "total_s", "updated", "no_working",
                        "wire_x_mean", "wire_x_max", "lag_before_p50_ms", "lag_before_p99_ms", "lag_during_p50_ms",
-                       "lag_during_p99_ms", "load_1m"]))
+                       "lag_during_p99_ms", "hub_cpu_s", "hub_cpu_pct", "broker_cpu_s", "broker_cpu_pct",
+                       "bytes_per_device_mean", "load_1m"]))
     if args.json:
         print(json.dumps(rows))
 

@@ -5,9 +5,11 @@ embedded amqtt broker in its own process) and each fleet size, a fresh simulator
 process connects N devices, holds them for a few seconds at a low rate, and reports how many
 connected, how long that took, and its RSS. The embedded broker's RSS is sampled too.
 
-Devices log in anonymously here: with the registry, each first login costs one scrypt
-check (~50 ms on 2 hash threads), i.e. ~250 s for 10,000 devices, which would measure the
-password hash and not the simulator. Every step is bounded in time.
+Devices log in anonymously by default. ``--auth`` makes the embedded broker check every login
+against its registry (devices provisioned first, with generated secrets: the fast keyed hash,
+``broker/secrets.py``), which is how a fleet really connects; Mosquitto stays anonymous. Every
+step is bounded in time; the child reports its figures before it disconnects the fleet, and a
+line a second of progress (connected devices) goes to stderr.
 
 Also prints the bytes on the wire per reading (MQTT PUBLISH header + topic + packet id +
 payload) for JSON, CBOR, and CBOR batched by 10, from the env profile's signals.
@@ -32,7 +34,7 @@ import psutil
 from common import ROOT, start_mosquitto  # also puts the project on sys.path
 
 from broker.server import free_port  # noqa: E402
-from device_sim.fleet import Credentials, DeviceCreds, Fleet, device_id  # noqa: E402
+from device_sim.fleet import Credentials, DeviceCreds, Fleet, credentials_path, device_id, provision  # noqa: E402
 from device_sim.mqtt import publish_packet  # noqa: E402
 from device_sim.settings import SimSettings  # noqa: E402
 from device_sim.signals import Profile, make_signal  # noqa: E402
@@ -48,19 +50,26 @@ def raise_nofile() -> int:
 # ---------------------------------------------------------------------------- child: one simulator
 
 
-async def child(port: int, n: int, connect_bound: float, hold: float) -> dict[str, object]:
-    creds = Credentials(Path(tempfile.gettempdir()) / f"sim-bench-{os.getpid()}.json")
-    creds.devices = {device_id("sim", i): DeviceCreds("x") for i in range(1, n + 1)}
-    creds.save = lambda: None  # type: ignore[method-assign]  # nothing to keep for anonymous devices
-    settings = SimSettings(devices=n, port=port, rate=0.2, anonymous=True, keepalive=120,
+async def child(port: int, n: int, connect_bound: float, hold: float, db: str) -> None:
+    if db:
+        creds = Credentials(credentials_path(db))  # provisioned by the parent
+    else:
+        creds = Credentials(Path(tempfile.gettempdir()) / f"sim-bench-{os.getpid()}.json")
+        creds.devices = {device_id("sim", i): DeviceCreds("x") for i in range(1, n + 1)}
+    creds.save = lambda: None  # type: ignore[method-assign]  # nothing to keep
+    settings = SimSettings(devices=n, port=port, rate=0.2, anonymous=not db, keepalive=120,
                            connect_concurrency=128, connect_timeout=60, heartbeat_s=60, profile="mixed")
     fleet = Fleet(settings, creds)
     proc = psutil.Process()
     t0 = time.monotonic()
     await fleet.start()
     connected_at = None
+    last_print = 0.0
     while time.monotonic() - t0 < connect_bound:
         await asyncio.sleep(0.25)
+        if time.monotonic() - last_print >= 1.0:
+            last_print = time.monotonic()
+            print(f"{last_print - t0:6.1f} s connected {fleet.stats.connected}", file=sys.stderr, flush=True)
         if fleet.stats.connected >= n:
             connected_at = time.monotonic() - t0
             break
@@ -69,11 +78,10 @@ async def child(port: int, n: int, connect_bound: float, hold: float) -> dict[st
     rss = proc.memory_info().rss
     held = fleet.stats.connected
     cpu = proc.cpu_times()
-    summary = await fleet.stop()
-    return {"devices": n, "connected": reached, "held_after_hold": held,
-            "connect_s": round(connected_at, 1) if connected_at else None,
-            "sim_rss_mb": round(rss / 2**20, 1), "sim_cpu_s": round(cpu.user + cpu.system, 1),
-            "messages": summary.messages, "errors": summary.errors}
+    print(json.dumps({"devices": n, "connected": reached, "held_after_hold": held,
+                      "connect_s": round(connected_at, 1) if connected_at else None,
+                      "sim_rss_mb": round(rss / 2**20, 1), "sim_cpu_s": round(cpu.user + cpu.system, 1)}), flush=True)
+    await fleet.stop()
 
 
 # ---------------------------------------------------------------------------- parent
@@ -86,7 +94,7 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 from broker.server import EmbeddedBroker
 from broker.config import BrokerSettings
 async def main():
-    b = EmbeddedBroker(BrokerSettings(port=int(sys.argv[1]), db=sys.argv[2], allow_anonymous=True))
+    b = EmbeddedBroker(BrokerSettings(port=int(sys.argv[1]), db=sys.argv[2], allow_anonymous=sys.argv[3] == "anon"))
     await b.start()
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -96,30 +104,62 @@ asyncio.run(main())
 
 def start_embedded(tmp: Path) -> tuple[int, subprocess.Popen[bytes]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED, str(port), str(tmp / "fleet.db")], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED, str(port), str(tmp / "fleet.db"), "anon"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     proc.stdout.readline()
     return port, proc
 
 
-def run_step(port: int, n: int, broker: subprocess.Popen[bytes], connect_bound: float, hold: float) -> dict[str, object]:
-    cmd = [sys.executable, __file__, "--child", str(port), str(n), str(connect_bound), str(hold)]
-    sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
-    peak = 0
-    deadline = time.monotonic() + connect_bound + hold + 60
-    while sim.poll() is None and time.monotonic() < deadline:
-        try:
-            peak = max(peak, psutil.Process(broker.pid).memory_info().rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.5)
-    if sim.poll() is None:
-        sim.kill()
-        return {"devices": n, "error": "simulator did not finish in time"}
-    out = sim.stdout.read() if sim.stdout else b""
-    result: dict[str, object] = json.loads(out.decode().strip().splitlines()[-1])
+def start_embedded_db(db: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """The embedded broker on ``db``'s registry, anonymous access off."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED, str(port), str(db), "auth"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return port, proc
+
+
+def run_step(port: int, n: int, broker: subprocess.Popen[bytes], connect_bound: float, hold: float,
+             db: str = "") -> dict[str, object]:
+    """One simulator child against a running broker; the broker's RSS before, at its peak, per device."""
+    cmd = [sys.executable, __file__, "--child", str(port), str(n), str(connect_bound), str(hold), db]
+    broker_proc = psutil.Process(broker.pid)
+    base = broker_proc.memory_info().rss
+    cpu0 = sum(broker_proc.cpu_times()[:2])
+    out_path = Path(tempfile.mkstemp(prefix="sim-scale-")[1])
+    with out_path.open("wb") as out:
+        sim = subprocess.Popen(cmd, stdout=out, stderr=None, preexec_fn=raise_nofile)
+        peak = 0
+        cpu_at_report: float | None = None
+        deadline = time.monotonic() + connect_bound + hold + 120
+        while sim.poll() is None and time.monotonic() < deadline:
+            try:
+                peak = max(peak, psutil.Process(broker.pid).memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+            if cpu_at_report is None and out_path.stat().st_size:  # the child reported: connecting is over
+                cpu_at_report = sum(broker_proc.cpu_times()[:2])
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait(10)
+    lines = out_path.read_text().strip().splitlines()
+    out_path.unlink()
+    if not lines:
+        return {"devices": n, "error": "simulator reported nothing"}
+    result: dict[str, object] = json.loads(lines[-1])
+    result["broker_rss_base_mb"] = round(base / 2**20, 1)
     result["broker_rss_mb"] = round(peak / 2**20, 1)
+    connected = int(result.get("held_after_hold") or 0)
+    if connected:
+        result["broker_kb_per_device"] = round((peak - base) / 1024 / connected, 1)
+    if cpu_at_report is not None and result.get("connected"):
+        # broker CPU while connecting and holding (logins, subscriptions, births, telemetry at 0.2/s)
+        result["broker_cpu_s"] = round(cpu_at_report - cpu0, 1)
+        result["broker_cpu_ms_per_device"] = round((cpu_at_report - cpu0) * 1000 / int(result["connected"]), 2)
+    result["load"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     return result
 
 
@@ -147,6 +187,7 @@ def main() -> None:
     ap.add_argument("--brokers", default="mosquitto,embedded")
     ap.add_argument("--connect-bound", type=float, default=120.0, help="seconds allowed to connect each step")
     ap.add_argument("--hold", type=float, default=5.0)
+    ap.add_argument("--auth", action="store_true", help="the embedded broker checks every login against its registry")
     args = ap.parse_args()
     raise_nofile()
     print(json.dumps({"bytes_per_reading": wire_bytes()}), flush=True)
@@ -154,9 +195,16 @@ def main() -> None:
         tmp = Path(tmpdir)
         for broker in args.brokers.split(","):
             for n in (int(s) for s in args.sizes.split(",")):
-                port, proc = start_mosquitto(tmp) if broker == "mosquitto" else start_embedded(tmp)
+                db = ""
+                if broker == "embedded" and args.auth:
+                    db = str(tmp / f"fleet-{n}.db")
+                    provision(db, [device_id("sim", i) for i in range(1, n + 1)])
+                if broker == "mosquitto":
+                    port, proc = start_mosquitto(tmp)
+                else:
+                    port, proc = start_embedded_db(Path(db)) if db else start_embedded(tmp)
                 try:
-                    result = run_step(port, n, proc, args.connect_bound, args.hold)
+                    result = run_step(port, n, proc, args.connect_bound, args.hold, db)
                 finally:
                     proc.terminate()
                     try:
@@ -169,7 +217,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         raise_nofile()
-        _, _, port, n, bound, hold = sys.argv
-        print(json.dumps(asyncio.run(child(int(port), int(n), float(bound), float(hold)))), flush=True)
+        _, _, port, n, bound, hold, db = sys.argv
+        asyncio.run(child(int(port), int(n), float(bound), float(hold), db))
     else:
         main()

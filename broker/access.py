@@ -1,7 +1,9 @@
 """Access control for the embedded broker: logins against the registry, and topic rules.
 
-Password hashes are checked in a small dedicated thread pool, never on the event loop
-(amqtt's own argon2 check blocks the loop; AMQTT_NOTES.md #9). A successful check is cached
+Slow (scrypt) password hashes are checked in a small dedicated thread pool, never on the event
+loop (amqtt's own argon2 check blocks the loop; AMQTT_NOTES.md #9); the fast keyed hashes of
+generated device secrets (about 1 µs, :mod:`broker.secrets`) are checked inline, which spares
+the thread hop and keeps a device's first login near the cost of the CONNECT itself. A successful check is cached
 per username and password digest, so a reconnecting device costs one SQL lookup. Failed
 checks back off per device id and per source address (:mod:`broker.login_throttle`), checks of
 one id run one at a time (so concurrent guesses cannot all slip through before the first
@@ -22,7 +24,7 @@ from broker.acl import Action, is_allowed
 from broker.log_summary import LogSummary, clip
 from broker.login_throttle import LoginThrottle
 from broker.registry import Principal, Registry, Role
-from broker.secrets import verify_secret
+from broker.secrets import is_fast, verify_secret
 from broker.stats import BrokerCounters
 
 log = logging.getLogger("fleet.broker.access")
@@ -84,8 +86,11 @@ class AccessControl:
                     self.counters.logins_throttled += 1
                     self._refuse(username, client_id, "backing_off", address, retry_in_s=wait)
                     return None
-                loop = asyncio.get_running_loop()
-                ok = await loop.run_in_executor(self._pool, verify_secret, secret, principal.secret_hash)
+                if is_fast(principal.secret_hash):
+                    ok = verify_secret(secret, principal.secret_hash)
+                else:
+                    loop = asyncio.get_running_loop()
+                    ok = await loop.run_in_executor(self._pool, verify_secret, secret, principal.secret_hash)
                 if not ok:
                     self.throttle.failed(username, address)
                     self._refuse(username, client_id, "bad_secret", address)

@@ -55,6 +55,8 @@ class BrokerSettings(BaseModel):
     """Failed (checked) logins per source address before that address backs off the same way."""
     login_backoff_max_s: float = Field(60.0, gt=0)
     """Longest back-off; a login refused during a back-off is answered after min(back-off, 2 s)."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Serve Prometheus metrics (logins, denials, quota hits, connections) on 127.0.0.1 at this port."""
     log_summary_s: float = Field(10.0, gt=0)
     """Repeated denials, refused logins and throttling are logged once per this many seconds per
     client, then summarized with a count."""

@@ -236,6 +236,8 @@ class LoginFirstMixin(_Base):
                 self.quotas.for_login(client_session.username or client_id, role),
                 self.settings.max_inflight_in, self.notes, self.counters)
         self._sessions[client_id] = (client_session, handler)
+        self.counters.logins += 1
+        self.counters.connections += 1
         try:
             await handler.mqtt_connack_authorize(True)
             await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=client_id,
@@ -244,6 +246,7 @@ class LoginFirstMixin(_Base):
             await self._publish_session_retained_messages(client_session)
             await self._client_message_loop(client_session, handler)
         finally:
+            self.counters.connections -= 1
             if client_session.transitions.is_connected() and self._get_handler(client_session) is handler:
                 # the loop never reached its own disconnect handling: do not leave a live-looking zombie
                 await self._stop_handler(handler)

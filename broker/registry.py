@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from broker.secrets import hash_secret, new_secret, verify_secret
+from broker.secrets import Scheme, hash_secret, new_secret, verify_secret
 from hub.storage import QUOTA_FIELDS, Connection, Principal, PrincipalStore, QuotaStore, Role, open_database
 from protocol.errors import FleetError
 from protocol.topics import valid_device_id
@@ -44,7 +44,13 @@ class Registry:
         secret: str | None = None,
         replace: bool = False,
     ) -> str:
-        """Register ``principal_id`` and return its secret (shown once, stored only hashed)."""
+        """Register ``principal_id`` and return its secret (shown once, stored only hashed).
+
+        A secret generated here (``secret`` None) is stored with the fast keyed hash: it has
+        256 bits of entropy, so a slow KDF would add nothing but login latency. A ``secret``
+        given by the caller may have been chosen by a person and is stored with scrypt
+        (:mod:`broker.secrets` explains both).
+        """
         if not valid_device_id(principal_id):
             raise RegistryError(
                 f"invalid id {principal_id!r}: use 1-32 letters, digits, '-' or '_', starting with a letter or digit"
@@ -52,8 +58,10 @@ class Registry:
         existing = self.get(principal_id)
         if existing is not None and not replace:
             raise RegistryError(f"{existing.role.value} {principal_id!r} already exists (revoke it or use a new id)")
+        scheme = Scheme.SCRYPT if secret else Scheme.HMAC_SHA256
         secret = secret or new_secret()
-        self.rows.put(Principal(principal_id, Role(role), hash_secret(secret), time.time(), None, group, tuple(tags)))
+        stored = hash_secret(secret, scheme=scheme)
+        self.rows.put(Principal(principal_id, Role(role), stored, time.time(), None, group, tuple(tags)))
         return secret
 
     def get(self, principal_id: str) -> Principal | None:

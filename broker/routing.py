@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from amqtt.broker import RetainedApplicationMessage
@@ -61,6 +62,11 @@ else:
 
 log = logging.getLogger("fleet.broker.routing")
 
+_SHUTDOWN_WAIT_S = 2.0
+"""How long the broadcast loop waits for its cancelled deliveries at shutdown."""
+_INLINE_ROUTES = 64
+"""PUBLISHes of one client routed in a row before its loop yields (see ``_client_message_loop``)."""
+
 _ACTIONS = {AmqttAction.PUBLISH: Action.PUBLISH, AmqttAction.SUBSCRIBE: Action.SUBSCRIBE,
             AmqttAction.RECEIVE: Action.RECEIVE}
 
@@ -73,6 +79,8 @@ class RoutingMixin(_Base):
         access: AccessControl
         counters: BrokerCounters
         notes: LogSummary
+
+        def matching_subscriptions(self, topic: str) -> Iterator[list[tuple[Session, int]]]: ...
 
     async def _topic_filtering(self, session: Session, topic: str, action: AmqttAction) -> bool:
         return self.access.authorize(session, _ACTIONS[action], topic)
@@ -93,7 +101,15 @@ class RoutingMixin(_Base):
                     await self._handle_unsubscription(client_session, handler, unsubscribe_waiter)
                     unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
                 if wait_deliver.done():
-                    if not await self.route_publish(client_session, wait_deliver.result()):
+                    ok = await self.route_publish(client_session, wait_deliver.result())
+                    # what else this client has queued is routed now, a bounded number at a time,
+                    # instead of one asyncio.wait over four futures per message
+                    queue = client_session.delivered_message_queue
+                    routed = 1
+                    while ok and routed < _INLINE_ROUTES and not queue.empty() and not disconnect_waiter.done():
+                        ok = await self.route_publish(client_session, queue.get_nowait())
+                        routed += 1
+                    if not ok:
                         # a protocol violation: close like a dropped socket (amqtt left the socket open)
                         await handler.handle_connection_closed()
                     wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
@@ -192,15 +208,45 @@ class RoutingMixin(_Base):
         if session.will_retain and may_retain(topic):
             await self.retain_message(session, topic, data, session.will_qos)
 
+    async def _broadcast_loop(self) -> None:
+        """amqtt's ``Broker._broadcast_loop`` started a task and an ``asyncio.wait`` for every message;
+        here messages already queued are taken straight from the queue, and the loop waits (for the
+        next message or the shutdown) only when the queue is empty."""
+        running_tasks = self._tasks_queue
+        queue = self._broadcast_queue
+        shutdown = self._broadcast_shutdown_waiter
+        try:
+            while not shutdown.done():
+                while running_tasks and running_tasks[0].done():
+                    _reap(running_tasks.popleft())
+                if queue.empty():
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait([getter, shutdown], return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        await asyncio.gather(getter, return_exceptions=True)
+                        continue
+                    broadcast = getter.result()
+                else:
+                    broadcast = queue.get_nowait()
+                await self._route_broadcast(broadcast, running_tasks)
+        finally:
+            pending = [task for task in running_tasks if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=_SHUTDOWN_WAIT_S)
+
     async def _run_broadcast(self, running_tasks: Any) -> None:
-        broadcast = await self._broadcast_queue.get()
+        await self._route_broadcast(await self._broadcast_queue.get(), running_tasks)
+
+    async def _route_broadcast(self, broadcast: dict[str, Any], running_tasks: Any) -> None:
+        """Queue one message for every matching, permitted subscriber (amqtt's ``_run_broadcast`` body)."""
         topic: str = broadcast["topic"]
         data: bytes = broadcast["data"]
         pub_qos: int | None = broadcast.get("qos", broadcast.get("pub_qos"))
         authorize = self.access.authorize
-        for topic_filter, subscriptions in self._subscriptions.items():
-            if not self._matches(topic, topic_filter):
-                continue
+        for subscriptions in self.matching_subscriptions(topic):  # an index, not a scan (broker/subscriptions.py)
             for target, sub_qos in subscriptions:
                 qos = sub_qos if pub_qos is None else min(pub_qos, sub_qos)
                 if not authorize(target, Action.RECEIVE, topic):
@@ -272,6 +318,15 @@ class RoutingMixin(_Base):
             task: asyncio.Future[OutgoingApplicationMessage] = asyncio.ensure_future(
                 handler.mqtt_publish(topic, retained.data, qos, retain=True))
             self._tasks_queue.append(task)
+
+
+def _reap(task: asyncio.Future[Any]) -> None:
+    """Collect a finished delivery task (a failed one is logged, never raised into the loop)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("delivery failed error=%s", clip(repr(exc)))
 
 
 def _settled(handler: BrokerProtocolHandler) -> None:

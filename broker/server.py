@@ -14,6 +14,8 @@ mixed in, one module per concern:
   with per-device quotas (:mod:`broker.quota`) enforced as backpressure on the device's own socket
 - :mod:`broker.login_throttle`: back-off for failed logins per device id and source address;
   :mod:`broker.log_summary`: denials and refusals logged once per interval, then counted
+- :mod:`broker.subscriptions`: a subscription index (no scan over every filter per message or
+  per disconnect)
 - :mod:`broker.access`: password hashes checked off the event loop (#9); :mod:`broker.acl`:
   topic rules without wildcard escalation (#7)
 """
@@ -33,16 +35,19 @@ from broker.connection import KeepAliveWatchdog
 from broker.log_summary import LogSummary
 from broker.login import LoginFirstMixin
 from broker.login_throttle import LoginThrottle
+from broker.metrics import BrokerCollector
 from broker.quota import UNLIMITED, QuotaBook
 from broker.registry import Registry, Role
 from broker.revocation import RevocationWatch
 from broker.routing import RoutingMixin
 from broker.stats import BrokerCounters
+from broker.subscriptions import SubscriptionIndexMixin
+from hub.metrics import serve_metrics
 
 log = logging.getLogger("fleet.broker")
 
 
-class FleetBroker(LoginFirstMixin, RoutingMixin, Broker):
+class FleetBroker(LoginFirstMixin, RoutingMixin, SubscriptionIndexMixin, Broker):
     """amqtt's broker with the project's access control and defect workarounds (see module doc).
 
     Plugins reach the access control as ``context._broker_instance.access``.
@@ -59,6 +64,8 @@ class FleetBroker(LoginFirstMixin, RoutingMixin, Broker):
             access.registry.quota_override,
         )
         self._housekeeping: asyncio.Task[None] | None = None
+        self.published_counters: dict[str, float] = self.counters.snapshot()
+        """A copy of the counters made on the loop once a second, for readers on other threads."""
         super().__init__(config)
         self.keepalive = KeepAliveWatchdog(lambda: self._sessions.values(), settings.keepalive_grace)
         self.revocations = RevocationWatch(access.registry, access,
@@ -75,6 +82,7 @@ class FleetBroker(LoginFirstMixin, RoutingMixin, Broker):
         while True:
             await asyncio.sleep(1.0)
             self.notes.flush()
+            self.published_counters = self.counters.snapshot()  # swapped whole: see broker.metrics
 
     async def shutdown(self) -> None:
         if self._housekeeping is not None:
@@ -148,15 +156,35 @@ class EmbeddedBroker:
             counters=BrokerCounters(),
         )
         self._broker: FleetBroker | None = None
+        self._metrics_server: Any = None
 
     async def start(self) -> None:
         """Bind the listeners and start serving."""
         self._broker = FleetBroker(amqtt_config(self.settings), self.access, self.settings)
         await self._broker.start()
+        if self.settings.metrics_port is not None:
+            try:
+                self._metrics_server, _ = serve_metrics(BrokerCollector(self._published), self.settings.metrics_port)
+            except OSError:
+                await self.stop()
+                raise
         log.info("broker listening host=%s port=%s", self.settings.host, self.port)
+
+    def _published(self) -> dict[str, float]:
+        broker = self._broker
+        return broker.published_counters if broker is not None else {}
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the Prometheus endpoint bound (None when it is off)."""
+        return int(self._metrics_server.server_port) if self._metrics_server is not None else None
 
     async def stop(self) -> None:
         """Disconnect everyone and close the listeners."""
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         if self._broker is not None:
             await self._broker.shutdown()
             self._broker = None

@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass
 class BrokerCounters:
     """How often each guard of the embedded broker acted since start."""
 
+    logins: int = 0
+    """Logins accepted (CONNACK 0)."""
+    connections: int = 0
+    """Connections logged in right now (a gauge)."""
     quota_waits: int = 0
     """Packets read only after the sender was held back by its quota."""
     quota_held_s: float = 0.0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from click_default_group import DefaultGroup
@@ -20,6 +21,19 @@ from cli.runtime import run_service
 from hub.storage.location import database_name, is_postgres
 
 _DEFAULTS = BrokerSettings()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _setting(name: str, kind: click.ParamType, help_text: str) -> Callable[[F], F]:
+    """A ``--name-with-dashes`` option for the BrokerSettings field ``name``; its default is the field's."""
+    return click.option(f"--{name.replace('_', '-')}", name, type=kind, default=getattr(_DEFAULTS, name),
+                        show_default=True, help=help_text)
+
+
+def _quota(name: str, kind: click.ParamType, help_text: str) -> Callable[[F], F]:
+    """A ``--device-<field>`` option for a field of the default device quota (``BrokerSettings.device_quota``)."""
+    return click.option(f"--device-{name.replace('_', '-')}", f"device_{name}", type=kind,
+                        default=getattr(_DEFAULTS.device_quota, name), show_default=True, help=help_text)
 
 
 class _BrokerRun(click.Command):
@@ -52,15 +66,38 @@ def broker_command() -> None:
               show_default=True, help="Disconnect a client silent for keepalive x this factor; its will fires.")
 @click.option("--max-queued-messages", type=click.IntRange(min=1), default=_DEFAULTS.max_queued_messages,
               show_default=True, help="Messages queued per offline persistent session (oldest dropped beyond).")
+@_setting("max_connections", click.IntRange(min=-1), "Connections a listener accepts at once (-1: no limit).")
+@_setting("max_service_payload_bytes", click.IntRange(min=64), "Payload limit for the hub and operators.")
+@_setting("max_packet_bytes", click.IntRange(min=1024), "Close a connection announcing a bigger packet, unread.")
+@_setting("connect_timeout", click.FloatRange(min=0, min_open=True), "Seconds a new connection has to send CONNECT.")
+@_setting("max_inflight_in", click.IntRange(min=1), "QoS 2 messages a client may have awaiting PUBREL.")
+@_setting("revocation_check_s", click.FloatRange(min=0, min_open=True),
+          "How often the registry is read for revoked principals (their connections are closed).")
+@_setting("login_free_failures", click.IntRange(min=1), "Failed logins per device id before it backs off.")
+@_setting("address_free_failures", click.IntRange(min=1), "Failed logins per source address before it backs off.")
+@_setting("login_backoff_max_s", click.FloatRange(min=0, min_open=True), "Longest login back-off.")
+@_setting("log_summary_s", click.FloatRange(min=0, min_open=True),
+          "Repeated denials and refusals are logged once per this many seconds per client, then counted.")
+@_quota("msgs_per_s", click.FloatRange(min=0), "Device quota: packets per second (0: unlimited).")
+@_quota("burst_msgs", click.FloatRange(min=1), "Device quota: packets a quiet device may send at once.")
+@_quota("bytes_per_s", click.FloatRange(min=0), "Device quota: bytes per second (0: unlimited).")
+@_quota("burst_bytes", click.FloatRange(min=1024), "Device quota: bytes a quiet device may send at once.")
+@_quota("hard_limit_s", click.FloatRange(min=0, min_open=True),
+        "Device quota: a device held back this long without a break is disconnected.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics (logins, denials, quota hits, connections) on 127.0.0.1 at this port.")
 @click.pass_obj
 def run_command(obj: dict, host: str, port: int, ws_port: int | None, tls_port: int | None,
                 certfile: Path | None, keyfile: Path | None, allow_anonymous: bool, max_payload_bytes: int,
-                keepalive_grace: float, max_queued_messages: int) -> None:
+                keepalive_grace: float, max_queued_messages: int, metrics_port: int | None, **tuning: Any) -> None:
     """Run the embedded MQTT broker until Ctrl-C or SIGTERM (single hub worker: no shared subscriptions)."""
+    quota = {k.removeprefix("device_"): v for k, v in tuning.items() if k.startswith("device_")}
     settings = BrokerSettings(host=host, port=port, ws_port=ws_port, tls_port=tls_port, certfile=certfile,
                               keyfile=keyfile, db=obj["db"], allow_anonymous=allow_anonymous,
                               max_payload_bytes=max_payload_bytes, keepalive_grace=keepalive_grace,
-                              max_queued_messages=max_queued_messages)
+                              max_queued_messages=max_queued_messages, metrics_port=metrics_port,
+                              device_quota=_DEFAULTS.device_quota.model_copy(update=quota),
+                              **{k: v for k, v in tuning.items() if not k.startswith("device_")})
 
     async def main(stop: asyncio.Event) -> None:
         try:
@@ -98,7 +135,7 @@ def export_acl_command(obj: dict, out_dir: Path | None, password_file: Path | No
                        secrets_file: Path | None, rotate: bool) -> None:
     """Generate Mosquitto's password file and ACL file from the registry.
 
-    The registry keeps only scrypt hashes of secrets, which Mosquitto cannot check, so each
+    The registry keeps only salted hashes of secrets, which Mosquitto cannot check, so each
     principal's plaintext secret must be known to export it: read from the files kept next to
     the database (<db>.<id>-secret for the hub and the CLI's operator, <db>.sim-creds.json for
     simulated devices), from --secrets, or newly issued with --rotate. Every secret is verified

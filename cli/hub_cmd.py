@@ -11,13 +11,14 @@ import click
 from pydantic import SecretStr
 
 from cli.output import stderr
-from cli.params import DURATION
+from cli.params import DURATION, Duration, format_duration
 from cli.runtime import run_service
 from broker.registry import Registry
 from cli.errors import CliError, ExitCode
 from hub.config import HubSettings
 from hub.errors import HubError
 from hub.health import probe_broker
+from hub.rollout import RolloutSettings
 from hub.service import Hub
 from hub.storage.location import display_name
 
@@ -42,11 +43,16 @@ from hub.storage.location import display_name
               help="Share the load with the other hubs of this group through $share/NAME/... subscriptions "
                    "(Mosquitto 2, EMQX; not the embedded broker). Needs --client-id, one per worker, kept across restarts.")
 @click.option("--adopt-after", "adopt_after_s", type=DURATION, default=15.0,
-              help="Worker group: take over the broker session of a peer silent this long, until it returns.")
+              help="Worker group: take over the broker session of a peer silent this long, until it returns "
+                   "(and its rollouts, when it was the worker driving them).")
+@click.option("--rollout-device-timeout", "rollout_device_timeout", type=Duration(positive=True), default=None,
+              help="A device of a rollout that makes no progress this long has failed "
+                   f"(default: {format_duration(RolloutSettings().device_timeout_s)}).")
 @click.pass_obj
 def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, password_file: Path | None,
                 client_id: str | None, retain_days: float | None, staleness_min_s: float, queue_size: int,
-                no_register: bool, metrics_port: int | None, worker_group: str | None, adopt_after_s: float) -> None:
+                no_register: bool, metrics_port: int | None, worker_group: str | None, adopt_after_s: float,
+                rollout_device_timeout: float | None) -> None:
     """Run the hub until Ctrl-C or SIGTERM: persist telemetry, track presence, keep retention."""
     if worker_group is not None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", worker_group):
@@ -63,7 +69,9 @@ def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, pass
                            register_hub=not no_register, metrics_port=metrics_port, worker_group=worker_group,
                            adopt_after_s=adopt_after_s)
     Registry(settings.db)  # the database first: one that cannot be opened is the error, before any secret file is made
-    hub = Hub(settings)
+    rollout = RolloutSettings(**({} if rollout_device_timeout is None
+                                 else {"device_timeout_s": rollout_device_timeout}))
+    hub = Hub(settings, rollout_settings=rollout)
 
     async def main(stop: asyncio.Event) -> None:
         try:

@@ -24,8 +24,10 @@ from broker.url import parse_broker_url
 from cli.errors import CliError, ExitCode
 from cli.output import stderr, stdout
 from cli.runtime import run_service
-from device_sim.faults import FaultKind, parse_fault
+from cli.params import Duration
+from device_sim.faults import FaultKind, OtaFault, parse_fault, parse_ota_fault
 from device_sim.fleet import Fleet, SimSummary, device_id, provision
+from device_sim.ota import OFFLINE_FOR_S, OtaPlan, ota_plan
 from device_sim.settings import Behaviour, SimSettings
 from device_sim.signals import Profile
 from hub.health import probe_broker
@@ -86,7 +88,14 @@ def render(summary: SimSummary, target: int) -> Table:
         table.add_row("faults", ", ".join(f"{k}={v}" for k, v in sorted(summary.faults.items())))
     if summary.commands:
         table.add_row("commands", ", ".join(f"{k}={v}" for k, v in sorted(summary.commands.items())))
+    if summary.ota:
+        table.add_row("firmware", ", ".join(f"{k}={v}" for k, v in sorted(summary.ota.items())))
     return table
+
+
+def _ota_default(name: str) -> str:
+    """An OtaPlan default for help texts: the plan holds the one default, the CLI does not repeat it."""
+    return str(OtaPlan.__dataclass_fields__[name].default)
 
 
 @click.command("sim")
@@ -108,12 +117,27 @@ def render(summary: SimSummary, target: int) -> Table:
 @click.option("--prefix", default="sim", help="Device ids are PREFIX-00001 ...")
 @click.option("--connect-concurrency", type=click.IntRange(1), default=64, help="CONNECTs in flight at once.")
 @click.option("--alerts", is_flag=True, help="Send alerts when readings cross their profile's thresholds.")
+@click.option("--ota-fault", "ota_fault", multiple=True, metavar="KIND=FRACTION",
+              help="Firmware-update fault in a fraction of the fleet (repeatable). Kinds: "
+                   f"{', '.join(k.value for k in OtaFault)}.")
+@click.option("--ota-offline-for", type=Duration(positive=True), default=None,
+              help=f"How long 'offline' devices stay away before connecting (default: {OFFLINE_FOR_S:g}s).")
+@click.option("--ota-slow-delay", type=Duration(positive=True), default=None,
+              help=f"Wait before each chunk request of a 'slow-download' device (default: {_ota_default('slow_s')}s).")
+@click.option("--ota-chunk-size", type=click.IntRange(64), default=None,
+              help=f"Bytes asked for per chunk request, capped by the protocol (default: {_ota_default('chunk_size')}).")
+@click.option("--ota-slot-size", type=click.IntRange(1), default=None,
+              help=f"Bytes of the download slot; a larger image is refused (default: {_ota_default('slot_bytes')}).")
+@click.option("--ota-stall", type=Duration(positive=True), default=None,
+              help=f"Ask for a chunk again after this long without an answer (default: {_ota_default('stall_s')}s).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout.")
 @click.pass_context
 def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rate: float, duration: float | None,
                 seed: int, encoding: str | None, batch: str | None, deadband: str | None, heartbeat: int,
                 faults: tuple[str, ...], ledger: Path | None, prefix: str, connect_concurrency: int,
-                alerts: bool, as_json: bool) -> None:
+                alerts: bool, ota_fault: tuple[str, ...], ota_offline_for: float | None,
+                ota_slow_delay: float | None, ota_chunk_size: int | None, ota_slot_size: int | None,
+                ota_stall: float | None, as_json: bool) -> None:
     """Simulate DEVICES devices on one event loop against a broker, with faults on demand.
 
     Devices are provisioned in the registry (--db) on first use; their secrets are kept in
@@ -131,6 +155,11 @@ def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rat
         alerts=alerts)
     db: Path = ctx.obj["db"]
     fleet_ids = [device_id(prefix, settings.first_index + i) for i in range(devices)]
+    given = {"offline_s": ota_offline_for if ota_offline_for is not None else OFFLINE_FOR_S,
+             "slow_s": ota_slow_delay, "chunk_size": ota_chunk_size, "slot_bytes": ota_slot_size,
+             "stall_s": ota_stall}
+    ota = ota_plan(fleet_ids, dict(parse_ota_fault(f) for f in ota_fault), seed,
+                   **{k: v for k, v in given.items() if v is not None})
 
     with Progress(TextColumn("provisioning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
@@ -151,7 +180,7 @@ def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rat
     result: list[SimSummary] = []
 
     async def main(stop: asyncio.Event) -> None:
-        fleet = Fleet(settings, creds)
+        fleet = Fleet(settings, creds, ota=ota)
         with Live(render(fleet.summary(), devices), console=stderr, refresh_per_second=2,
                   transient=not stderr.is_terminal) as live:
             result.append(await fleet.run(stop, on_tick=lambda s: live.update(Group(render(s, devices)))))

@@ -21,12 +21,16 @@ dead-letter        every ``fault_every``-th message carries a reading out of ran
                    dead-letters it under its seq (kept and re-sent like any message)
 bad-credentials    log in with a wrong password; retried every ``bad_login_retry_s``
 =================  ==========================================================================
+
+Firmware-update faults (``--ota-fault KIND=FRACTION``, :class:`OtaFault`) are chosen the same
+way; :mod:`device_sim.ota` says what each one does.
 """
 
 from __future__ import annotations
 
 import random
 from enum import StrEnum
+from typing import TypeVar
 
 from protocol.errors import FleetError
 
@@ -43,17 +47,40 @@ class FaultKind(StrEnum):
     BAD_CREDENTIALS = "bad-credentials"
 
 
+class OtaFault(StrEnum):
+    """Faults of a device's firmware updater (see :mod:`device_sim.ota` for what each does)."""
+
+    CORRUPT_CHUNK = "corrupt-chunk"
+    POWER_LOSS = "power-loss"
+    BAD_IMAGE = "bad-image"
+    OFFLINE = "offline"
+    REFUSE = "refuse"
+    SLOW_DOWNLOAD = "slow-download"
+
+
+K = TypeVar("K", FaultKind, OtaFault)
+
+
 class FaultSpecError(FleetError):
     """A ``--fault`` value that cannot be parsed."""
 
 
 def parse_fault(text: str) -> tuple[FaultKind, float]:
     """Parse ``KIND=FRACTION`` (fraction in 0..1, or a percentage like ``5%``)."""
+    return _parse(text, FaultKind)
+
+
+def parse_ota_fault(text: str) -> tuple[OtaFault, float]:
+    """Parse an OTA fault ``KIND=FRACTION`` (``bad-image=0.1``, ``slow-download=5%``)."""
+    return _parse(text, OtaFault)
+
+
+def _parse(text: str, kinds: type[K]) -> tuple[K, float]:
     kind_text, sep, frac_text = text.partition("=")
     try:
-        kind = FaultKind(kind_text.strip())
+        kind = kinds(kind_text.strip())
     except ValueError:
-        known = ", ".join(k.value for k in FaultKind)
+        known = ", ".join(k.value for k in kinds)
         raise FaultSpecError(f"unknown fault {kind_text!r}: use one of {known}") from None
     if not sep:
         raise FaultSpecError(f"fault {text!r}: write {kind.value}=FRACTION, e.g. {kind.value}=0.1")
@@ -67,9 +94,9 @@ def parse_fault(text: str) -> tuple[FaultKind, float]:
     return kind, fraction
 
 
-def assign_faults(fractions: dict[FaultKind, float], n_devices: int, seed: int) -> dict[int, frozenset[FaultKind]]:
+def assign_faults(fractions: dict[K, float], n_devices: int, seed: int) -> dict[int, frozenset[K]]:
     """Which device indexes (0-based) carry which faults; reproducible from ``seed``."""
-    plan: dict[int, set[FaultKind]] = {}
+    plan: dict[int, set[K]] = {}
     for kind, fraction in sorted(fractions.items()):
         if fraction <= 0 or n_devices == 0:
             continue

@@ -7,8 +7,8 @@ or ``settings.duration`` passes and returns a :class:`SimSummary`; or use ``star
 
 Provisioning: :func:`provision` makes sure devices ``<prefix>-00001``... exist in the
 registry and that their secrets are known, in a credentials file next to the database
-(``<db>.sim-creds.json``, mode 0600). The registry stores only scrypt hashes (~50 ms each),
-so new devices are hashed in a thread pool (hashlib's scrypt releases the GIL). The file
+(``<db>.sim-creds.json``, mode 0600). The registry stores generated secrets as fast keyed
+hashes (``broker/secrets.py``); new devices are still registered in a thread pool. The file
 also keeps each device's boot counter, so that a rerun starts a new boot rather than
 replaying seq numbers of an old one.
 """
@@ -168,6 +168,9 @@ class SimSummary:
     abandoned: int = 0
     """Messages given up after the maximum number of sends (firmware_protocol.md 5.3, R2)."""
     rebirths: int = 0
+    ota: dict[str, int] = field(default_factory=dict)
+    """Firmware updates: devices updated, rolled back, offers refused, chunks fetched again, resumes,
+    and devices per OTA fault (``fault:<kind>``); empty while nothing happened."""
 
 
 class Fleet:
@@ -252,7 +255,26 @@ class Fleet:
             readings=st.readings, pubacks=st.pubacks, watermarked=st.watermarked, dropped=st.dropped,
             errors=st.errors, bytes_out=bytes_out,
             messages_per_s=round(st.messages / elapsed, 1) if elapsed else 0.0,
-            commands=dict(st.commands), faults=dict(st.faults), abandoned=st.abandoned, rebirths=st.rebirths)
+            commands=dict(st.commands), faults=dict(st.faults), abandoned=st.abandoned, rebirths=st.rebirths,
+            ota=self._ota_summary())
+
+    def _ota_summary(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+
+        def add(key: str, n: int) -> None:
+            if n:
+                out[key] = out.get(key, 0) + n
+
+        for d in self.devices:
+            agent, c = d.ota, d.ota.counters
+            add("updated", int(agent.running != self.settings.fw))
+            add("rolled_back", c.rolled_back)
+            add("refused", len(c.refused))
+            add("refetched", c.refetched)
+            add("resumed", len(c.resumed_at))
+            for kind in agent.faults:
+                add(f"fault:{kind.value}", 1)
+        return out
 
     async def run(self, stop: asyncio.Event, on_tick: Callable[[SimSummary], None] | None = None) -> SimSummary:
         """Run until ``stop`` is set or the duration passes; ``on_tick`` gets a summary twice a second."""

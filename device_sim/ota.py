@@ -13,9 +13,15 @@ power-loss      the power goes at 40 % of the download: socket dropped, reboot, 
                 download resumes from the last confirmed chunk
 bad-image       the new image fails its self-test after the reboot: the boot loader goes back
                 to the old one, the birth shows the old version, the device reports rolled_back
-offline         the device stays offline until :meth:`OtaAgent.release` (a device that
-                misses the whole first stage)
+offline         the device stays offline until :meth:`OtaAgent.release`, or ``offline_s``
+                after it first tried to connect (a device that misses the whole first stage)
+refuse          the device declines every offer, reporting ``failed`` with its reason (a
+                device whose battery is too low to risk a flash write)
+slow-download   the device waits ``slow_s`` before each chunk request (a slow or congested
+                link): its download takes longer and holds a ``max_concurrent`` place
 ==============  ===========================================================================
+
+``fleet sim --ota-fault KIND=FRACTION`` spreads them over the fleet (:func:`ota_plan`).
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from device_sim.faults import OtaFault, assign_faults
 from device_sim.mqtt import MqttError
 from protocol import MessageClass, decode, encode, topic_for
 from protocol.firmware import (
@@ -45,11 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleet.sim.ota")
 
 
-class OtaFault(StrEnum):
-    CORRUPT_CHUNK = "corrupt-chunk"
-    POWER_LOSS = "power-loss"
-    BAD_IMAGE = "bad-image"
-    OFFLINE = "offline"
+OFFLINE_FOR_S = 60.0
+"""``fleet sim --ota-offline-for``'s default: from the command line an ``offline`` device must come
+back by itself (a library caller, such as a test, may instead release it when it wants)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,18 @@ class OtaPlan:
     stall_s: float = 60.0
     """No answer to a request for this long: ask again (the hub may have restarted)."""
     max_chunk_retries: int = 3
+    offline_s: float | None = None
+    """An ``offline`` device comes online this long after its first try (None: when released)."""
+    slow_s: float = 1.0
+    """A ``slow-download`` device waits this long before each chunk request."""
     faults: dict[str, frozenset[OtaFault]] = field(default_factory=dict)
+
+
+def ota_plan(device_ids: list[str], fractions: dict[OtaFault, float], seed: int, **settings: float | int) -> OtaPlan:
+    """A plan whose faults cover ``fractions`` of ``device_ids``, chosen reproducibly from ``seed``
+    (as ``--fault`` chooses); ``settings`` are the other :class:`OtaPlan` fields that were given."""
+    by_index = assign_faults(fractions, len(device_ids), seed)
+    return OtaPlan(faults={device_ids[i]: kinds for i, kinds in by_index.items()}, **settings)  # type: ignore[arg-type]
 
 
 def publish_wire_bytes(topic: str, payload: bytes, qos: int) -> int:
@@ -140,11 +155,21 @@ class OtaAgent:
             self._forget_job()
         return self._running
 
+    @property
+    def running(self) -> str:
+        """The version the device last booted (no side effect, for counting)."""
+        return self._running
+
     # ------------------------------------------------------------------ hooks from the device
 
     async def may_connect(self) -> None:
         """Before each connect: the request in flight is gone with the old link; the offline fault holds the device back."""
         self._outstanding = None
+        if not self._released.is_set() and self.plan.offline_s is not None:
+            try:
+                await asyncio.wait_for(self._released.wait(), self.plan.offline_s)
+            except TimeoutError:
+                self._released.set()
         await self._released.wait()
 
     def release(self) -> None:
@@ -184,6 +209,9 @@ class OtaAgent:
             return
         if self._applying is not None:
             return  # rebooting into it
+        if OtaFault.REFUSE in self.faults:
+            self._refuse(offer, "declined by the device: battery too low for a flash write")
+            return
         if offer.size > self.plan.slot_bytes:
             self._refuse(offer, f"image of {offer.size} bytes does not fit the {self.plan.slot_bytes}-byte slot")
             return
@@ -249,10 +277,20 @@ class OtaAgent:
         assert offer is not None
         n = min(self.plan.chunk_size, max_chunk(self.device.encoding), offer.size - self.confirmed)
         self._outstanding = self.confirmed
-        self._send(self.topic_g, FirmwareRequest(job=offer.job, offset=self.confirmed, length=n))
         if self._stall is not None:
             self._stall.cancel()
-        self._stall = asyncio.get_running_loop().call_later(self.plan.stall_s, self._stalled, self.confirmed)
+        request = FirmwareRequest(job=offer.job, offset=self.confirmed, length=n)
+        loop = asyncio.get_running_loop()
+        if OtaFault.SLOW_DOWNLOAD in self.faults:
+            self._stall = loop.call_later(self.plan.slow_s, self._send_request, request)
+        else:
+            self._send_request(request)
+
+    def _send_request(self, request: FirmwareRequest) -> None:
+        if self.offer is None or self.offer.job != request.job or self._outstanding != request.offset:
+            return  # the job or the link changed while a slow device waited
+        self._send(self.topic_g, request)
+        self._stall = asyncio.get_running_loop().call_later(self.plan.stall_s, self._stalled, request.offset)
 
     def _stalled(self, offset: int) -> None:
         if self._outstanding == offset and self.offer is not None and self.device.client is not None:
@@ -271,8 +309,12 @@ class OtaAgent:
         self.refused_jobs.add(offer.job)
         self.counters.refused.append(why)
         if report:
-            self._report(FirmwareState.FAILED, self.confirmed, why)
-        self._forget_job()
+            # the offer refused may not be the job in progress (a slot too small, a declined offer)
+            self._send(self.topic_u, FirmwareReport(job=offer.job, state=FirmwareState.FAILED,
+                                                    progress=self.confirmed if self.offer is offer else 0,
+                                                    detail=why))
+        if self.offer is offer or self.offer is None:
+            self._forget_job()
 
     def _forget_job(self) -> None:
         self.offer, self.slot, self.confirmed, self._outstanding, self._retries = None, bytearray(), 0, None, 0

@@ -25,6 +25,23 @@ from hub.storage import CommandStore, Heartbeat, StatusStore, open_database
 
 log = logging.getLogger("fleet.hub.adoption")
 
+
+def claim(rows: StatusStore, name: str, me: str, beats: dict[str, Heartbeat], adopt_after_s: float,
+          now: float) -> bool:
+    """Claim ``name`` in ``hub_adoptions`` for worker ``me``; True when ``me`` holds it now.
+
+    Exactly one live worker wins: the first to insert the row, or, when the holder's heartbeat
+    (in ``beats``) is older than ``adopt_after_s`` or missing, the first to move the row from it.
+    """
+    holder = rows.claim_adoption(name, me, now)
+    if holder == me:
+        return True
+    beat = beats.get(holder) if holder else None
+    if beat is not None and now - beat.updated_at < adopt_after_s:
+        return False  # a live peer has it
+    return rows.take_over_adoption(name, me, holder, now)
+
+
 class AdoptedIngest(Ingest):
     """An ingest on a dead worker's session that never reconnects: losing the session means its owner is back."""
 
@@ -89,14 +106,7 @@ class Adopter:
                 self._adopt(rows, worker)
 
     def _claim(self, rows: StatusStore, worker: str, beats: dict[str, Heartbeat], now: float) -> bool:
-        """Exactly one live worker adopts: the first to insert the row, or anyone whose adopter died too."""
-        holder = rows.claim_adoption(worker, self.me, now)
-        if holder == self.me:
-            return True
-        adopter = beats.get(holder) if holder else None
-        if adopter is not None and now - adopter.updated_at < self.settings.adopt_after_s:
-            return False  # a live peer has it
-        return rows.take_over_adoption(worker, self.me, holder, now)
+        return claim(rows, worker, self.me, beats, self.settings.adopt_after_s, now)
 
     def _adopt(self, rows: StatusStore, worker: str) -> None:
         log.warning("adopting the session of silent worker=%s adopter=%s", worker, self.me)

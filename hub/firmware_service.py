@@ -5,23 +5,31 @@ queue. One thread, ``fleet-hub-firmware``, owns the engine and its database conn
 them off the queue, ticks the engine, and serves chunks as fast as the token bucket allows. A
 separate session means a rollout never queues behind telemetry in the ingest path, and the
 bucket keeps the rollout from crowding telemetry out of the broker and the links.
+
+In a worker group only the worker holding the group's rollout claim runs this service
+(:mod:`hub.rollout_owner`). There the session is persistent and named for the group, not the
+worker: requests and reports that arrive while the owner is dead wait in it for the worker that
+takes over. The engine thread checks the claim before each tick and stops, without writing, as
+soon as another worker holds it (a worker that stalled past the adoption delay and woke up).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import ssl
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
 from hub.config import HubSettings
 from hub.errors import HubError
 from hub.rollout import ChunkJob, RolloutEngine, RolloutSettings, TokenBucket
-from hub.storage import FirmwareStore, PresenceStore, StorageError, open_database
+from hub.storage import FirmwareStore, PresenceStore, StatusStore, StorageError, open_database
 from hub.transport import low_latency
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
@@ -33,11 +41,25 @@ log = logging.getLogger("fleet.hub.firmware")
 HUB_FIRMWARE_RECEIVES = (MessageClass.FIRMWARE_REQUEST, MessageClass.FIRMWARE_REPORT)
 
 
+@dataclass(frozen=True, slots=True)
+class OwnerClaim:
+    """A worker group's rollout claim: its name in ``hub_adoptions``, this worker, the shared session's client id."""
+
+    name: str
+    worker: str
+    session: str
+
+
 class FirmwareService:
     """Owns the rollout engine's thread and the MQTT session its chunks go out on."""
 
-    def __init__(self, settings: HubSettings, password: str | None, rollout: RolloutSettings | None = None) -> None:
+    def __init__(self, settings: HubSettings, password: str | None, rollout: RolloutSettings | None = None,
+                 owner: OwnerClaim | None = None) -> None:
+        """``owner``: in a worker group, the claim this worker must hold to drive the rollouts."""
         self.settings = settings
+        self.owner = owner
+        self.lost = threading.Event()
+        """Set when the engine found the claim held by another worker and stopped."""
         self.password = password
         self.rollout = rollout or RolloutSettings()
         self.engine: RolloutEngine | None = None
@@ -71,12 +93,20 @@ class FirmwareService:
             self._client.loop_stop()
             self._client = None
 
+    @property
+    def alive(self) -> bool:
+        """True while the engine thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         # a clean session: requests that arrive while the hub is down are re-sent by the devices
         # (after their stall timer), so nothing needs to be queued for a hub that is not there
-        client = low_latency(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-fw",
-                                         clean_session=True, protocol=mqtt.MQTTv311))
+        # a worker group's session outlives its owner: what arrives between a SIGKILL and the takeover
+        # waits in it for the next owner, who connects with the same client id
+        client_id = self.owner.session if self.owner else f"{s.mqtt_client_id}-fw"
+        client = low_latency(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                         clean_session=self.owner is None, protocol=mqtt.MQTTv311))
         client.reconnect_delay_set(0.2, 5)
         if s.username:
             client.username_pw_set(s.username, self.password)
@@ -106,6 +136,7 @@ class FirmwareService:
             log.error("firmware engine not started: %s", exc)
             return
         engine = self.engine = RolloutEngine(FirmwareStore(conn), PresenceStore(conn), self._publish, self.rollout)
+        claims = StatusStore(conn)
         bucket = TokenBucket(1.0, 1.0)
         pending: deque[ChunkJob] = deque()
         queued: set[tuple[str, str, int]] = set()
@@ -115,7 +146,21 @@ class FirmwareService:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_tick:
-                    engine.tick(time.time())
+                    try:
+                        holder = claims.adopter_of(self.owner.name) if self.owner is not None else None
+                    except sqlite3.Error as exc:  # a locked database: not sure we still own it, so skip this tick
+                        log.warning("rollout claim not read error=%r", exc)
+                        next_tick = now + self.rollout.tick_s
+                        continue
+                    if self.owner is not None and holder != self.owner.worker:
+                        log.warning("rollouts now driven by another worker: stepping down worker=%s",
+                                    self.owner.worker)
+                        self.lost.set()
+                        return  # without saving: the new owner has reloaded from the database
+                    try:
+                        engine.tick(time.time())
+                    except sqlite3.Error as exc:  # a locked or failing database: what is dirty is saved next tick
+                        log.warning("rollout tick failed, trying again next tick error=%r", exc)
                     next_tick = now + self.rollout.tick_s
                     rate = engine.bandwidth()
                     if rate is not None:
@@ -139,7 +184,8 @@ class FirmwareService:
                     self._handle(engine, item, pending, queued)
         finally:
             try:
-                engine.save()
+                if not self.lost.is_set():
+                    engine.save()
             finally:
                 conn.close()
 

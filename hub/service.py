@@ -22,6 +22,7 @@ from hub.ingest import BatchHook, Ingest
 from hub.watermark_holds import WatermarkHolds
 from hub.metrics import HubCollector, serve_metrics
 from hub.rollout import RolloutSettings
+from hub.rollout_owner import RolloutOwner
 
 log = logging.getLogger("fleet.hub")
 
@@ -39,6 +40,7 @@ class Hub:
         self.commands: CommandService | None = None
         self._heartbeat: Heartbeat | None = None
         self._adopter: Adopter | None = None
+        self._rollout_owner: RolloutOwner | None = None
         self._metrics_server: Any = None
         self.metrics_port: int | None = None
 
@@ -65,19 +67,19 @@ class Hub:
             self.commands = None
             raise
         ingest = self.ingest
-        if s.worker_group:
-            # one engine per fleet: workers of a group would each drive every rollout
-            log.info("firmware rollouts are not driven by worker-group hubs; run one hub without --worker-group for them")
-        else:
+        if not s.worker_group:
             self.firmware = FirmwareService(s, password, self.rollout_settings)
             self.firmware.start(timeout)
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
-            **ingest.gauges(), "store_failing": ingest.store_failing, "worker_group": s.worker_group},
-            ingest.connected.is_set)
+            **ingest.gauges(), "store_failing": ingest.store_failing, "worker_group": s.worker_group,
+            "drives_rollouts": self.drives_rollouts}, ingest.connected.is_set)
         self._heartbeat.start()
         if s.worker_group:
             self._adopter = Adopter(s, password, self.commands)
             self._adopter.start()
+            # one worker of the group drives the rollouts; it bids after its first heartbeat is written
+            self._rollout_owner = RolloutOwner(s, password, self.rollout_settings)
+            self._rollout_owner.start()
         if s.metrics_port is not None:
             self._serve_metrics(s.metrics_port)
         log.info("hub started db=%s broker=%s client_id=%s", s.db, s.broker, s.mqtt_client_id)
@@ -105,6 +107,9 @@ class Hub:
 
     def stop(self) -> None:
         """Commit and ack what is in hand, then disconnect."""
+        if self._rollout_owner is not None:
+            self._rollout_owner.stop()
+            self._rollout_owner = None
         if self._adopter is not None:
             self._adopter.stop()
             self._adopter = None
@@ -130,6 +135,13 @@ class Hub:
         """Call ``hook(result)`` on the writer thread after each committed batch."""
         assert self.ingest is not None, "start the hub first"
         self.ingest.hooks.append(hook)
+
+    @property
+    def drives_rollouts(self) -> bool:
+        """True when this hub runs the rollout engine (in a worker group: while it holds the claim)."""
+        if self._rollout_owner is not None:
+            return self._rollout_owner.owns
+        return self.firmware is not None
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -72,3 +72,8 @@ class StatusStore:
     def release_adoption(self, worker: str, adopter: str) -> None:
         """Drop ``adopter``'s claim on ``worker``."""
         self.conn.execute("DELETE FROM hub_adoptions WHERE worker = ? AND adopter = ?", (worker, adopter))
+
+    def adopter_of(self, worker: str) -> str | None:
+        """Who holds the claim on ``worker`` now (None: nobody)."""
+        row = self.conn.execute("SELECT adopter FROM hub_adoptions WHERE worker = ?", (worker,)).fetchone()
+        return str(row[0]) if row else None

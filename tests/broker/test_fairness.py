@@ -28,7 +28,7 @@ from broker.server import free_port
 from protocol.codec import decode, encode
 from protocol.models import Reading, Telemetry, Watermark
 from protocol.topics import MessageClass
-from support import Creds, add_device, connect, wait_for
+from support import Creds, add_device, connect, load_factor, wait_for
 
 
 def _on_loop(fn):  # type: ignore[no-untyped-def]
@@ -206,7 +206,9 @@ def test_flooding_device_is_held_to_its_quota_while_others_keep_their_round_trip
           f"steady round trip max {max(round_trips) * 1000:.0f} ms over {len(round_trips)}")
     assert flooder.sent > 5 * routed, "the flooder was not held back (or could not write)"
     assert routed <= 50 + 50 * elapsed + 10, f"{routed} routed in {elapsed:.1f} s: over the quota of 50/s + burst 50"
-    assert max(round_trips) < 1.0
+    # 1 s on a quiet machine (an unthrottled flood stalled everyone for seconds); scaled by the load of
+    # this shared machine (1.14 s was seen at load 22 on 2 cores)
+    assert max(round_trips) < 1.0 * load_factor(), f"steady round trips {round_trips}"
     c = counters(quota_broker)
     assert c["quota_waits"] > 0 and c["quota_disconnects"] == 0
     held = [r for r in caplog.records if "reading held back client_id=flood" in r.getMessage()]

@@ -98,3 +98,43 @@ def test_revoke_disconnects_a_connected_device_at_once(embedded_broker, registry
     assert embedded_broker.call(again) is False
     dev.loop_stop()
     close(hub)
+
+
+def _subscribed_filters(broker) -> set[str]:  # type: ignore[no-untyped-def]
+    async def read() -> set[str]:
+        return {f for f, subs in broker.broker.amqtt._subscriptions.items() if subs}
+    return broker.call(read)  # type: ignore[no-any-return]
+
+
+def test_messages_reach_exactly_the_matching_subscriptions_as_they_come_and_go(embedded_broker, registry):
+    """Plain filters are looked up, wildcard filters matched (broker/subscriptions.py): each device gets
+    its own commands only, the hub's wildcard gets every device's telemetry, and a filter nobody holds
+    any more (a device gone, the hub gone and back) neither leaks nor stops working."""
+    port = embedded_broker.port
+    hub_creds = add_device(registry, "hub", Role.HUB)
+    devs = {d: add_device(registry, d) for d in ("dev-a", "dev-b", "dev-c")}
+    hub, hub_inbox = connect_with_inbox(port, hub_creds.username, hub_creds.password)
+    assert subscribe(hub, "d/+/t") == 1
+    clients, inboxes = {}, {}
+    for d, creds in devs.items():
+        clients[d], inboxes[d] = connect_with_inbox(port, creds.username, creds.password)
+        assert subscribe(clients[d], f"d/{d}/c") == 1
+    for d in devs:
+        hub.publish(f"d/{d}/c", f"cmd-{d}".encode(), qos=1)
+    for d in devs:
+        assert wait_for(lambda d=d: inboxes[d].payloads() == [f"cmd-{d}".encode()]), inboxes[d].items
+    clients["dev-a"].publish("d/dev-a/t", b"t-a", qos=1)
+    assert wait_for(lambda: hub_inbox.payloads() == [b"t-a"])
+
+    close(clients.pop("dev-c"))
+    assert wait_for(lambda: "d/dev-c/c" not in _subscribed_filters(embedded_broker))
+    close(hub)  # the only holder of d/+/t: the filter goes, and must come back when subscribed again
+    assert wait_for(lambda: "d/+/t" not in _subscribed_filters(embedded_broker))
+    hub, hub_inbox = connect_with_inbox(port, hub_creds.username, hub_creds.password)
+    assert subscribe(hub, "d/+/t") == 1
+    clients["dev-b"].publish("d/dev-b/t", b"t-b", qos=1)
+    assert wait_for(lambda: hub_inbox.payloads() == [b"t-b"]), hub_inbox.items
+    hub.publish("d/dev-b/c", b"again", qos=1)
+    assert wait_for(lambda: inboxes["dev-b"].payloads()[-1:] == [b"again"])
+    assert inboxes["dev-a"].payloads() == [b"cmd-dev-a"]
+    close(hub, *clients.values())

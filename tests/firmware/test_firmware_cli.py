@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from rich.console import Console
+from support import Creds, HubProcess, wait_for
 
+from broker.background import BackgroundBroker
 from broker.registry import Registry, Role
 from cli.firmware_cmd import render
 from cli.main import cli
-from hub.firmware import parse_bandwidth, parse_stages, rollout_status, stage_plan
+from hub.firmware import add_image, parse_bandwidth, parse_stages, rollout_status, stage_plan, start_rollout
+from hub.storage import PresenceStore, open_database
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "commands"))
+from command_device import CommandDevice  # noqa: E402
 
 
 def run(db: Path, *args: str) -> tuple[int, str, str]:
@@ -100,3 +109,37 @@ def test_parsers_and_stage_plan() -> None:
     plan = stage_plan(ids, (0.01, 0.1, 0.5, 1.0), "1.0")
     assert [sum(1 for s in plan.values() if s == k) for k in range(4)] == [10, 90, 400, 500]
     assert stage_plan(ids, (0.01, 1.0), "1.0") != stage_plan(ids, (0.01, 1.0), "2.0")  # canaries change per version
+
+
+
+def test_fleet_hub_rollout_device_timeout_fails_a_device_that_never_downloads(
+        db_path: Path, embedded_broker: BackgroundBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLEET_HUB_ROLLOUT_DEVICE_TIMEOUT reaches the hub's engine: a device that ignores its offer fails after it."""
+    creds = Creds("deaf-1", Registry(db_path).add("deaf-1", Role.DEVICE, group="deaf"))
+    image = tmp_path / "fw.bin"
+    image.write_bytes(os.urandom(5000))
+    add_image(db_path, image, "2.0")
+    monkeypatch.setenv("FLEET_HUB_ROLLOUT_DEVICE_TIMEOUT", "2s")  # the hub process inherits it
+    hub = HubProcess(db_path, embedded_broker.port, tmp_path / "hub.log").start()
+    device = None
+    try:
+        device = CommandDevice(embedded_broker.port, creds).connect()  # births; never subscribes to its offers
+        assert wait_for(lambda: _online(db_path, "deaf-1"), 30), hub.log.read_text()[-2000:]
+        rid = start_rollout(db_path, "2.0", "deaf", (1.0,), 1.0, 1, 1e6)
+        assert wait_for(lambda: rollout_status(db_path, rid, all_=True)[0].state == "completed", 30), \
+            (rollout_status(db_path, rid, all_=True), hub.log.read_text()[-2000:])
+        status = rollout_status(db_path, rid, all_=True)[0]
+        assert status.counts == {"failed": 1}
+        assert status.failures[0]["detail"] == "no progress for 2 s"
+    finally:
+        if device is not None:
+            device.disconnect()
+        hub.stop()
+
+
+def _online(db: Path, device_id: str) -> bool:
+    conn = open_database(db)
+    try:
+        return any(d.device_id == device_id and d.state == "online" for d in PresenceStore(conn).load_devices())
+    finally:
+        conn.close()

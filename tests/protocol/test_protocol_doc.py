@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from protocol import LIMITS, METRICS, MessageClass, Reason, decode, encode, parse_topic
+from protocol.topics import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES
 from protocol.codec import ENUM_CODES, MODEL_FOR, SHORT_KEYS, Encoding, detect_encoding
 
 DOC = Path(__file__).resolve().parents[2] / "firmware_protocol.md"
@@ -133,5 +134,17 @@ def test_limits_are_stated() -> None:
 def test_topic_byte_costs_are_right() -> None:
     for topic, length, wire in re.findall(r"^\| `([^`]+)`[^|]* \| (\d+) \| (\d+) bytes \|$", _section("Topics"), re.M):
         assert (len(topic.encode()), len(topic.encode()) + 2) == (int(length), int(wire))
-    for cls in MessageClass:
-        assert f"| `{cls.value}` | `d/<id>/{cls.value}` |" in TEXT
+
+
+
+def test_section_1_lists_every_topic_with_its_direction() -> None:
+    # section 1 is where a firmware engineer looks for the topics: every class is there, not only in a later section
+    topics = _section("Topics")
+    rows = dict(re.findall(r"^\| `(\w)` \| `d/<id>/\w` \| (device -> hub|hub -> device) \|", topics, re.M))
+    assert set(rows) == {cls.value for cls in MessageClass}, "section 1's table must list every message class"
+    assert {c for c, d in rows.items() if d == "device -> hub"} == {c.value for c in DEVICE_PUBLISHES}
+    assert {c for c, d in rows.items() if d == "hub -> device"} == {c.value for c in DEVICE_SUBSCRIBES}
+    sentence = " ".join(re.search(r"^A device publishes only to .*?\.", topics, re.M | re.S).group(0).split())  # type: ignore[union-attr]
+    pubs, subs = sentence.split("subscribes")
+    assert set(re.findall(r"`(\w)`", pubs)) == {c.value for c in DEVICE_PUBLISHES}
+    assert set(re.findall(r"`(\w)`", subs)) == {c.value for c in DEVICE_SUBSCRIBES}

@@ -84,7 +84,7 @@ class Guesser:
 
 def test_guessing_one_device_id_backs_off_and_honest_first_logins_stay_fast(embedded_broker, registry):
     port = embedded_broker.port
-    add_device(registry, "victim")
+    registry.add("victim", secret="a secret a person chose")  # scrypt: guesses cost real hash work
     baseline = [first_login_s(port, registry, f"calm-{i}") for i in range(5)]
     before = counters(embedded_broker)
     guesser = Guesser(port, ["victim"]).start()

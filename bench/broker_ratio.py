@@ -1,0 +1,142 @@
+"""Broker throughput: the embedded broker's delivery rate as a share of Mosquitto's, same run.
+
+The load is bench/ingest.py's raw phase, reused as is: 8 devices, each a compiled publisher
+process (``mosquitto_pub -l -q 1 -M 1000`` for JSON, ``bench/mqtt_blast.c`` for CBOR) logging in
+with its registry secret, and one ``mosquitto_sub -C N -q 1 -t d/+/t`` (hub role) that counts the
+deliveries. No hub. Mosquitto 2 (password and ACL files from ``fleet broker export-acl``) and the
+embedded broker (its own process, registry logins, device quotas lifted: the load generators are
+not devices) are measured alternately, ``--rounds`` times, so both see the same machine load;
+the ratio is embedded / Mosquitto per round and over the medians.
+
+    .venv/bin/python bench/broker_ratio.py                  # --messages 40000 --rounds 2 --encoding json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from ingest import (  # also puts the project on sys.path
+    MARKER_TOPIC,
+    PHASE_TIMEOUT_S,
+    Fleet,
+    build_blaster,
+    check_publishers,
+    finish_publishers,
+    make_fleet,
+    pub_cmd,
+    start_publishers,
+    write_load,
+)
+from common import ROOT, stop
+
+from broker.server import free_port  # noqa: E402
+
+EMBEDDED = """
+import asyncio, sys
+from broker.server import EmbeddedBroker
+from broker.config import BrokerSettings
+async def main():
+    b = EmbeddedBroker(BrokerSettings(port=int(sys.argv[1]), db=sys.argv[2]))
+    await b.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def embedded_fleet(workdir: Path) -> tuple[Fleet, subprocess.Popen[bytes]]:
+    """The registry of bench/ingest.py's fleet, served by the embedded broker in its own process."""
+    fleet, background = make_fleet("embedded", workdir)  # writes the registry; its in-process broker is not used
+    background.stop()  # type: ignore[attr-defined]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED, str(port), str(fleet.db)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    fleet.port = port
+    return fleet, proc
+
+
+def raw_rate(fleet: Fleet, workdir: Path, files: dict[str, Path], encoding: str, blaster: Path | None,
+             total: int) -> float:
+    """Messages per second ``mosquitto_sub -C N`` receives while the publishers send ``files``.
+
+    bench/ingest.py's raw phase, except for how the subscription is known to be live: the embedded
+    broker retains nothing on ``t`` topics (only ``s``, ``w``, ``o``), so instead of one retained
+    marker a plain marker is published every 0.2 s until the subscriber shows it (the few extra
+    markers are counted with the load: a handful in tens of thousands).
+    """
+    out = workdir / "raw-sub.out"
+    with out.open("wb") as fh:
+        sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.port), "-i", "bench-sub",
+                                "-u", "bench-sub", "-P", fleet.sub_secret, "-t", "d/+/t", "-q", "1",
+                                "-C", str(total + 1), "-F", "%t"], stdout=fh, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not out.read_bytes().startswith(MARKER_TOPIC.encode()):
+            if time.monotonic() > deadline or sub.poll() is not None:
+                raise RuntimeError("mosquitto_sub did not receive a marker within 30 s")
+            subprocess.run(pub_cmd(fleet, "-t", MARKER_TOPIC, "-q", "1", "-m", "marker"), check=True)
+            time.sleep(0.2)
+        start = time.perf_counter()
+        procs = start_publishers(fleet, files, encoding, blaster)
+        while sub.poll() is None:
+            if time.perf_counter() - start > PHASE_TIMEOUT_S:
+                raise RuntimeError(f"mosquitto_sub did not get {total} messages in {PHASE_TIMEOUT_S:.0f} s")
+            check_publishers(procs)
+            time.sleep(0.005)
+        seconds = time.perf_counter() - start
+        finish_publishers(procs)
+    finally:
+        stop(sub)
+    return total / seconds
+
+
+def measure(name: str, workdir: Path, messages: int, encoding: str, blaster: Path | None, boot: int) -> dict[str, object]:
+    sub = workdir / name
+    sub.mkdir(exist_ok=True)
+    fleet, proc = embedded_fleet(sub) if name == "embedded" else make_fleet(name, sub)
+    try:
+        files = write_load(sub, encoding, boot, messages // 8, 1, False)
+        cpu0 = sum(psutil.Process(proc.pid).cpu_times()[:2])  # type: ignore[union-attr]
+        rate = raw_rate(fleet, sub, files, encoding, blaster, (messages // 8) * 8)
+        cpu = sum(psutil.Process(proc.pid).cpu_times()[:2]) - cpu0  # type: ignore[union-attr]
+    finally:
+        stop(proc)  # type: ignore[arg-type]
+    return {"broker": name, "msg_per_s": round(rate), "broker_cpu_us_per_msg": round(cpu * 1e6 / messages, 1),
+            "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=40_000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--encoding", default="json", choices=["json", "cbor"])
+    args = ap.parse_args()
+    results: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="broker-ratio-") as tmp:
+        blaster = build_blaster(Path(tmp)) if args.encoding == "cbor" else None
+        for r in range(args.rounds):
+            for name in ("mosquitto", "embedded"):
+                workdir = Path(tmp) / f"r{r}"
+                workdir.mkdir(exist_ok=True)
+                results.append({"round": r, **measure(name, workdir, args.messages, args.encoding, blaster, 100 + r)})
+                print(json.dumps(results[-1]), flush=True)
+                time.sleep(1)
+    rates = {n: [float(x["msg_per_s"]) for x in results if x["broker"] == n] for n in ("mosquitto", "embedded")}
+    per_round = [e / m for m, e in zip(rates["mosquitto"], rates["embedded"])]
+    print(json.dumps({"ratio_per_round": [round(x, 3) for x in per_round],
+                      "ratio_of_medians": round(statistics.median(rates["embedded"]) / statistics.median(rates["mosquitto"]), 3)}))
+
+
+if __name__ == "__main__":
+    main()
