@@ -82,13 +82,15 @@ def is_allowed(role: Role, username: str, action: Action, topic: str) -> bool:
     return any(filter_within(topic, g) for g in grants(role, username, action))
 
 
-RETAINED_CLASSES = (MessageClass.STATUS.value, MessageClass.WATERMARK.value, MessageClass.FIRMWARE_OFFER.value)
+RETAINED_CLASSES = (MessageClass.STATUS.value, MessageClass.WATERMARK.value, MessageClass.FIRMWARE_OFFER.value,
+                    MessageClass.DESCRIPTION.value)
 """The device topics whose messages may be retained (firmware_protocol.md: ``s``, the hub's ``w`` and its
-firmware offer ``o``, which a device that comes back must find waiting)."""
+firmware offer ``o``, which a device that comes back must find waiting, and the device's description ``x``,
+sent once and kept for the hub)."""
 
 
 def may_retain(topic: str) -> bool:
-    """Whether a retained PUBLISH to ``topic`` may be stored: on device topics only ``s``, ``w`` and ``o``."""
+    """Whether a retained PUBLISH to ``topic`` may be stored: on device topics only ``s``, ``w``, ``o`` and ``x``."""
     parts = topic.split("/")
     if parts[0] != ROOT:
         return True

@@ -174,7 +174,7 @@ class RoutingMixin(_Base):
             else:
                 self.counters.retain_refused += 1
                 self.notes.event("retain_refused", name,
-                                 "retain refused client_id=%s topic=%s (delivered, not stored: only s, w and o are retained)",
+                                 "retain refused client_id=%s topic=%s (delivered, not stored: only s, w, o and x are retained)",
                                  clip(session.client_id), clip(topic))
         return True
 

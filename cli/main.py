@@ -12,6 +12,7 @@ import click
 
 from cli.broker_cmd import broker_command
 from cli.config import config_path, load_default_map
+from cli.config_cmd import config_group
 from cli.device_check_cmd import device_check_command
 from cli.devices_cmd import devices_group
 from cli.dashboard_cmd import dashboard_command, status_command
@@ -98,6 +99,7 @@ cli.add_command(deadletters_command)
 cli.add_command(firmware_group)
 cli.add_command(rollout_group)
 cli.add_command(device_check_command)
+cli.add_command(config_group)
 
 
 def main(argv: list[str] | None = None) -> None:

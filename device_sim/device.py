@@ -32,6 +32,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
+from device_sim.config_agent import ConfigAgent
 from device_sim.faults import FaultKind
 from device_sim.ledger import Ledger
 from device_sim.mqtt import ConnectRefused, MqttClient, MqttError, Will
@@ -60,7 +61,7 @@ from protocol import (
 log = logging.getLogger("fleet.sim.device")
 fault_log = logging.getLogger("fleet.sim.fault")
 
-CAPABILITIES = ("reboot", "set_interval", "set_config", "ping", "rebirth")
+CAPABILITIES = ("reboot", "set_interval", "set_config", "ping", "rebirth", "describe")
 RECENT_COMMANDS = LIMITS.remembered_commands
 MALFORMED_PAYLOAD = b"\xff\x00 this is not a payload \x00\xfe"
 
@@ -142,6 +143,7 @@ class SimDevice:
         self.topic_c = topic_for(device_id, MessageClass.COMMAND)
         self.topic_w = topic_for(device_id, MessageClass.WATERMARK)
         self.ota = OtaAgent(self, ota or OtaPlan(), settings.fw)
+        self.config = ConfigAgent(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -202,7 +204,8 @@ class SimDevice:
                                      clean_session=False, keepalive=self.settings.keepalive,
                                      timeout=self.settings.connect_timeout)
                 self.client = client
-                granted = await client.subscribe([(self.topic_c, 1), (self.topic_w, 1), *self.ota.subscriptions],
+                granted = await client.subscribe([(self.topic_c, 1), (self.topic_w, 1), *self.ota.subscriptions,
+                                                  *self.config.subscriptions],
                                                  timeout=self.settings.connect_timeout)
             except BaseException:
                 client.abort()
@@ -226,6 +229,7 @@ class SimDevice:
             self._first_online = now
             self._next_storm = now + self.settings.fault_start_s
         self._by_pid.clear()
+        self.config.on_online()  # the description (once), before the birth that names it
         client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
         stats.births += 1
         self.ota.on_online()
@@ -286,7 +290,8 @@ class SimDevice:
     def _status(self, state: StatusState) -> bytes:
         status = Status(state=state, boot=self.boot, fw=self.ota.version, caps=list(CAPABILITIES),
                         enc=self.encoding, interval_s=self.settings.heartbeat_s,
-                        boot_ts=0 if self.settings.rtc else (self._boot_ts or 0))
+                        boot_ts=0 if self.settings.rtc else (self._boot_ts or 0),
+                        desc=self.config.desc_hash, cfg=self.config.version)
         return encode(status, self.encoding)
 
     # ------------------------------------------------------------------ telemetry
@@ -461,6 +466,8 @@ class SimDevice:
                     wm = decode(MessageClass.WATERMARK, payload)
                     assert isinstance(wm, Watermark)
                     self._on_watermark(wm, retain)
+            elif topic == self.config.topic_k:
+                self.config.on_message(payload)
             elif self.ota.handles(topic):
                 self.ota.on_message(topic, payload)
             elif topic == self.topic_c:
@@ -521,6 +528,9 @@ class SimDevice:
             return CommandState.SUCCEEDED, "", {}  # the birth and the re-send follow the reply (_on_command)
         if cmd.name == "ping":
             return CommandState.SUCCEEDED, "", {"pong": now_ms}
+        if cmd.name == "describe":  # the hub lacks the description the birth names (firmware_protocol.md 13.4)
+            self.config.publish_description()
+            return CommandState.SUCCEEDED, "", {}
         if cmd.name == "reboot":
             self._reboot_pending = True
             return CommandState.SUCCEEDED, "rebooting", {"boot": self.boot + 1}

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from broker.registry import Registry, Role
 from hub.commands import CommandBridge, CommandSettings, DeviceLink
 from hub.config import HubSettings
+from hub.device_config import check_command
 from hub.errors import HubError
 from hub.storage import CommandRecord, CommandStore, PresenceStore
 from hub.transport import low_latency
@@ -81,7 +82,8 @@ class CommandService:
 
         owner = self.settings.mqtt_client_id if self.settings.worker_group else None
         self.bridge = CommandBridge(store, self._publish, known_device, self.command_settings, owner=owner,
-                                    holds=self.holds, may_hold=may_hold)
+                                    holds=self.holds, may_hold=may_hold,
+                                    check_args=lambda d, n, a: check_command(store.conn, d, n, a))
         links = PresenceStore(store.conn).links()
         self.bridge.seed_presence({r.device_id: DeviceLink(r.state == "online", r.enc or "json") for r in links})
         self._ready.set()

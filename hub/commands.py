@@ -102,8 +102,11 @@ class CommandBridge:
 
     def __init__(self, store: CommandStore, publish: Publish, known_device: Callable[[str], bool],
                  settings: CommandSettings | None = None, owner: str | None = None,
-                 holds: WatermarkHolds | None = None, may_hold: Callable[[str], bool] | None = None) -> None:
+                 holds: WatermarkHolds | None = None, may_hold: Callable[[str], bool] | None = None,
+                 check_args: Callable[[str, str, dict[str, Any]], str | None] | None = None) -> None:
         self.store = store
+        self.check_args = check_args or (lambda device_id, name, args: None)
+        """Why a command does not fit its device's description (firmware_protocol.md 13.5), or None."""
         self.holds = holds or WatermarkHolds()
         self.may_hold = may_hold or (lambda operator: False)
         """Whether login ``operator`` may hold watermarks (hub or operator role, active)."""
@@ -202,6 +205,9 @@ class CommandBridge:
             Command(id="c0", name=name, args=args or {}, expires=1)
         except ValidationError as exc:
             raise CommandError(f"bad command {name!r}: {exc.errors(include_url=False)[0]['msg']}", "bad_command") from None
+        why = self.check_args(device_id, name, args or {})
+        if why:  # refused before it leaves the hub: the device described this command's arguments
+            raise CommandError(f"bad argument for device {device_id!r} (from its description): {why}", "bad_argument")
         now = time.time() if now is None else now
         ttl = expires_at - now if expires_at is not None else ttl_s or self.settings.default_ttl_s
         if ttl <= 0:

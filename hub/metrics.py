@@ -74,6 +74,11 @@ class HubCollector(Collector):
                                   value=s.get("resets", 0))
         yield CounterMetricFamily("fleet_gaps_dropped", "Seqs the devices declared given up (gaps closed as dropped)",
                                   value=s.get("dropped", 0))
+        # firmware_protocol.md 13: configuration sent, and readings outside a device's declared range (kept, flagged)
+        yield CounterMetricFamily("fleet_config_sent", "ConfigSets sent to devices", value=s.get("config_sent", 0))
+        yield CounterMetricFamily("fleet_readings_out_of_declared_range",
+                                  "Readings outside the range their device declares (stored, flagged)",
+                                  value=s.get("config_out_of_declared_range", 0))
         dead = CounterMetricFamily("fleet_hub_deadletters", "Messages refused, by reason", labels=["reason"])
         for reason, n in sorted(s.get("deadletters", {}).items()):
             dead.add_metric([reason], n)

@@ -15,7 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from hub.status import alive
-from hub.storage import StorageError, open_database, queries
+from hub.storage import ConfigStore, StorageError, open_database, queries
+from protocol.config import Description
 from protocol.models import CommandState
 
 
@@ -30,6 +31,8 @@ class MetricView:
     name: str
     value: float
     trend: tuple[float, ...] = ()
+    unit: str = ""
+    """The unit the device declares in its description ('': the metric table's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,8 @@ class MetricHistory:
     points: tuple[tuple[float, float], ...] = ()
     low: float | None = None
     high: float | None = None
+    unit: str = ""
+    """The unit the device declares in its description ('': the metric table's)."""
 
     @property
     def values(self) -> tuple[float, ...]:
@@ -187,6 +192,8 @@ class OverviewLoader:
         self._trends: dict[tuple[str, str], deque[float]] = {}
         self._trend_len = trend
         self._last_devices: dict[str, DeviceView] = {}
+        self._described: dict[str, dict[str, str]] = {}
+        """Description body -> metric -> declared unit (parsed once per description)."""
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -207,8 +214,20 @@ class OverviewLoader:
             self.close()
             return Snapshot(taken_at=now, hub_alive=False, hub_message=f"database: {exc}")
 
+    def _units(self, device_id: str | None = None) -> dict[str, dict[str, str]]:
+        """Device -> metric -> the unit its description declares (firmware_protocol.md 13.5)."""
+        out: dict[str, dict[str, str]] = {}
+        for dev, body in ConfigStore(self._db()).described_devices().items():
+            if device_id is not None and dev != device_id:
+                continue
+            if body not in self._described:
+                self._described[body] = {m: u for m, (u, _, _) in Description.model_validate_json(body).metric_ranges().items()}
+            out[dev] = self._described[body]
+        return out
+
     def _load(self, now: float, n_commands: int, n_events: int) -> Snapshot:
         rows = queries.overview(self._db(), n_commands, n_events, alerts_since=now - ALERT_WINDOW_S)
+        units = self._units()
         beats = rows.heartbeats
         live = [b for b in beats if alive(b, now)]
         stats: dict[str, float] = {}
@@ -250,7 +269,7 @@ class OverviewLoader:
                 trend = self._trends.setdefault((dev, metric), deque(maxlen=self._trend_len))
                 if not trend or trend[-1] != value:
                     trend.append(value)
-                metrics.append(MetricView(metric, value, tuple(trend)))
+                metrics.append(MetricView(metric, value, tuple(trend), units.get(dev, {}).get(metric, "")))
             devices.append(DeviceView(
                 id=dev, group=registered.get(dev), online=bool(p and p[0] == "online"), last_seen=p[1] if p else None,
                 fw=(p[2] or "") if p else "", metrics=tuple(metrics), gaps=rows.gaps.get(dev, 0),
@@ -302,9 +321,11 @@ class OverviewLoader:
             points.setdefault(metric, []).append((since + bucket * bucket_s, float(mean)))
             lo, hi = ranges.get(metric, (low, high))
             ranges[metric] = (min(lo, low), max(hi, high))
-        metrics = tuple(MetricHistory(name, rows.latest.get(name, pts[-1][1]), tuple(pts), *ranges[name])
-                        for name, pts in points.items())
-        metrics += tuple(MetricHistory(name, value) for name, value in sorted(rows.latest.items()) if name not in points)
+        declared = self._units(device_id).get(device_id, {})
+        metrics = tuple(MetricHistory(name, rows.latest.get(name, pts[-1][1]), tuple(pts), *ranges[name],
+                                      unit=declared.get(name, "")) for name, pts in points.items())
+        metrics += tuple(MetricHistory(name, value, unit=declared.get(name, "")) for name, value in sorted(rows.latest.items())
+                         if name not in points)
         device = self._last_devices.get(device_id)
         presence = rows.presence
         return DeviceDetail(

@@ -16,6 +16,7 @@ from hub.adoption import Adopter
 from hub.command_service import CommandService
 from hub.commands import CommandSettings
 from hub.config import HubSettings, hub_password
+from hub.device_config_service import ConfigService
 from hub.firmware_service import FirmwareService
 from hub.heartbeat import Heartbeat
 from hub.ingest import BatchHook, Ingest
@@ -36,6 +37,7 @@ class Hub:
         self.command_settings = command_settings
         self.rollout_settings = rollout_settings
         self.firmware: FirmwareService | None = None
+        self.config: ConfigService | None = None
         self.ingest: Ingest | None = None
         self.commands: CommandService | None = None
         self._heartbeat: Heartbeat | None = None
@@ -70,6 +72,11 @@ class Hub:
         if not s.worker_group:
             self.firmware = FirmwareService(s, password, self.rollout_settings)
             self.firmware.start(timeout)
+            commands = self.commands
+            # device configuration (firmware_protocol.md 13): one sender per fleet, like rollouts
+            self.config = ConfigService(s, password, lambda device_id, name: commands.submit(device_id, name))
+            self.config.start(timeout)
+            ingest.hooks.append(self.config.on_batch)  # readings outside a device's declared range are flagged
         self._heartbeat = Heartbeat(str(s.db), s.mqtt_client_id, s.broker, lambda: self.stats | {
             **ingest.gauges(), "store_failing": ingest.store_failing, "worker_group": s.worker_group,
             "drives_rollouts": self.drives_rollouts}, ingest.connected.is_set)
@@ -92,7 +99,9 @@ class Hub:
         def stats() -> dict[str, Any]:
             writer = ingest.writer
             online = sum(1 for d in writer.presence.devices.values() if d.state == "online") if writer else 0
-            return self.stats | ingest.gauges() | {"online": online, "store_failing": int(bool(ingest.store_failing))}
+            config = {f"config_{k}": v for k, v in self.config.counters.items()} if self.config else {}
+            return self.stats | ingest.gauges() | config | {"online": online,
+                                                            "store_failing": int(bool(ingest.store_failing))}
 
         def command_states() -> dict[str, int]:
             counts: dict[str, int] = {}
@@ -120,6 +129,9 @@ class Hub:
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+        if self.config is not None:
+            self.config.stop()
+            self.config = None
         if self.firmware is not None:
             self.firmware.stop()
             self.firmware = None

@@ -78,6 +78,9 @@ class BatchResult:
     """The form (json or cbor) each device of ``watermarks`` asked for in its latest birth."""
     replies: list[tuple[str, CommandReply]] = field(default_factory=list)
     presence: list[PresenceEvent] = field(default_factory=list)
+    readings: list[tuple[Any, ...]] = field(default_factory=list)
+    """The batch's stored readings ``(device_id, boot, seq, idx, metric, value, ts, received_at, skewed)``,
+    for the alarm engine (the same list the writer inserted: no copy)."""
 
 
 class BatchWriter:
@@ -143,6 +146,7 @@ class BatchWriter:
                 self.store.save_stream(key[0], key[1], self._streams[key])
             self.presence.flush()
         self._dirty.clear()
+        result.readings = readings
         self._forget_old_boots(touched)
         self.stats.batches += 1
         self.stats.messages += counts["stored"]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from protocol.errors import ProtocolError, Reason
 from protocol.limits import LIMITS
+from protocol.config import CONFIG_MODELS, CONFIG_SHORT_KEYS, ConfigReport, ConfigSet, Description
 from protocol.firmware import (
     FIRMWARE_MODELS,
     FIRMWARE_SHORT_KEYS,
@@ -45,7 +46,8 @@ from protocol.models import (
 from protocol.topics import MessageClass
 
 M = TypeVar("M", bound=BaseModel)
-WireMessage = Message | FirmwareOffer | FirmwareRequest | FirmwareChunk | FirmwareReport
+WireMessage = (Message | FirmwareOffer | FirmwareRequest | FirmwareChunk | FirmwareReport | ConfigSet | ConfigReport
+               | Description)
 
 
 class Encoding(StrEnum):
@@ -66,13 +68,16 @@ MODEL_FOR: dict[MessageClass, type[BaseModel]] = {
 SHORT_KEYS: dict[type[BaseModel], dict[str, str]] = {
     Telemetry: {"boot": "b", "seq": "q", "ts": "t", "readings": "r", "dropped": "d"},
     Alert: {"boot": "b", "seq": "q", "ts": "t", "code": "c", "severity": "v", "message": "m", "dropped": "d"},
-    Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i", "boot_ts": "t"},
+    Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i", "boot_ts": "t",
+             "desc": "h", "cfg": "k"},
     Command: {"id": "i", "name": "n", "args": "a", "expires": "x"},
     CommandReply: {"id": "i", "state": "s", "detail": "d", "result": "r"},
     Watermark: {"boot": "b", "seq": "q", "next": "n", "max": "m", "ts": "t"},
 }
 MODEL_FOR.update(FIRMWARE_MODELS)  # the firmware messages of section 12 (protocol/firmware.py)
 SHORT_KEYS.update(FIRMWARE_SHORT_KEYS)
+MODEL_FOR.update(CONFIG_MODELS)  # configuration and description (protocol/config.py, section 13)
+SHORT_KEYS.update(CONFIG_SHORT_KEYS)
 _LONG_KEYS = {model: {v: k for k, v in keys.items()} for model, keys in SHORT_KEYS.items()}
 
 # Enum values as small integers in the binary form. The order is part of the protocol.

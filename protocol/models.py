@@ -100,6 +100,10 @@ class Status(WireModel):
     """Heartbeat period: the device sends something at least this often while online."""
     boot_ts: OptionalEpochMs = 0
     """Wall-clock time of this boot's power-up (uptime 0), for devices that stamp uptime (0: unknown)."""
+    desc: Annotated[str, Field(pattern=r"^([0-9a-f]{16})?$")] = ""
+    """Hash of the device's description (``protocol.config.description_hash``; "": not described)."""
+    cfg: U32 = 0
+    """The configuration version the device has applied (section 13; 0: none)."""
 
 
 class Command(WireModel):

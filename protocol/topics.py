@@ -41,12 +41,19 @@ class MessageClass(StrEnum):
     """hub -> device, QoS 1: one chunk of the image, the answer to a request."""
     FIRMWARE_REPORT = "u"
     """device -> hub, QoS 1: the state of a firmware update on the device."""
+    CONFIG_SET = "k"
+    """hub -> device, QoS 1: desired configuration, the keys that differ from the last report (section 13)."""
+    CONFIG_REPORT = "n"
+    """device -> hub, QoS 1: the configuration keys a device applied or refused, with the version."""
+    DESCRIPTION = "x"
+    """device -> hub, QoS 1, retained: the device's description (metrics, commands, config keys)."""
 
 
 DEVICE_PUBLISHES = (MessageClass.TELEMETRY, MessageClass.ALERT, MessageClass.STATUS, MessageClass.REPLY,
-                    MessageClass.FIRMWARE_REQUEST, MessageClass.FIRMWARE_REPORT)
+                    MessageClass.FIRMWARE_REQUEST, MessageClass.FIRMWARE_REPORT, MessageClass.CONFIG_REPORT,
+                    MessageClass.DESCRIPTION)
 DEVICE_SUBSCRIBES = (MessageClass.COMMAND, MessageClass.WATERMARK, MessageClass.FIRMWARE_OFFER,
-                     MessageClass.FIRMWARE_CHUNK)
+                     MessageClass.FIRMWARE_CHUNK, MessageClass.CONFIG_SET)
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,15 +76,17 @@ def metric_label(name: str) -> str:
     return inert(name)
 
 
-def metric_unit(name: str) -> str:
-    """The unit of a metric from the protocol's metric table ('' when unknown)."""
+def metric_unit(name: str, declared: str = "") -> str:
+    """The unit the device declares (its description), else the protocol's metric table's ('' when unknown)."""
+    if declared:
+        return inert(declared)
     metric = metric_by_name(name)
     return metric.unit if metric else ""
 
 
-def with_unit(name: str, value: float) -> str:
+def with_unit(name: str, value: float, declared: str = "") -> str:
     """``21.5 °C``, ``4,512 W``, ``63 %``."""
-    unit = metric_unit(name)
+    unit = metric_unit(name, declared)
     return f"{fmt_value(value)} {unit}" if unit else fmt_value(value)
 
 
@@ -234,7 +236,7 @@ def readings_text(d: DeviceView, width: int) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     used = 0
     for m in sorted(d.metrics, key=lambda m: (order.get(m.name, len(order)), m.name)):
-        label, value = metric_label(m.name), with_unit(m.name, m.value)
+        label, value = metric_label(m.name), with_unit(m.name, m.value, m.unit)
         need = len(label) + 1 + len(value) + (2 if used else 0)
         if used and used + need > width:
             break
@@ -475,7 +477,7 @@ def metrics_table(detail: DeviceDetail, width: int) -> Table:
     table.add_column(f"{window_label(detail.window_s)} ({detail.window_s / detail.buckets:g}s means)", no_wrap=True,
                      width=spark_w)
     for m in detail.metrics:
-        now = Text("-" if m.latest is None else with_unit(m.name, m.latest), style="bold")
+        now = Text("-" if m.latest is None else with_unit(m.name, m.latest, m.unit), style="bold")
         span = f"{fmt_value(m.low)}..{fmt_value(m.high)}" if m.low is not None and m.high is not None else "-"
         series = metric_series(detail, m, spark_w)
         spark = sparkline(series, spark_w) if m.points else "no readings in this window"
@@ -488,7 +490,7 @@ def metrics_table(detail: DeviceDetail, width: int) -> Table:
 
 def history_chart(detail: DeviceDetail, m: MetricHistory, width: int, height: int) -> RenderableType:
     """A taller chart of one metric over the window, with its range and a time axis."""
-    unit = metric_unit(m.name)
+    unit = metric_unit(m.name, m.unit)
     title = Text.assemble((metric_label(m.name), "bold"), f" ({unit})" if unit else "",
                           f", {window_label(detail.window_s)}")
     values = [v for _, v in m.points]

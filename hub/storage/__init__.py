@@ -15,12 +15,14 @@ library and ``protocol``, so the broker (registry) and the hub (everything else)
     commands.py    commands and their history: CommandStore, CommandRecord
     status.py      hub heartbeats and worker adoptions: StatusStore
     firmware.py    firmware images and staged rollouts: FirmwareStore
+    config.py      device configuration, descriptions, range flags: ConfigStore
     queries.py     read queries of the CLI, the dashboard and the exporter
     values.py      reading values packed losslessly into small integers
     rollups.py     per-minute and per-hour aggregates: Period, fold
 """
 
 from hub.storage.commands import ACTIVE_STATES, CommandRecord, CommandStore, new_command_id
+from hub.storage.config import ConfigStore, DeviceConfigRow, KeyRow
 from hub.storage.connection import Connection, dict_rows, open_database, reading, transaction
 from hub.storage.errors import StorageError
 from hub.storage.firmware import FirmwareStore, ImageRow, RolloutDeviceRow, RolloutRow
@@ -36,7 +38,10 @@ __all__ = [
     "CURRENT_VERSION",
     "CommandRecord",
     "CommandStore",
+    "ConfigStore",
     "Connection",
+    "DeviceConfigRow",
+    "KeyRow",
     "DeviceLinkRow",
     "DeviceRow",
     "FirmwareStore",

@@ -26,6 +26,8 @@ Versions
         else touched.
     6   ``quotas``: publish quotas of the embedded broker per principal or per role
         (``broker.quota``); a NULL field keeps the broker's default.
+    7   device configuration and self-description (:mod:`hub.storage.config`): ``config_devices``,
+        ``config_keys``, ``descriptions``, ``range_flags``; four new tables, nothing else touched.
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -451,9 +453,57 @@ def _to_v6_quotas(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute(QUOTAS_TABLE)
 
 
+CONFIG_TABLES = (
+    """CREATE TABLE IF NOT EXISTS config_devices (
+    device_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL DEFAULT 0,
+    reported_version INTEGER NOT NULL DEFAULT 0,
+    reported_at REAL,
+    sent_version INTEGER NOT NULL DEFAULT 0,
+    sent_at REAL,
+    desc_hash TEXT NOT NULL DEFAULT '',
+    birth_cfg INTEGER NOT NULL DEFAULT 0
+)""",
+    """CREATE TABLE IF NOT EXISTS config_keys (
+    device_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    desired TEXT,
+    set_version INTEGER NOT NULL DEFAULT 0,
+    set_at REAL,
+    reported TEXT,
+    reported_version INTEGER NOT NULL DEFAULT 0,
+    applied_at REAL,
+    refused_reason TEXT,
+    refused_version INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (device_id, key)
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS descriptions (
+    hash TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    received_at REAL NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS range_flags (
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_value REAL NOT NULL,
+    last_at REAL NOT NULL,
+    PRIMARY KEY (device_id, metric)
+) WITHOUT ROWID""",
+)
+"""Device configuration, descriptions and range flags (:mod:`hub.storage.config`)."""
+
+
+def _to_v7_config(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 6 -> 7: device configuration (desired/reported per key), descriptions, range flags (issue 15a)."""
+    for ddl in CONFIG_TABLES:
+        conn.execute(ddl)
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5, _to_v6_quotas)
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5, _to_v6_quotas, _to_v7_config)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)
@@ -532,6 +582,7 @@ PG_TWINS: dict[Migration, tuple[str, ...]] = {
     _to_v4_contract: _pg(*V4_CONTRACT),
     _to_v5: _pg(*FIRMWARE_TABLES),
     _to_v6_quotas: _pg(QUOTAS_TABLE),
+    _to_v7_config: _pg(*CONFIG_TABLES),
 }
 """The PostgreSQL DDL of each SQLite migration (keyed by the migration, so renumbering keeps them paired)."""
 

@@ -45,6 +45,17 @@ def test_filter_within(request_filter, grant, expected):
         (Action.SUBSCRIBE, "$SYS/#", False),
         (Action.RECEIVE, "d/dev-2/c", False),
         (Action.RECEIVE, "d/dev-1/c", True),
+        # configuration and description (firmware_protocol.md 13): only the device's own
+        (Action.PUBLISH, "d/dev-1/n", True),
+        (Action.PUBLISH, "d/dev-1/x", True),
+        (Action.PUBLISH, "d/dev-1/k", False),
+        (Action.PUBLISH, "d/dev-2/n", False),
+        (Action.PUBLISH, "d/dev-2/x", False),
+        (Action.SUBSCRIBE, "d/dev-1/k", True),
+        (Action.SUBSCRIBE, "d/dev-2/k", False),
+        (Action.SUBSCRIBE, "d/dev-1/x", False),
+        (Action.SUBSCRIBE, "d/+/k", False),
+        (Action.RECEIVE, "d/dev-2/k", False),
     ],
 )
 def test_device_rules(action, topic, expected):
