@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--readings", type=int, default=10_000_000, help="Readings in the query database.")
     ap.add_argument("--size-readings", type=int, default=1_000_000, help="Readings in the bytes-per-reading databases.")
     ap.add_argument("--interval", type=float, default=2.0, help="Seconds between samples in the size databases.")
+    ap.add_argument("--no-query", action="store_true", help="Only the bytes per reading (skip the 10 M database).")
     ap.add_argument("--keep", type=Path, default=None, help="Build the databases in this folder and keep them.")
     args = ap.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="fleet-bench-storage-"))
@@ -149,6 +150,9 @@ def main() -> None:
         figures[f"bytes_per_reading_{label}"] = round(split["file"], 1)
         figures[f"readings_per_message_{label}"] = round(n / m, 2)
 
+    if args.no_query:
+        print(json.dumps({"bench": "storage", **figures, "load_after": load()}))
+        return
     db = folder / "query-10m.db"
     if not db.exists():
         print(f"query database: filling {args.readings:,} readings (1,000 devices, 10 s apart) ...", file=sys.stderr)

@@ -48,11 +48,15 @@ from hub.storage.location import display_name
 @click.option("--rollout-device-timeout", "rollout_device_timeout", type=Duration(positive=True), default=None,
               help="A device of a rollout that makes no progress this long has failed "
                    f"(default: {format_duration(RolloutSettings().device_timeout_s)}).")
+@click.option("--offline-hysteresis", "offline_hysteresis_s", type=DURATION,
+              default=HubSettings.model_fields["offline_hysteresis_s"].default,
+              help="A will takes effect only if no birth follows within this long (a quick reconnect is a flap).")
+@click.option("--no-alarms", is_flag=True, help="Do not evaluate alarm rules (fleet rules) in this hub.")
 @click.pass_obj
 def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, password_file: Path | None,
                 client_id: str | None, retain_days: float | None, staleness_min_s: float, queue_size: int,
                 no_register: bool, metrics_port: int | None, worker_group: str | None, adopt_after_s: float,
-                rollout_device_timeout: float | None) -> None:
+                rollout_device_timeout: float | None, offline_hysteresis_s: float, no_alarms: bool) -> None:
     """Run the hub until Ctrl-C or SIGTERM: persist telemetry, track presence, keep retention."""
     if worker_group is not None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", worker_group):
@@ -67,7 +71,8 @@ def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, pass
                            password=SecretStr(password) if password else None, client_id=client_id,
                            retain_days=retain_days, staleness_min_s=staleness_min_s, queue_size=queue_size,
                            register_hub=not no_register, metrics_port=metrics_port, worker_group=worker_group,
-                           adopt_after_s=adopt_after_s)
+                           adopt_after_s=adopt_after_s, offline_hysteresis_s=offline_hysteresis_s,
+                           alarms=not no_alarms)
     Registry(settings.db)  # the database first: one that cannot be opened is the error, before any secret file is made
     rollout = RolloutSettings(**({} if rollout_device_timeout is None
                                  else {"device_timeout_s": rollout_device_timeout}))

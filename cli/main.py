@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from cli.alarms_cmd import alarms_group, rules_group
 from cli.broker_cmd import broker_command
 from cli.config import config_path, load_default_map
 from cli.config_cmd import config_group
@@ -100,6 +101,8 @@ cli.add_command(firmware_group)
 cli.add_command(rollout_group)
 cli.add_command(device_check_command)
 cli.add_command(config_group)
+cli.add_command(rules_group)
+cli.add_command(alarms_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -110,6 +110,8 @@ def _ota_default(name: str) -> str:
 @click.option("--batch", default=None, help="Samples per message (1..64), for all or per profile: power=10.")
 @click.option("--deadband", default=None, help="Report-by-exception threshold (0 = off), for all or per profile.")
 @click.option("--heartbeat", type=click.IntRange(1, 86_400), default=60, help="Send at least this often (seconds).")
+@click.option("--sleep", "sleep_s", type=click.IntRange(0, 604_800), default=0,
+              help="Sleepy devices: declare this wake period (seconds) and sleep between short wakes (0: never sleep).")
 @click.option("--fault", "faults", multiple=True, metavar="KIND=FRACTION",
               help=f"Inject a fault in a fraction of the fleet (repeatable). Kinds: {', '.join(k.value for k in FaultKind)}.")
 @click.option("--ledger", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -133,7 +135,7 @@ def _ota_default(name: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout.")
 @click.pass_context
 def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rate: float, duration: float | None,
-                seed: int, encoding: str | None, batch: str | None, deadband: str | None, heartbeat: int,
+                seed: int, encoding: str | None, batch: str | None, deadband: str | None, heartbeat: int, sleep_s: int,
                 faults: tuple[str, ...], ledger: Path | None, prefix: str, connect_concurrency: int,
                 alerts: bool, ota_fault: tuple[str, ...], ota_offline_for: float | None,
                 ota_slow_delay: float | None, ota_chunk_size: int | None, ota_slot_size: int | None,
@@ -152,7 +154,7 @@ def sim_command(ctx: click.Context, devices: int, broker: str, profile: str, rat
         devices=devices, prefix=prefix, host=host, port=port, profile=profile,  # type: ignore[arg-type]
         rate=rate, duration=duration, seed=seed, behaviour=behaviours(encoding, batch, deadband),
         heartbeat_s=heartbeat, faults=fault_map, ledger=ledger, connect_concurrency=connect_concurrency,
-        alerts=alerts)
+        alerts=alerts, sleep_s=sleep_s)
     db: Path = ctx.obj["db"]
     fleet_ids = [device_id(prefix, settings.first_index + i) for i in range(devices)]
     given = {"offline_s": ota_offline_for if ota_offline_for is not None else OFFLINE_FOR_S,

@@ -130,6 +130,8 @@ class SimDevice:
         self._session_present = False
         self._reboot_pending = False
         self._dead = False
+        self._asleep = False
+        """A sleepy device went to sleep (firmware_protocol.md 4.5): the run loop wakes it later."""
         self._skew_logged = False
         self._ticks = 0
         self._first_online: float | None = None
@@ -178,6 +180,10 @@ class SimDevice:
                     self._bytes_past += client.bytes_out
                 if self._reboot_pending:
                     self._reboot()
+                    continue
+                if self._asleep:
+                    self._asleep = False
+                    await asyncio.sleep(self.settings.sleep_s * self.settings.sleep_fraction)
                     continue
                 if not self._dead:
                     await asyncio.sleep(0.05 if FaultKind.DISCONNECT_STORM in self.faults else self.settings.reconnect_delay)
@@ -229,11 +235,23 @@ class SimDevice:
             self._first_online = now
             self._next_storm = now + self.settings.fault_start_s
         self._by_pid.clear()
-        self.config.on_online()  # the description (once), before the birth that names it
-        client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
+        # the link can already be gone here: a firmware apply (or any loss) that happened while _connect
+        # waited for SUBACK closes it before this coroutine resumes (wait_for adds a loop hop). Raising
+        # MqttError out of run() would end the device's task silently: no birth, no reboot, no goodbye.
+        try:
+            self.config.on_online()  # the description (once), before the birth that names it
+            client.publish(self.topic_s, self._status(StatusState.ONLINE), qos=1, retain=True)
+        except MqttError:
+            self.client = None
+            return  # the run loop reboots if one is pending, then reconnects
         stats.births += 1
         self.ota.on_online()
-        self._resend(client, self.outbox.on_reconnect(self._session_present))  # rule R1
+        try:
+            self._resend(client, self.outbox.on_reconnect(self._session_present))  # rule R1
+        except MqttError:
+            self.client = None
+            return
+        wake_ticks = 0
         # spread the fleet's ticks over the interval, reproducibly
         next_tick = now + (self.index * 0.618034 % 1.0) * self.interval
         self._last_message = self._last_message or time.monotonic()
@@ -260,10 +278,25 @@ class SimDevice:
                 self._tick(client, now)
             except MqttError:
                 break  # lost between the wait and the write; the run loop reconnects
+            wake_ticks += 1
+            if self.settings.sleep_s and wake_ticks >= self.settings.wake_ticks:
+                await self._sleep(client)
+                break
             if self._reboot_pending:
                 self._goodbye()
                 break
         self.client = None
+
+    async def _sleep(self, client: MqttClient) -> None:
+        """End a wake (firmware_protocol.md 4.5): wait (briefly) for the watermark to cover what was sent, then
+        DISCONNECT without an offline status; the run loop sleeps and wakes the device again."""
+        if self._samples:
+            self._flush(client, asyncio.get_running_loop().time())
+        deadline = time.monotonic() + 2.0
+        while len(self.outbox) and time.monotonic() < deadline and not client.closed.done():
+            await asyncio.sleep(0.05)  # a device polls its radio; what stays uncovered goes out at the next wake
+        self._asleep = True
+        client.disconnect()
 
     def _reboot(self) -> None:
         self._reboot_pending = False
@@ -289,7 +322,7 @@ class SimDevice:
 
     def _status(self, state: StatusState) -> bytes:
         status = Status(state=state, boot=self.boot, fw=self.ota.version, caps=list(CAPABILITIES),
-                        enc=self.encoding, interval_s=self.settings.heartbeat_s,
+                        enc=self.encoding, interval_s=self.settings.heartbeat_s, sleep_s=self.settings.sleep_s,
                         boot_ts=0 if self.settings.rtc else (self._boot_ts or 0),
                         desc=self.config.desc_hash, cfg=self.config.version)
         return encode(status, self.encoding)

@@ -46,6 +46,12 @@ class SimSettings(BaseModel):
     """Per profile; a profile missing here uses ``Behaviour()``."""
     heartbeat_s: int = Field(60, ge=1, le=86_400)
     """Status ``interval_s``: the device sends something at least this often."""
+    sleep_s: int = Field(0, ge=0, le=604_800)
+    """Sleepy devices (firmware_protocol.md 4.5): declare this ``sleep_s`` in the birth and, after
+    ``wake_ticks`` ticks and their watermark, disconnect and sleep ``sleep_s x sleep_fraction`` (0: never sleep)."""
+    wake_ticks: int = Field(2, ge=1)
+    sleep_fraction: float = Field(0.5, gt=0, le=10)
+    """Above 1 the devices oversleep: they miss their declared wake (to test the hub)."""
     keepalive: int = Field(60, ge=0, le=65_535)
     fw: str = "sim-1.0.0"
     buffer_size: int = Field(256, ge=1)

@@ -47,6 +47,19 @@ class HubSettings(BaseModel):
     staleness_min_s: float = Field(5.0, ge=0.1)
     """A device silent for max(this, interval_s x staleness_factor) is marked offline."""
     presence_check_s: float = Field(1.0, gt=0)
+    offline_hysteresis_s: float = Field(2.0, ge=0)
+    """A will takes effect only when no birth follows within this long: a quick reconnect is counted
+    as a flap, not recorded as an offline/online pair."""
+    flap_window_s: float = Field(60.0, ge=0)
+    """A device back online within this long of going offline counts one presence flap."""
+    sleep_grace: float = Field(0.25, ge=0)
+    """A sleepy device misses its wake when silent for sleep_s x (1 + this) (at least staleness_min_s more)."""
+    alarms: bool = True
+    """Evaluate alarm rules (``fleet rules``) in this hub (never in worker-group hubs: one engine per fleet)."""
+    alarm_check_s: float = Field(1.0, gt=0)
+    """How often the alarm engine ticks: rule ``for`` durations, no-data and offline rules, rule reloads."""
+    alarm_flap_window_s: float = Field(300.0, ge=0)
+    """An alarm raised again within this long of clearing re-opens (one more flap) instead of a new alarm."""
     retain_days: float | None = Field(None, gt=0)
     """Readings older than this are deleted (None: keep everything)."""
     retention_chunk: int = Field(1000, ge=1)

@@ -48,8 +48,10 @@ class HubCollector(Collector):
     """Turns ``stats()`` (the hub's counters and gauges) into Prometheus metric families."""
 
     def __init__(self, stats: Callable[[], dict[str, Any]], commit: Buckets, command_latency: Buckets,
-                 command_states: Callable[[], dict[str, int]]) -> None:
+                 command_states: Callable[[], dict[str, int]],
+                 alarms: Callable[[], dict[str, Any]] | None = None) -> None:
         self.stats = stats
+        self.alarms = alarms
         self.commit = commit
         self.command_latency = command_latency
         self.command_states = command_states
@@ -91,6 +93,12 @@ class HubCollector(Collector):
         yield GaugeMetricFamily("fleet_hub_ingest_lag_seconds", "Age of the oldest message waiting for the writer",
                                 value=s.get("lag_s", 0.0))
         yield GaugeMetricFamily("fleet_devices_online", "Devices the hub counts as online", value=s.get("online", 0))
+        yield GaugeMetricFamily("fleet_devices_sleeping", "Sleepy devices between two wakes (firmware_protocol.md 4.5)",
+                                value=s.get("sleeping", 0))
+        yield CounterMetricFamily("fleet_presence_flaps", "Devices back online soon after going offline (or before "
+                                  "their will took effect)", value=s.get("presence_flaps", 0))
+        if self.alarms is not None:
+            yield from self._alarm_metrics(self.alarms())
         buckets, total = self.commit.cumulative()
         yield HistogramMetricFamily("fleet_hub_batch_commit_seconds", "Time to commit one batch",
                                     buckets=buckets, sum_value=total)
@@ -101,6 +109,21 @@ class HubCollector(Collector):
         buckets, total = self.command_latency.cumulative()
         yield HistogramMetricFamily("fleet_command_latency_seconds", "From creation to a final state",
                                     buckets=buckets, sum_value=total)
+
+
+    @staticmethod
+    def _alarm_metrics(a: dict[str, Any]) -> Iterator[Any]:
+        open_ = GaugeMetricFamily("fleet_alarms_open", "Alarms not cleared, by state and severity",
+                                  labels=["state", "severity"])
+        for (state, severity), n in sorted(a.get("open", {}).items()):
+            open_.add_metric([state, severity], n)
+        yield open_
+        yield CounterMetricFamily("fleet_alarms_raised", "Alarms raised since the hub started", value=a.get("raised", 0))
+        yield CounterMetricFamily("fleet_alarms_cleared", "Alarms cleared since the hub started",
+                                  value=a.get("cleared", 0))
+        yield CounterMetricFamily("fleet_alarm_flaps", "Cleared alarms raised again within the flap window",
+                                  value=a.get("flaps", 0))
+        yield GaugeMetricFamily("fleet_alarm_rules", "Alarm rules the hub evaluates", value=a.get("rules", 0))
 
 
 def serve_metrics(collector: Collector, port: int, addr: str = "127.0.0.1") -> tuple[Any, threading.Thread]:

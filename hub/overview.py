@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hub.status import alive
 from hub.storage import ConfigStore, StorageError, open_database, queries
+from hub.storage.alarms import AlarmStore
 from protocol.config import Description
 from protocol.models import CommandState
 
@@ -57,6 +58,10 @@ class DeviceView:
     """Births whose boot went back (flash wiped, board replaced): firmware_protocol.md 4.1."""
     critical_alerts: int = 0
     alerts: int = 0
+    sleeping: bool = False
+    """A sleepy device between wakes (firmware_protocol.md 4.5): not online, and not offline either."""
+    alarms: int = 0
+    """Open alarms of the hub's rules (``fleet alarms --active``)."""
 
     @property
     def problem_score(self) -> int:
@@ -65,7 +70,8 @@ class DeviceView:
         Offline beats everything; then critical alerts and resets (each a sign the device itself is in
         trouble), then lost messages, rejected messages and reconnects (signs of a poor link).
         """
-        return ((0 if self.online else 1000) + 100 * min(self.critical_alerts, 5) + 60 * min(self.resets, 5)
+        return ((0 if self.online or self.sleeping else 1000) + 100 * min(self.alarms, 5)
+                + 100 * min(self.critical_alerts, 5) + 60 * min(self.resets, 5)
                 + min(self.gaps, 50) + min(self.deadletters, 30) + min(self.reconnects, 20) + min(self.alerts, 10))
 
 
@@ -104,10 +110,13 @@ class Summary:
     ingest_lag_s: float | None = None
     resets: int = 0
     critical_alerts: int = 0
+    sleeping: int = 0
+    alarms: int = 0
+    """Open alarms (active or acknowledged) of the hub's rules."""
 
     @property
     def offline(self) -> int:
-        return self.devices_total - self.online
+        return self.devices_total - self.online - self.sleeping
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +270,7 @@ class OverviewLoader:
         for dev, metric, value in rows.latest:
             latest.setdefault(dev, []).append((metric, value))
 
+        open_alarms = AlarmStore(self._db()).open_by_device()
         devices = []
         for dev in sorted(set(registered) | set(presence)):
             p = presence.get(dev)
@@ -275,7 +285,8 @@ class OverviewLoader:
                 fw=(p[2] or "") if p else "", metrics=tuple(metrics), gaps=rows.gaps.get(dev, 0),
                 reconnects=max(0, int(rows.births.get(dev, 0)) - 1), deadletters=int(rows.deadletters_by_device.get(dev, 0)),
                 resets=resets.get(dev, 0), critical_alerts=alert_counts.get(dev, (0, 0))[0],
-                alerts=alert_counts.get(dev, (0, 0))[1],
+                alerts=alert_counts.get(dev, (0, 0))[1], sleeping=bool(p and p[0] == "sleeping"),
+                alarms=open_alarms.get(dev, 0),
             ))
 
         self._last_devices = {d.id: d for d in devices}
@@ -293,6 +304,7 @@ class OverviewLoader:
             deadletters=rows.deadletters_total, ingest_lag_s=stats.get("lag_s") if live else None,
             resets=sum(d.resets for d in devices),
             critical_alerts=sum(c for c, _ in alert_counts.values()),
+            sleeping=sum(1 for d in devices if d.sleeping), alarms=sum(open_alarms.values()),
         )
         return Snapshot(taken_at=now, hub_alive=bool(live), hub_message=message, summary=summary,
                         devices=tuple(devices), commands=tuple(command_rows), events=tuple(event_rows[:n_events]))

@@ -11,6 +11,18 @@ nothing for ``max(staleness_min_s, interval_s x staleness_factor)`` is also mark
 (reason ``stale``); its next message brings it back online (reason ``message``). A will is
 final until the next birth. Every transition is stored in ``presence_events``.
 
+Hysteresis and flaps: a will takes effect only ``offline_hysteresis_s`` after it arrived, and a
+birth of the same device before then cancels it; such a quick reconnect, like a device back
+online within ``flap_window_s`` of going offline, counts one **flap** (``devices.flaps``, the
+metric ``fleet_presence_flaps_total``) instead of an offline/online pair in the history.
+
+Sleepy devices (firmware_protocol.md 4.5): a birth with ``sleep_s`` > 0 declares that the device
+sleeps between wakes, waking at least every ``sleep_s`` seconds. Going silent, its will, or its
+offline status then make it ``sleeping`` (not offline) until its next wake is due; it is marked
+offline (reason ``missed_wake``) only when silent for ``sleep_s x (1 + sleep_grace)`` (and at
+least ``staleness_min_s`` more than ``sleep_s``). Any message of the next wake brings it back
+online (reason ``wake``).
+
 The tracker keeps the state in memory (one writer thread owns it) and writes through the
 store in the writer's current transaction.
 """
@@ -28,6 +40,10 @@ log = logging.getLogger("fleet.hub.presence")
 
 ONLINE = StatusState.ONLINE.value
 OFFLINE = StatusState.OFFLINE.value
+SLEEPING = "sleeping"
+"""A hub-side state (devices never send it): a sleepy device between two wakes."""
+REVIVABLE = ("stale", "new", "missed_wake")
+"""Offline reasons that any message undoes (a will or an offline status waits for a birth)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +68,41 @@ class PresenceTracker:
     """Online/offline state of every device the hub has heard of."""
 
     def __init__(self, store: HubStore, *, staleness_factor: float = 2.5, staleness_min_s: float = 5.0,
-                 default_interval_s: int = 60) -> None:
+                 default_interval_s: int = 60, offline_hysteresis_s: float = 0.0, flap_window_s: float = 60.0,
+                 sleep_grace: float = 0.25) -> None:
         self.store = store
         self.factor = staleness_factor
         self.min_s = staleness_min_s
         self.default_interval_s = default_interval_s
+        self.hysteresis_s = offline_hysteresis_s
+        self.flap_window_s = flap_window_s
+        self.sleep_grace = sleep_grace
         self.devices: dict[str, DeviceRow] = {d.device_id: d for d in store.load_devices()}
         self._seen: dict[str, float] = {}
+        self._wills: dict[str, float] = {}
+        """Wills waiting for the hysteresis to pass: device id -> when the will arrived."""
+        self.flaps = 0
+        """Flaps since the last :meth:`take_flaps` (the writer adds them to its stats)."""
+
+    def wake_window(self, device: DeviceRow) -> float:
+        """Seconds of silence after which a sleepy device has missed its wake."""
+        return max(device.sleep_s * (1.0 + self.sleep_grace), device.sleep_s + self.min_s)
+
+    def state_counts(self) -> dict[str, int]:
+        """Devices per presence state (read by the metrics thread: a copy of the values first)."""
+        counts: dict[str, int] = {}
+        for dev in list(self.devices.values()):
+            counts[dev.state] = counts.get(dev.state, 0) + 1
+        return counts
+
+    def take_flaps(self) -> int:
+        """Flaps counted since the last call."""
+        n, self.flaps = self.flaps, 0
+        return n
+
+    def _flap(self, dev: DeviceRow) -> None:
+        dev.flaps += 1
+        self.flaps += 1
 
     def window(self, device: DeviceRow) -> float:
         """Seconds of silence after which ``device`` counts as offline."""
@@ -94,10 +138,24 @@ class PresenceTracker:
             boot_ts_changed = boot_ts is not None and boot_ts != dev.boot_ts
             dev.fw, dev.boot, dev.enc, dev.interval_s = status.fw, status.boot, status.enc, status.interval_s
             dev.boot_ts = boot_ts
+            dev.sleep_s = status.sleep_s
             dev.last_seen = now
+            if self._wills.pop(device_id, None) is not None:
+                self._flap(dev)  # back before its will took effect: one flap, no offline/online pair
+            elif dev.state == OFFLINE and dev.state_reason != "new" and now - dev.state_since <= self.flap_window_s:
+                self._flap(dev)
         else:
             dev.boot = status.boot
-        reason = "reset" if reset else "birth" if state == ONLINE else "will"
+            if dev.sleep_s > 0:
+                # a sleepy device's link goes down at every sleep: it is gone only when it misses its wake
+                event = self._transition(dev, SLEEPING, "will", now)
+                self.store.save_device(dev)
+                return BirthOutcome(event, reset, False)
+            if self.hysteresis_s > 0 and not reset:
+                self._wills.setdefault(device_id, now)  # takes effect in check_stale unless a birth comes first
+                self.store.save_device(dev)
+                return BirthOutcome(None, reset, False)
+        reason = "reset" if reset else "will" if state != ONLINE else "wake" if dev.state == SLEEPING else "birth"
         event = self._transition(dev, state, reason, now)
         if reset and event is None:  # already online: the command side must still hear of the new incarnation
             self.store.insert_presence_event(device_id, state, reason, dev.boot, now)
@@ -136,7 +194,13 @@ class PresenceTracker:
             self.store.insert_presence_event(device_id, ONLINE, "message", None, now)
             return PresenceEvent(device_id, ONLINE, "message", None, now)
         dev.last_seen = now
-        if dev.state == OFFLINE and dev.state_reason in ("stale", "new"):
+        if dev.state == SLEEPING:
+            event = self._transition(dev, ONLINE, "wake", now)
+            self.store.save_device(dev)
+            return event
+        if dev.state == OFFLINE and dev.state_reason in REVIVABLE:
+            if dev.state_reason != "new" and now - dev.state_since <= self.flap_window_s:
+                self._flap(dev)
             event = self._transition(dev, ONLINE, "message", now)
             self.store.save_device(dev)
             return event
@@ -149,21 +213,40 @@ class PresenceTracker:
             self._seen = {}
 
     def check_stale(self, now: float) -> list[PresenceEvent]:
-        """Mark offline every online device silent for longer than its window (own transaction)."""
+        """Due wills take effect; silent online devices go offline (sleepy ones: sleeping); sleeping devices
+        that missed their wake go offline. One short transaction of its own."""
+        wills = [(self.devices[d], ts) for d, ts in self._wills.items()
+                 if now - ts >= self.hysteresis_s and d in self.devices]
         stale = [d for d in self.devices.values()
                  if d.state == ONLINE and now - (d.last_seen or d.state_since) > self.window(d)]
+        missed = [d for d in self.devices.values()
+                  if d.state == SLEEPING and now - (d.last_seen or d.state_since) > self.wake_window(d)]
         events: list[PresenceEvent] = []
-        if not stale:
+        if not (wills or stale or missed):
             return events
         with self.store.transaction():
+            for dev, ts in wills:
+                del self._wills[dev.device_id]
+                if dev.state != OFFLINE or dev.state_reason != "will":
+                    self._save(dev, OFFLINE, "will", ts, events)
             for dev in stale:
-                event = self._transition(dev, OFFLINE, "stale", now)
-                self.store.save_device(dev)
-                if event:
-                    events.append(event)
+                if dev.sleep_s > 0:
+                    self._save(dev, SLEEPING, "asleep", now, events)
+                    continue
+                self._save(dev, OFFLINE, "stale", now, events)
                 log.info("device offline reason=stale device_id=%s last_seen=%.3f window_s=%.1f",
                          dev.device_id, dev.last_seen or 0.0, self.window(dev))
+            for dev in missed:
+                self._save(dev, OFFLINE, "missed_wake", now, events)
+                log.info("device offline reason=missed_wake device_id=%s last_seen=%.3f sleep_s=%s",
+                         dev.device_id, dev.last_seen or 0.0, dev.sleep_s)
         return events
+
+    def _save(self, dev: DeviceRow, state: str, reason: str, now: float, events: list[PresenceEvent]) -> None:
+        event = self._transition(dev, state, reason, now)
+        self.store.save_device(dev)
+        if event:
+            events.append(event)
 
     def _transition(self, dev: DeviceRow, state: str, reason: str, now: float) -> PresenceEvent | None:
         changed = dev.state != state

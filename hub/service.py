@@ -13,6 +13,7 @@ from typing import Any
 
 from broker.registry import Registry, Role
 from hub.adoption import Adopter
+from hub.alarm_service import AlarmService
 from hub.command_service import CommandService
 from hub.commands import CommandSettings
 from hub.config import HubSettings, hub_password
@@ -40,6 +41,7 @@ class Hub:
         self.config: ConfigService | None = None
         self.ingest: Ingest | None = None
         self.commands: CommandService | None = None
+        self.alarms: AlarmService | None = None
         self._heartbeat: Heartbeat | None = None
         self._adopter: Adopter | None = None
         self._rollout_owner: RolloutOwner | None = None
@@ -62,9 +64,18 @@ class Hub:
         self.commands.start(timeout)
         self.ingest = Ingest(s, password, holds)
         self.ingest.hooks.append(self.commands.on_batch)
+        if s.alarms and not s.worker_group:  # one alarm engine per fleet, like the rollout engine
+            commands = self.commands
+            self.alarms = AlarmService(s, lambda device_id, name, args: commands.submit(
+                device_id, name, args, operator="alarm-rule").id)
+            self.alarms.start(timeout)
+            self.ingest.hooks.append(self.alarms.on_batch)
         try:
             self.ingest.start(timeout)
         except BaseException:
+            if self.alarms is not None:
+                self.alarms.stop()
+                self.alarms = None
             self.commands.stop()
             self.commands = None
             raise
@@ -98,9 +109,10 @@ class Hub:
 
         def stats() -> dict[str, Any]:
             writer = ingest.writer
-            online = sum(1 for d in writer.presence.devices.values() if d.state == "online") if writer else 0
+            states = writer.presence.state_counts() if writer else {}
             config = {f"config_{k}": v for k, v in self.config.counters.items()} if self.config else {}
-            return self.stats | ingest.gauges() | config | {"online": online,
+            return self.stats | ingest.gauges() | config | {"online": states.get("online", 0),
+                                                            "sleeping": states.get("sleeping", 0),
                                                             "store_failing": int(bool(ingest.store_failing))}
 
         def command_states() -> dict[str, int]:
@@ -109,7 +121,9 @@ class Hub:
                 counts[rec.state.value] = counts.get(rec.state.value, 0) + 1
             return counts
 
-        collector = HubCollector(stats, ingest.commit_seconds, bridge.latency, command_states)
+        alarms = self.alarms
+        collector = HubCollector(stats, ingest.commit_seconds, bridge.latency, command_states,
+                                 alarms.snapshot if alarms is not None else None)
         self._metrics_server, _ = serve_metrics(collector, port)
         self.metrics_port = self._metrics_server.server_port
         log.info("metrics http://127.0.0.1:%s/metrics", self.metrics_port)
@@ -132,6 +146,9 @@ class Hub:
         if self.config is not None:
             self.config.stop()
             self.config = None
+        if self.alarms is not None:
+            self.alarms.stop()
+            self.alarms = None
         if self.firmware is not None:
             self.firmware.stop()
             self.firmware = None

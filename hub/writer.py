@@ -57,12 +57,14 @@ class HubStats:
     """Births whose boot went back: a new incarnation of the device."""
     deadletters_sequenced: int = 0
     """Dead letters whose seq counts as dealt with (the watermark moves past them)."""
+    presence_flaps: int = 0
+    """Devices back online soon after going offline, or before their will took effect."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "messages": self.messages, "readings": self.readings, "duplicates": self.duplicates,
             "gaps": self.gaps, "skewed": self.skewed, "batches": self.batches,
-            "dropped": self.dropped, "resets": self.resets, "deadletters_sequenced": self.deadletters_sequenced,
+            "dropped": self.dropped, "resets": self.resets, "presence_flaps": self.presence_flaps, "deadletters_sequenced": self.deadletters_sequenced,
             "deadletters": dict(self.deadletters), "retention_deleted": self.retention_deleted,
             "retention_chunks": self.retention_chunks,
             "received": dict(self.received), "persisted": dict(self.persisted),
@@ -92,8 +94,7 @@ class BatchWriter:
         self.stats = HubStats()
         self.skew = SkewTally()
         """Skewed messages since the last summary line (the ingest loop logs and resets it)."""
-        self.presence = PresenceTracker(store, staleness_factor=settings.staleness_factor,
-                                        staleness_min_s=settings.staleness_min_s)
+        self.presence = self._make_presence()
         self._streams: dict[tuple[str, int], SeqTracker] = {}
         self._published: dict[str, tuple[int, int, int, int]] = {}
         self._dirty: set[tuple[str, int]] = set()
@@ -118,15 +119,9 @@ class BatchWriter:
         births: list[str] = []
         counts: Counter[str] = Counter()
         dead: Counter[str] = Counter()
-        readings: list[tuple[Any, ...]] = []
-        latest: dict[tuple[str, str], tuple[str, str, float, float, float]] = {}
+        readings = [0]  # readings staged in this batch
         skew = SkewTally()
         with self.store.transaction():
-            # one look-up of the batch's message keys instead of a round trip per message (PostgreSQL; a no-op on
-            # SQLite, where a look-up costs no round trip)
-            self.store.expect_messages([
-                (v.device_id, stream_boot(self.presence.incarnation(v.device_id), v.message.boot), v.message.seq)
-                for v in verdicts if isinstance(v, Accepted) and isinstance(v.message, (TelemetryRows, Alert))])
             for msg, verdict in zip(batch, verdicts):
                 if verdict is None:
                     continue
@@ -138,10 +133,7 @@ class BatchWriter:
                     if self._dead_letter(msg, verdict, active, touched, counts):
                         dead[verdict.reason.value] += 1
                     continue
-                self._accept(msg, verdict, result, touched, births, counts, readings, latest, skew)
-            if readings:
-                self.store.insert_readings(readings)
-                self.store.upsert_latest(latest.values())
+                self._accept(msg, verdict, result, touched, births, counts, readings, skew)
             for key in self._dirty:
                 self.store.save_stream(key[0], key[1], self._streams[key])
             self.presence.flush()
@@ -150,7 +142,7 @@ class BatchWriter:
         self._forget_old_boots(touched)
         self.stats.batches += 1
         self.stats.messages += counts["stored"]
-        self.stats.readings += len(readings)
+        self.stats.readings += readings[0]
         self.stats.duplicates += counts["duplicate"]
         self.stats.gaps += counts["gap"]
         self.stats.skewed += counts["skewed"]
@@ -159,6 +151,7 @@ class BatchWriter:
         self.stats.resets += counts["reset"]
         self.stats.deadletters_sequenced += counts["deadletter_seq"]
         self.stats.deadletters.update(dead)
+        self.stats.presence_flaps += self.presence.take_flaps()
         for key, n in counts.items():  # after the commit, so a rolled-back batch counts nothing
             what, _, cls = key.partition(":")
             if what == "received":
@@ -211,8 +204,7 @@ class BatchWriter:
     # ------------------------------------------------------------------ messages
 
     def _accept(self, msg: Inbound, verdict: Accepted, result: BatchResult, touched: dict[str, tuple[int, SeqTracker]],
-                births: list[str], counts: Counter[str], readings: list[tuple[Any, ...]],
-                latest: dict[tuple[str, str], tuple[str, str, float, float, float]], skew: SkewTally) -> None:
+                births: list[str], counts: Counter[str], readings: list[int], skew: SkewTally) -> None:
         device_id, message, now = verdict.device_id, verdict.message, msg.received_at
         if not isinstance(message, (TelemetryRows, Alert)):
             counts["persisted:" + verdict.cls.value] += 1
@@ -260,15 +252,8 @@ class BatchWriter:
             self.store.insert_alert(device_id, key, message.seq, base / 1000.0, message.code,
                                     message.severity.value, message.message, now)
             return
-        seq, flag = message.seq, int(skewed)
-        append = readings.append
-        for idx, (dt, metric, value) in enumerate(message.readings):
-            ts = (base + dt) / 1000.0
-            append((device_id, key, seq, idx, metric, value, ts, now, flag))
-            latest_key = (device_id, metric)
-            prev = latest.get(latest_key)
-            if prev is None or ts >= prev[2]:
-                latest[latest_key] = (device_id, metric, ts, value, now)
+        self.store.stage_readings(device_id, key, message.seq, base, message.readings, now)
+        readings[0] += len(message.readings)
 
     def _wall_clock(self, device_id: str, message: TelemetryRows | Alert, now: float) -> tuple[int, bool]:
         """The message's time in ms since the epoch (uptime stamps turned into wall-clock time when the
@@ -342,8 +327,15 @@ class BatchWriter:
         self._streams.clear()
         self._published.clear()
         self._dirty.clear()
-        self.presence = PresenceTracker(self.store, staleness_factor=self.settings.staleness_factor,
-                                        staleness_min_s=self.settings.staleness_min_s)
+        wills = self.presence._wills  # wills in their hysteresis are not in the database: keep them
+        self.presence = self._make_presence()
+        self.presence._wills.update(wills)
+
+    def _make_presence(self) -> PresenceTracker:
+        s = self.settings
+        return PresenceTracker(self.store, staleness_factor=s.staleness_factor, staleness_min_s=s.staleness_min_s,
+                               offline_hysteresis_s=s.offline_hysteresis_s, flap_window_s=s.flap_window_s,
+                               sleep_grace=s.sleep_grace)
 
     def _dead_letter(self, msg: Inbound, verdict: Rejected, active: set[str] | None,
                      touched: dict[str, tuple[int, SeqTracker]], counts: Counter[str]) -> bool:
@@ -375,8 +367,10 @@ class BatchWriter:
         return True
 
     def check_stale(self, now: float) -> list[PresenceEvent]:
-        """Mark silent devices offline (own short transaction)."""
-        return self.presence.check_stale(now)
+        """Mark silent devices offline or sleeping, and apply due wills (own short transaction)."""
+        events = self.presence.check_stale(now)
+        self.stats.presence_flaps += self.presence.take_flaps()
+        return events
 
     def delete_old(self, cutoff: float) -> int:
         """One retention chunk; returns the readings deleted."""

@@ -69,7 +69,7 @@ SHORT_KEYS: dict[type[BaseModel], dict[str, str]] = {
     Telemetry: {"boot": "b", "seq": "q", "ts": "t", "readings": "r", "dropped": "d"},
     Alert: {"boot": "b", "seq": "q", "ts": "t", "code": "c", "severity": "v", "message": "m", "dropped": "d"},
     Status: {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i", "boot_ts": "t",
-             "desc": "h", "cfg": "k"},
+             "desc": "h", "cfg": "k", "sleep_s": "z"},
     Command: {"id": "i", "name": "n", "args": "a", "expires": "x"},
     CommandReply: {"id": "i", "state": "s", "detail": "d", "result": "r"},
     Watermark: {"boot": "b", "seq": "q", "next": "n", "max": "m", "ts": "t"},

@@ -9,15 +9,21 @@ never refuses anything: it only recognises the common, well-formed case fast.
   does (exact types, ranges, lengths, no unknown keys). Duplicate keys (which a dict hides)
   and escaped keys are caught by counting each key's quoted spelling in the raw bytes: a
   count that differs from what the parsed object holds sends the payload to the strict path.
-* CBOR: parsed with cbor2's C decoder and accepted only when re-encoding it canonically
-  gives back the same bytes. That one comparison rules out tags, indefinite lengths,
+* CBOR: parsed with cbor2's C decoder and accepted only when the payload is exactly the
+  canonical encoding of what it decoded to. That rules out tags, indefinite lengths,
   duplicate keys, non-shortest forms and trailing bytes; a device that encodes otherwise
-  (allowed by the protocol) takes the strict path.
+  (allowed by the protocol) takes the strict path. Checked without re-encoding (which cost
+  more than the decoding): every other encoding of the same values is longer than the
+  canonical one, except a map's key order and an indefinite-length array of 24 or more
+  items, so the payload is canonical when its length is the canonical length (summed while
+  the fields are checked), its keys come in canonical order, and (for 24+ readings) it holds
+  no indefinite-array byte; when it does, the re-encoding decides.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from typing import NamedTuple
 
 import cbor2
@@ -34,6 +40,8 @@ _TOP_JSON = frozenset({"boot", "seq", "ts", "readings"})
 _TOP_JSON_DROPPED = _TOP_JSON | {"dropped"}
 _TOP_CBOR = frozenset({"b", "q", "t", "r"})
 _TOP_CBOR_DROPPED = _TOP_CBOR | {"d"}
+_CANONICAL_ORDER = (("b", "q", "r", "t"), ("b", "d", "q", "r", "t"))
+"""The top-level keys in canonical order (shorter first, then bytewise), without and with ``d``."""
 _READING_KEYS = frozenset({"metric", "value"})
 _READING_KEYS_DT = frozenset({"dt", "metric", "value"})
 
@@ -69,6 +77,66 @@ def _value(metric_name: str, value: object) -> float | None:
     else:
         return None
     return value if metric.low <= value <= metric.high else None  # type: ignore[operator]
+
+
+def _int_size(n: int) -> int:
+    """Bytes of the shortest CBOR encoding of integer ``n`` (head included)."""
+    if n < 0:
+        n = -1 - n
+    if n < 24:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    if n < 0x100000000:
+        return 5
+    return 9  # beyond 2**64 a bignum (longer): the length check fails and the re-encode decides nothing wrong
+
+
+_FLOAT_SIZES: dict[float, int] = {}
+
+
+def _float_size(value: float) -> int:
+    """Bytes of the shortest CBOR float that holds ``value`` exactly (as cbor2's canonical encoder picks it)."""
+    size = _FLOAT_SIZES.get(value)
+    if size is None:
+        size = 9
+        for fmt, n in (("e", 3), ("f", 5)):
+            try:
+                if struct.unpack(fmt, struct.pack(fmt, value))[0] == value:
+                    size = n
+                    break
+            except OverflowError:
+                continue
+        if len(_FLOAT_SIZES) >= 1 << 16:
+            _FLOAT_SIZES.clear()
+        _FLOAT_SIZES[value] = size
+    return size
+
+
+_CBOR_READINGS: dict[tuple[int, object, type], tuple[str, int] | None] = {}
+"""(metric id, value, value type) -> (metric name, encoded size of the value), None when refused: sensors
+repeat their values, so most readings are checked by one look-up (the value itself is always the
+payload's, so 0.0 and -0.0 share an entry without mixing their signs)."""
+
+
+def _cbor_reading(metric_id: int, value: object) -> tuple[str, int] | None:
+    key = (metric_id, value, type(value))
+    try:
+        return _CBOR_READINGS[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable value (a list, a map): not a reading
+        return None
+    metric = metric_by_id(metric_id)
+    entry = None
+    if metric is not None and _value(metric.name, value) is not None:
+        entry = (metric.name, _float_size(value) if type(value) is float else _int_size(value))  # type: ignore[arg-type]
+    if len(_CBOR_READINGS) >= 1 << 16:
+        _CBOR_READINGS.clear()
+    _CBOR_READINGS[key] = entry
+    return entry
 
 
 def _dropped_ok(dropped: object, seq: int) -> bool:
@@ -156,24 +224,34 @@ def _from_cbor(payload: bytes) -> TelemetryRows | None:
         return None
     if type(raw) is not list or not 1 <= len(raw) <= _MAX_READINGS:
         return None
+    n = len(raw)
+    # the canonical length: map head, one-letter keys, the integers, the readings' array head ...
+    size = (1 + 2 * len(keys) + _int_size(boot) + _int_size(seq) + _int_size(ts) + (_int_size(dropped) if len(keys) == 5 else 0)
+            + _int_size(n))
     readings = []
+    append = readings.append
+    cache = _CBOR_READINGS
     for r in raw:
         if type(r) is not list or len(r) != 3:
             return None
         dt, metric_id, value = r
         if type(dt) is not int or not 0 <= dt <= _MAX_OFFSET or type(metric_id) is not int:
             return None
-        metric = metric_by_id(metric_id)
-        if metric is None:
+        try:
+            entry = cache[(metric_id, value, type(value))]
+        except (KeyError, TypeError):
+            entry = _cbor_reading(metric_id, value)
+        if entry is None:
             return None
-        value = _value(metric.name, value)
-        if value is None:
+        # ... and each reading: a 3-item array head, dt, metric id, the value as it came (int or float)
+        size += 1 + (1 if dt < 24 else _int_size(dt)) + (1 if metric_id < 24 else _int_size(metric_id)) + entry[1]
+        append((dt, entry[0], value if type(value) is float else float(value)))  # type: ignore[arg-type]
+    if size != len(payload) or tuple(keys) != _CANONICAL_ORDER[len(keys) == 5]:
+        return None
+    if n >= 24 and 0x9F in payload:  # an indefinite-length array of 24+ items is as long as the definite one
+        try:
+            if cbor2.dumps(data, canonical=True) != payload:
+                return None
+        except (cbor2.CBORError, ValueError, TypeError):
             return None
-        readings.append((dt, metric.name, value))
-    try:
-        canonical = cbor2.dumps(data, canonical=True)
-    except (cbor2.CBORError, ValueError, TypeError):
-        return None
-    if canonical != payload:
-        return None
     return TelemetryRows(boot, seq, ts, readings, dropped)

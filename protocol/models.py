@@ -104,6 +104,9 @@ class Status(WireModel):
     """Hash of the device's description (``protocol.config.description_hash``; "": not described)."""
     cfg: U32 = 0
     """The configuration version the device has applied (section 13; 0: none)."""
+    sleep_s: Annotated[int, Field(ge=0, le=604_800)] = 0
+    """A sleepy device: it sleeps between wakes and wakes at least this often (seconds; 0: never sleeps).
+    The hub shows it ``sleeping``, not offline, between wakes (firmware_protocol.md 4.5)."""
 
 
 class Command(WireModel):

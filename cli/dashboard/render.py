@@ -191,11 +191,13 @@ def summary_text(snapshot: Snapshot, width: int = 80) -> Text:
         ("hub DOWN", "bold red"), (f" ({inert(snapshot.hub_message or 'no heartbeat')}; retrying)", "red"))
     devices = Text.assemble((f"{s.devices_total} device{'' if s.devices_total == 1 else 's'}: ", "bold"),
                             (f"{s.online} online", "green"), ", ",
+                            *((f"{s.sleeping} sleeping", "cyan"), ", ") * bool(s.sleeping),
                             (f"{s.offline} offline", "bold red" if s.offline else "dim"))
     rates = Text.assemble(f"readings/s in {s.readings_in_per_s:,.0f}, stored {s.persisted_per_s:,.0f} ",
                           (sparkline(s.rate_history, 8), "cyan"))
     lag = Text("ingest lag " + ("-" if s.ingest_lag_s is None else f"{s.ingest_lag_s:.1f}s"))
     quality = [
+        *[Text(f"alarms {s.alarms}", style="bold red")] * bool(s.alarms),
         Text(f"critical alerts {s.critical_alerts}", style="bold red" if s.critical_alerts else "dim"),
         Text(f"msgs missing {s.gaps}", style="yellow" if s.gaps else "dim"),
         Text(f"dead letters {s.deadletters}", style="red" if s.deadletters else "dim"),
@@ -207,6 +209,8 @@ def summary_text(snapshot: Snapshot, width: int = 80) -> Text:
 def issues_text(d: DeviceView) -> Text:
     """A device's problems in words, the most serious first ('' when there are none)."""
     parts: list[tuple[str, str]] = []
+    if d.alarms:
+        parts.append((f"{d.alarms} alarm{'s' if d.alarms > 1 else ''}", "bold red"))
     if d.critical_alerts:
         parts.append((f"{d.critical_alerts} critical alert{'s' if d.critical_alerts > 1 else ''}", "bold red"))
     if d.resets:
@@ -294,7 +298,8 @@ def fleet_row(d: DeviceView, now: float, columns: list[Column]) -> tuple[Text, .
     """One device as the cells of ``columns``."""
     cells: dict[str, Text] = {
         "device": Text(inert(d.id), no_wrap=True),
-        "status": Text("online", style="green") if d.online else Text("OFFLINE", style="bold red"),
+        "status": Text("online", style="green") if d.online else Text("sleeping", style="cyan") if d.sleeping
+        else Text("OFFLINE", style="bold red"),
         "seen": Text(ago(d.last_seen, now), justify="right"),
         "group": Text(inert(d.group or "-"), no_wrap=True, overflow="ellipsis"),
         "fw": Text(inert(d.fw or "-"), no_wrap=True, overflow="ellipsis"),

@@ -16,6 +16,7 @@ library and ``protocol``, so the broker (registry) and the hub (everything else)
     status.py      hub heartbeats and worker adoptions: StatusStore
     firmware.py    firmware images and staged rollouts: FirmwareStore
     config.py      device configuration, descriptions, range flags: ConfigStore
+    alarms.py      alarm rules, alarms and their history: AlarmStore
     queries.py     read queries of the CLI, the dashboard and the exporter
     values.py      reading values packed losslessly into small integers
     rollups.py     per-minute and per-hour aggregates: Period, fold

@@ -8,7 +8,7 @@ Used by exactly one thread (the writer), on its own connection, inside
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +16,17 @@ from typing import Any
 from hub.storage.connection import Connection, transaction
 from hub.storage.dialect import is_pg
 from hub.storage.rollups import Fold, fold
-from hub.storage.schema import ROLLUP_COLUMNS, ROLLUP_UPSERT, rollup_rows
+from hub.storage.runs import CLEAN, Run, build_runs
+from hub.storage.schema import ROLLUP_COLUMNS, ROLLUP_UPSERT, RUN_COLUMNS, RUN_UPSERT, rollup_rows
 from hub.storage.values import pack, unpack
 from protocol.limits import LIMITS
+
+def _as_is(value: float) -> float:
+    return value
+
+
+_UNKNOWN = object()
+"""A stream whose newest run has not been looked up yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +58,19 @@ class IngestStore:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._pg = is_pg(conn)
+        self._drawn = -2  # the last number this store drew from ingest_writes (PostgreSQL)
+        self._pack = _as_is if self._pg else pack  # PostgreSQL keeps a reading's value as a plain double
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[str, str], int] = {}
         self._counted = {"readings": 0, "messages": 0}
-        # PostgreSQL: the batch's message keys are looked up at once (expect_messages) and written at once,
-        # at the end of the transaction (the write lock makes the look-up and the insert one step)
-        self._stored_keys: set[tuple[int, int, int]] = set()
-        self._absent_keys: set[tuple[int, int, int]] = set()
-        self._pending_keys: list[tuple[int, int, int, int, int, int, int]] = []
+        self._tails: dict[tuple[int, int], Run | None | object] = {}
+        """The newest run of each (device, boot) seen, None when it has none; valid while no other
+        connection writes (checked with ``PRAGMA data_version`` at each transaction's start)."""
+        self._pending: dict[tuple[int, int, int], Run] = {}
+        self._staged: list[tuple[int, int, int, int, int, int | float]] = []
+        self._folding: list[tuple[int, int, float]] = []
+        self._latest: dict[int, tuple[int, float, str, str, float]] = {}
+        self._data_version = -1
         self._retention_series = 0  # the retention pass goes round the series; where it stopped
         self._round_deleted = 0  # readings deleted so far in this round
 
@@ -66,44 +79,37 @@ class IngestStore:
         """One write transaction; the running totals are added in it; rolled back when the block raises."""
         try:
             with transaction(self.conn):
+                version = self._write_generation()
+                if version != self._data_version:  # another connection committed: our runs may be stale
+                    self._tails.clear()
+                    self._data_version = version
                 yield self.conn
-                self._flush_keys()
+                self._flush_readings()
+                self._flush_runs()
                 for name, n in self._counted.items():
                     if n:
                         self.conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, name))
         except BaseException:
             self._devices.clear()
             self._series.clear()
+            self._tails.clear()
+            self._pending.clear()
+            self._staged.clear()
+            self._folding.clear()
+            self._latest.clear()
             raise
         finally:
             self._counted = dict.fromkeys(self._counted, 0)
-            self._stored_keys.clear()
-            self._absent_keys.clear()
-            self._pending_keys.clear()
 
-    def expect_messages(self, keys: Iterable[tuple[str, int, int]]) -> None:
-        """The (device_id, boot, seq) keys this transaction is about to offer to :meth:`insert_message`: on
-        PostgreSQL they are looked up in one query, and the new ones written in one COPY at commit, instead of
-        a round trip each. A key offered but not expected is still looked up (one round trip). No-op on SQLite."""
+    def _write_generation(self) -> int:
+        """A number that changes when another connection committed since this one's last transaction: SQLite's
+        ``data_version``; on PostgreSQL every ingest transaction draws from the sequence ``ingest_writes`` (under
+        the write lock), so a draw that is not our previous one plus one means another worker wrote between."""
         if not self._pg:
-            return
-        wanted = {(self.device_key(d), b, s) for d, b, s in keys}
-        if not wanted:
-            return
-        cols = [list(c) for c in zip(*wanted)]  # three arrays (lists: psycopg sends a tuple as a record)
-        found = {tuple(r) for r in self.conn.execute_native(  # type: ignore[union-attr]
-            "SELECT device, boot, seq FROM message_keys WHERE (device, boot, seq) IN"
-            " (SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]))", cols).fetchall()}
-        self._stored_keys |= found
-        self._absent_keys |= wanted - found
-
-    def _flush_keys(self) -> None:
-        """Write the message keys :meth:`insert_message` accepted in this transaction (PostgreSQL)."""
-        if self._pending_keys:
-            rows, self._pending_keys = self._pending_keys, []
-            self.conn.copy_insert(  # type: ignore[union-attr]
-                "message_keys", ("device", "boot", "seq", "kind", "received_at", "lag_ms", "skewed"), rows,
-                "ON CONFLICT DO NOTHING")
+            return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        drawn = int(self.conn.execute("SELECT nextval('ingest_writes')").fetchone()[0])
+        previous, self._drawn = self._drawn, drawn
+        return self._data_version if drawn == previous + 1 else -drawn
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file and truncate it (tools and benchmarks; the hub lets SQLite do it).
@@ -145,90 +151,98 @@ class IngestStore:
         """Store one message's key; False when (device_id, boot, seq) is already stored (a duplicate).
 
         ``kind`` is "t" or "a"; ``ts`` the device's time in ms; ``received_at`` the hub's, in seconds.
+        The key joins the run of seqs it continues (:mod:`hub.storage.runs`): in the common case
+        (the next seq of the stream's newest run) no SQL at all until the batch commits.
         """
-        received_ms = round(received_at * 1000)
-        if self._pg:
-            return self._offer_key_pg((self.device_key(device_id), boot, seq, 0 if kind == "t" else 1, received_ms,
-                                       received_ms - ts, int(skewed)))
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO message_keys (device, boot, seq, kind, received_at, lag_ms, skewed)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (self.device_key(device_id), boot, seq, 0 if kind == "t" else 1, received_ms, received_ms - ts,
-             int(skewed)),
-        )
-        if cur.rowcount == 1:
-            self._counted["messages"] += 1
-            return True
-        return False
-
-    def _offer_key_pg(self, row: tuple[int, int, int, int, int, int, int]) -> bool:
-        key = row[:3]
-        if key in self._stored_keys:
+        device = self._devices.get(device_id)
+        if device is None:
+            device = self.device_key(device_id)
+        received = round(received_at * 1000)
+        lag = received - ts
+        code = 0 if kind == "t" else 1
+        flag = 1 if skewed else 0
+        stream = (device, boot)
+        tail = self._tails.get(stream, _UNKNOWN)
+        if tail is _UNKNOWN:
+            tail = self._load_run(device, boot, None)
+            self._tails[stream] = tail
+        if tail is None or seq > tail.last:
+            if tail is None or seq != tail.last + 1 or not tail.extend(code, flag, received, lag):
+                tail = Run(device, boot, seq, seq, code, flag, received, lag)
+                self._tails[stream] = tail
+            self._pending[(device, boot, tail.first)] = tail
+        elif seq >= tail.first:
             return False
-        if key not in self._absent_keys and self.conn.execute(
-                "SELECT 1 FROM message_keys WHERE device = ? AND boot = ? AND seq = ?", key).fetchone():
-            self._stored_keys.add(key)
+        elif not self._insert_late(device, boot, seq, code, flag, received, lag):
             return False
-        self._absent_keys.discard(key)
-        self._stored_keys.add(key)  # a second copy later in this transaction is a duplicate
-        self._pending_keys.append(row)
         self._counted["messages"] += 1
-        if not self.conn.in_transaction:  # type: ignore[union-attr]  # autocommit use: written at once
-            self._flush_keys()
         return True
 
     def insert_messages(self, rows: Sequence[tuple[str, int, int, str, int, float, bool]]) -> list[bool]:
         """Batch twin of :meth:`insert_message` for rows of (device_id, boot, seq, kind, ts, received_at, skewed).
 
         Returns, per row, True when it was stored and False for a duplicate (stored before, or
-        earlier in ``rows``). Two statements per batch instead of one per message; call it inside
-        :meth:`transaction` (the write lock makes the look-up and the insert one step).
+        earlier in ``rows``). Call it inside :meth:`transaction`.
         """
-        keyed = []
-        for device_id, boot, seq, kind, ts, received_at, skewed in rows:
-            received_ms = round(received_at * 1000)
-            keyed.append((self.device_key(device_id), boot, seq, 0 if kind == "t" else 1, received_ms,
-                          received_ms - ts, int(skewed)))
-        if self._pg:
-            return self._insert_messages_pg(keyed)
-        existing: set[tuple[int, int, int]] = set()
-        for i in range(0, len(keyed), 300):  # 3 bound variables a row, under SQLite's limit
-            chunk = keyed[i:i + 300]
-            # a join, not "(device, boot, seq) IN (VALUES ...)": SQLite answers that one with a full scan
-            existing.update(self.conn.execute(
-                "WITH batch (device, boot, seq) AS (VALUES " + ",".join(["(?, ?, ?)"] * len(chunk)) + ")"
-                " SELECT k.device, k.boot, k.seq FROM batch JOIN message_keys k"
-                " ON k.device = batch.device AND k.boot = batch.boot AND k.seq = batch.seq",
-                [v for r in chunk for v in r[:3]]).fetchall())
-        stored, new = [], []
-        for row in keyed:
-            key = row[:3]
-            fresh = key not in existing
-            existing.add(key)
-            stored.append(fresh)
-            if fresh:
-                new.append(row)
-        self.conn.executemany(
-            "INSERT INTO message_keys (device, boot, seq, kind, received_at, lag_ms, skewed) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            new)
-        self._counted["messages"] += len(new)
-        return stored
+        insert = self.insert_message
+        return [insert(*row) for row in rows]
 
-    def _insert_messages_pg(self, keyed: list[tuple[int, int, int, int, int, int, int]]) -> list[bool]:
-        """PostgreSQL: one multi-row insert that skips stored keys and returns the keys it stored (a key twice
-        in the batch is stored once: the first copy wins)."""
-        self._flush_keys()
-        inserted = set(self.conn.copy_insert(  # type: ignore[union-attr]
-            "message_keys", ("device", "boot", "seq", "kind", "received_at", "lag_ms", "skewed"), keyed,
-            "ON CONFLICT DO NOTHING RETURNING device, boot, seq", returning=True))
-        stored = []
-        for row in keyed:
-            key = row[:3]
-            fresh = key in inserted
-            inserted.discard(key)
-            stored.append(fresh)
-        self._counted["messages"] += sum(stored)
-        return stored
+    def _load_run(self, device: int, boot: int, seq: int | None, after: bool = False) -> Run | None:
+        """The stored run of (device, boot) that starts at or before ``seq`` (after it, with ``after``;
+        the newest one for None)."""
+        self._flush_runs()  # the database must hold what this transaction changed so far
+        sql = ("SELECT device, boot, first_seq, last_seq, kind, skewed, received_at, lag_ms, offsets FROM message_runs"
+               " WHERE device = ? AND boot = ?")
+        if seq is None:
+            row = self.conn.execute(sql + " ORDER BY first_seq DESC LIMIT 1", (device, boot)).fetchone()
+        elif after:
+            row = self.conn.execute(sql + " AND first_seq > ? ORDER BY first_seq LIMIT 1", (device, boot, seq)).fetchone()
+        else:
+            row = self.conn.execute(sql + " AND first_seq <= ? ORDER BY first_seq DESC LIMIT 1",
+                                    (device, boot, seq)).fetchone()
+        return None if row is None else Run.from_row(row)
+
+    def _insert_late(self, device: int, boot: int, seq: int, kind: int, skewed: int, received: int, lag: int) -> bool:
+        """A seq below the stream's newest run: False when a run holds it, else stored in the hole it fills."""
+        before = self._load_run(device, boot, seq)
+        if before is not None and before.last >= seq:
+            return False
+        nxt = self._load_run(device, boot, seq, after=True)  # exists: the newest run starts above seq
+        if before is not None and before.last + 1 == seq and before.extend(kind, skewed, received, lag):
+            run = before
+        else:
+            run = Run(device, boot, seq, seq, kind, skewed, received, lag)
+        if nxt is not None and run.absorb(nxt):  # the hole is closed: one run instead of two
+            self.conn.execute("DELETE FROM message_runs WHERE device = ? AND boot = ? AND first_seq = ?",
+                              (device, boot, nxt.first))
+            tail = self._tails.get((device, boot))
+            if isinstance(tail, Run) and tail.first == nxt.first:
+                self._tails[(device, boot)] = run
+        self.conn.execute(RUN_UPSERT, run.row())
+        run.state = CLEAN
+        return True
+
+    def _flush_runs(self) -> None:
+        """Write the runs this transaction created or grew (one executemany; COPY on PostgreSQL)."""
+        if self._pending:
+            self._upsert(RUN_UPSERT, "message_runs", RUN_COLUMNS, [run.row() for run in self._pending.values()])
+            for run in self._pending.values():
+                run.state = CLEAN
+            self._pending.clear()
+
+    def _rewrite_runs(self, device: int, boot: int, change: Callable[[list[list[int]]], bool]) -> None:
+        """Rebuild the runs of (device, boot) after ``change`` edits its messages [seq, kind, skewed, received, lag]
+        in place (returns False when nothing changed)."""
+        self._flush_runs()
+        rows = self.conn.execute(
+            "SELECT device, boot, first_seq, last_seq, kind, skewed, received_at, lag_ms, offsets FROM message_runs"
+            " WHERE device = ? AND boot = ? ORDER BY first_seq", (device, boot)).fetchall()
+        messages = [list(m) for row in rows for m in Run.from_row(row).messages()]
+        if not change(messages):
+            return
+        self.conn.execute("DELETE FROM message_runs WHERE device = ? AND boot = ?", (device, boot))
+        self.conn.executemany(RUN_UPSERT, [run.row() for run in build_runs(device, boot, map(tuple, messages))])
+        self._tails.pop((device, boot), None)
 
     def insert_readings(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Rows of (device_id, boot, seq, idx, metric, value, ts, received_at, skewed); ts in seconds.
@@ -242,25 +256,69 @@ class IngestStore:
             if key is None:
                 key = self.series_key(device_id, metric)
             ts_ms = round(ts * 1000)
-            out.append((key, ts_ms, boot, seq, idx, value if self._pg else pack(value)))
+            out.append((key, ts_ms, boot, seq, idx, self._pack(value)))
             folding.append((key, ts_ms, value))
-        if self._pg:  # COPY and one INSERT ... SELECT: a few round trips per batch instead of one per row
-            self.conn.copy_insert(  # type: ignore[union-attr]
-                "samples", ("series", "ts", "boot", "seq", "idx", "value"), out, "ON CONFLICT DO NOTHING")
-        else:
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", out)
+        self._insert_samples(out)
         self._counted["readings"] += len(out)
         # one upsert per (series, period, start) per batch; the values as the devices sent them
         self._upsert_rollups(fold(folding))
 
-    def _upsert_rollups(self, acc: Fold) -> None:
-        rows = rollup_rows(acc)
-        if self._pg:
-            _, _, tail = ROLLUP_UPSERT.partition(" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            self.conn.copy_insert("rollups", ROLLUP_COLUMNS, sorted(rows), tail)  # type: ignore[union-attr]
+    def _insert_samples(self, rows: list[tuple[int, int, int, int, int, int | float]]) -> None:
+        if self._pg:  # COPY and one INSERT ... SELECT: a few round trips per batch instead of one per row
+            self.conn.copy_insert(  # type: ignore[union-attr]
+                "samples", ("series", "ts", "boot", "seq", "idx", "value"), rows, "ON CONFLICT DO NOTHING")
         else:
-            self.conn.executemany(ROLLUP_UPSERT, rows)
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def _upsert_rollups(self, acc: Fold) -> None:
+        self._upsert(ROLLUP_UPSERT, "rollups", ROLLUP_COLUMNS, sorted(rollup_rows(acc)))
+
+    def _upsert(self, upsert: str, table: str, columns: tuple[str, ...], rows: list[Any]) -> None:
+        """``upsert`` (INSERT ... VALUES (?, ...) ON CONFLICT ...) for each row; on PostgreSQL one COPY and one
+        INSERT ... SELECT with the same conflict clause (the rows' keys are distinct)."""
+        if not rows:
+            return
+        if self._pg:
+            tail = upsert[upsert.index(" ON CONFLICT"):]
+            self.conn.copy_insert(table, columns, rows, tail)  # type: ignore[union-attr]
+        else:
+            self.conn.executemany(upsert, rows)
+
+    def stage_readings(self, device_id: str, boot: int, seq: int, base_ms: int,
+                       readings: Sequence[tuple[int, str, float]], received_at: float) -> None:
+        """One message's readings, ``(dt ms, metric, value)`` after its time ``base_ms``, stored when the
+        transaction commits: one executemany of samples, one upsert per touched minute, hour and latest value.
+
+        The writer's per-reading work happens here, once, on plain tuples.
+        """
+        series = self._series
+        staged = self._staged
+        packed = self._pack
+        folding = self._folding
+        latest = self._latest
+        for idx, (dt, metric, value) in enumerate(readings):
+            key = series.get((device_id, metric))
+            if key is None:
+                key = self.series_key(device_id, metric)
+            ts = base_ms + dt
+            staged.append((key, ts, boot, seq, idx, packed(value)))
+            folding.append((key, ts, value))
+            prev = latest.get(key)
+            if prev is None or ts >= prev[0]:
+                latest[key] = (ts, value, device_id, metric, received_at)
+
+    def _flush_readings(self) -> None:
+        if not self._staged:
+            return
+        self._insert_samples(self._staged)
+        self._counted["readings"] += len(self._staged)
+        self._upsert_rollups(fold(self._folding))
+        self.upsert_latest([(device_id, metric, ts / 1000.0, value, received_at)
+                            for ts, value, device_id, metric, received_at in self._latest.values()])
+        self._staged = []
+        self._folding = []
+        self._latest = {}
 
     def upsert_latest(self, rows: Iterable[tuple[str, str, float, float, float]]) -> None:
         """Rows of (device_id, metric, ts, value, received_at); an older ts never replaces a newer one."""
@@ -298,7 +356,6 @@ class IngestStore:
         lag (and skew flag) recomputed, and the rollups of the device's series below 10^12 are
         folded again, since the uptime-stamped readings were aggregated under uptime minutes.
         """
-        self._flush_keys()  # the keys accepted so far in this transaction get their lag corrected too
         below = LIMITS.uptime_ts_below
         device = self.device_key(device_id)
         series = [r[0] for r in self.conn.execute("SELECT id FROM series WHERE device = ?", (device,))]
@@ -311,10 +368,17 @@ class IngestStore:
             self.conn.execute(
                 f"UPDATE samples SET ts = ts + ? WHERE series IN ({marks}) AND boot = ? AND ts < ?",
                 (boot_ts_ms, *series, boot, below))
-        self.conn.execute(
-            "UPDATE message_keys SET lag_ms = lag_ms - ?, skewed = CASE WHEN abs(lag_ms - ?) > ? THEN 1 ELSE 0 END"
-            " WHERE device = ? AND boot = ? AND received_at - lag_ms < ?",
-            (boot_ts_ms, boot_ts_ms, skew_threshold_s * 1000, device, boot, below))
+
+        def correct(messages: list[list[int]]) -> bool:
+            changed = False
+            for m in messages:  # [seq, kind, skewed, received, lag]: the device's ts is received - lag
+                if m[3] - m[4] < below:
+                    m[4] -= boot_ts_ms
+                    m[2] = int(abs(m[4]) > skew_threshold_s * 1000)
+                    changed = True
+            return changed
+
+        self._rewrite_runs(device, boot, correct)
         self.conn.execute("UPDATE alerts SET ts = ts + ? WHERE device_id = ? AND boot = ? AND ts < ?",
                           (boot_ts_ms / 1000.0, device_id, boot, below / 1000.0))
         if moved:
@@ -365,12 +429,13 @@ class IngestStore:
                      detected_at: float, closed_at: float | None, dropped_at: float | None = None) -> int:
         """Insert a new gap (``gap_id`` None) or update a shrunk, split, closed or dropped one; returns its id."""
         if gap_id is None:
-            row = self.conn.execute(
+            cur = self.conn.execute(
                 "INSERT INTO gaps (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at, dropped_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (device_id, boot, from_seq, to_seq, missing, detected_at, closed_at, dropped_at),
-            ).fetchone()
-            return int(row[0])
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
         self.conn.execute(
             "UPDATE gaps SET from_seq = ?, to_seq = ?, missing = ?, closed_at = ?, dropped_at = ? WHERE id = ?",
             (from_seq, to_seq, missing, closed_at, dropped_at, gap_id),
@@ -402,9 +467,12 @@ class IngestStore:
             else:
                 self._retention_series = 0  # round done: old message keys next (if the round found old rows)
                 if self._round_deleted + deleted:
+                    self._flush_runs()
+                    # a run's messages came within 65.5 s of its first: it goes once all of them are old
                     for (device,) in self.conn.execute("SELECT id FROM device_keys").fetchall():
-                        self.conn.execute("DELETE FROM message_keys WHERE device = ? AND received_at < ?",
-                                          (device, cutoff_ms))
+                        self.conn.execute("DELETE FROM message_runs WHERE device = ? AND received_at < ?",
+                                          (device, cutoff_ms - 65_536))
+                    self._tails.clear()
                 self._round_deleted = -deleted
             self._round_deleted += deleted
         return deleted

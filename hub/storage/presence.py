@@ -24,6 +24,10 @@ class DeviceRow:
     """Resets so far: births whose boot went back (firmware_protocol.md 4.1)."""
     boot_ts: int | None = None
     """Power-up time of the current boot (ms since the epoch) from the birth, for uptime stamps."""
+    sleep_s: int = 0
+    """The wake period the device declared in its birth (firmware_protocol.md 4.5); 0: it never sleeps."""
+    flaps: int = 0
+    """Times the device came back within the flap window of going offline (or before a will took effect)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +49,16 @@ class PresenceStore:
         """Every device the hub has seen, for the presence tracker's start."""
         return [DeviceRow(*r) for r in self.conn.execute(
             "SELECT device_id, state, state_reason, state_since, last_seen, fw, boot, enc, interval_s, incarnation,"
-            " boot_ts FROM devices"
+            " boot_ts, sleep_s, flaps FROM devices"
         )]
 
     def save_device(self, row: DeviceRow) -> None:
         """Insert or replace one device's presence."""
         self.conn.execute(
             "INSERT OR REPLACE INTO devices (device_id, state, state_reason, state_since, last_seen, fw, boot, enc,"
-            " interval_s, incarnation, boot_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " interval_s, incarnation, boot_ts, sleep_s, flaps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.device_id, row.state, row.state_reason, row.state_since, row.last_seen, row.fw, row.boot, row.enc,
-             row.interval_s, row.incarnation, row.boot_ts),
+             row.interval_s, row.incarnation, row.boot_ts, row.sleep_s, row.flaps),
         )
 
     def insert_reset(self, device_id: str, incarnation: int, old_boot: int | None, new_boot: int, ts: float) -> None:

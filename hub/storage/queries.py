@@ -16,6 +16,8 @@ from hub.storage.connection import Connection, dict_rows
 from hub.storage.dialect import is_pg
 from hub.storage.registry import PrincipalStore
 from hub.storage.rollups import Period
+from hub.storage.runs import message_meta
+from hub.storage.schema import RUN_OF_SAMPLE
 from hub.storage.status import Heartbeat, StatusStore
 from hub.storage.values import SQL_UNPACK, unpack
 
@@ -27,8 +29,14 @@ READING_COLUMNS = ("device_id", "metric", "value", "ts", "received_at", "boot", 
 
 _READINGS_FROM = (
     " FROM series r JOIN metric_keys m ON m.id = r.metric JOIN samples s ON s.series = r.id"
-    " LEFT JOIN message_keys k ON k.device = r.device AND k.boot = s.boot AND k.seq = s.seq")
-_READINGS_SELECT = "SELECT m.metric, s.value, s.ts, k.received_at, s.boot, s.seq, s.idx, k.skewed"
+    " LEFT JOIN message_runs k ON " + RUN_OF_SAMPLE)
+_READINGS_SELECT = ("SELECT m.metric, s.value, s.ts, k.received_at, s.boot, s.seq, s.idx, k.skewed, k.first_seq,"
+                    " k.offsets")
+
+
+def _received(received: int | None, first: int, offsets: bytes, seq: int) -> float | None:
+    """A reading's receive time in seconds from its message's run (None when the key is gone)."""
+    return None if received is None else message_meta(received, 0, first, offsets, seq)[0] / 1000.0
 
 
 def _readings_sql(metric: str | None, since: float | None, limit: int | None) -> str:
@@ -56,9 +64,9 @@ def readings(conn: Connection, device_id: str, metric: str | None = None, since:
     """
     rows = conn.execute(_readings_sql(metric, since, limit), _readings_params(device_id, metric, since, limit))
     return [{"device_id": device_id, "metric": mt, "value": unpack(v), "ts": ts / 1000.0,
-             "received_at": None if rcv is None else rcv / 1000.0, "boot": boot, "seq": seq, "idx": idx,
+             "received_at": _received(rcv, first, offsets, seq), "boot": boot, "seq": seq, "idx": idx,
              "skewed": skewed or 0}
-            for mt, v, ts, rcv, boot, seq, idx, skewed in rows]
+            for mt, v, ts, rcv, boot, seq, idx, skewed, first, offsets in rows]
 
 
 ROLLUP_COLUMNS = ("device_id", "metric", "period", "start", "count", "min", "max", "mean", "last", "last_ts")
@@ -290,18 +298,17 @@ def iter_readings(conn: Connection, since: float | None = None, until: float | N
     last: tuple[int, int, int, int, int] = (0, 0, 0, 0, -1)
     while True:
         rows = conn.execute(
-            "SELECT s.series, s.ts, s.boot, s.seq, s.idx, s.value, k.received_at, k.skewed FROM samples s"
-            " JOIN series r ON r.id = s.series"
-            " LEFT JOIN message_keys k ON k.device = r.device AND k.boot = s.boot AND k.seq = s.seq"
+            "SELECT s.series, s.ts, s.boot, s.seq, s.idx, s.value, k.received_at, k.skewed, k.first_seq, k.offsets"
+            " FROM samples s JOIN series r ON r.id = s.series LEFT JOIN message_runs k ON " + RUN_OF_SAMPLE +
             f" WHERE {where} AND (s.series, s.ts, s.boot, s.seq, s.idx) > (?, ?, ?, ?, ?)"
             " ORDER BY s.series, s.ts, s.boot, s.seq, s.idx LIMIT ?", [*params, *last, chunk]).fetchall()
         if not rows:
             return
         last = rows[-1][:5]
         out = []
-        for series, ts, boot, seq, idx, value, rcv, skewed in rows:
+        for series, ts, boot, seq, idx, value, rcv, skewed, first, offsets in rows:
             device, metric = names[series]
-            out.append((device, metric, unpack(value), ts / 1000.0, None if rcv is None else rcv / 1000.0, boot, seq,
+            out.append((device, metric, unpack(value), ts / 1000.0, _received(rcv, first, offsets, seq), boot, seq,
                         idx, skewed or 0))
         yield out
 

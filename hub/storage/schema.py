@@ -28,6 +28,12 @@ Versions
         (``broker.quota``); a NULL field keeps the broker's default.
     7   device configuration and self-description (:mod:`hub.storage.config`): ``config_devices``,
         ``config_keys``, ``descriptions``, ``range_flags``; four new tables, nothing else touched.
+    8   hub-side alarms (:mod:`hub.storage.alarms`): ``alarm_rules``, ``alarms``, ``alarm_events``;
+        sleepy presence: ``devices.sleep_s`` (the wake period a device declared) and
+        ``devices.flaps`` (online/offline flaps counted by the hub).
+    9   ``message_runs`` replaces ``message_keys``: the exactly-once key as runs of contiguous seqs
+        per (device, boot), each message's receive time and clock lag packed in 4 bytes
+        (:mod:`hub.storage.runs`); the ``readings`` and ``messages`` views read it.
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -44,6 +50,7 @@ from typing import Any
 from hub.storage.dialect import ddl_to_postgres
 from hub.storage.errors import StorageError
 from hub.storage.rollups import Fold, fold
+from hub.storage.runs import build_runs, sql_message_meta
 from hub.storage.values import SQL_UNPACK, pack, unpack
 
 # Version 1: the tables as the release before this package created them (byte-for-byte the same DDL,
@@ -501,9 +508,130 @@ def _to_v7_config(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(ddl)
 
 
+ALARM_DDL = (
+    # kind: above, below (a metric against a threshold), no_data, offline; clear: the hysteresis
+    # threshold (NULL: the threshold itself); action: a command sent when an alarm is raised
+    """CREATE TABLE alarm_rules (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    metric TEXT,
+    threshold REAL,
+    clear REAL,
+    for_s REAL NOT NULL DEFAULT 0,
+    severity TEXT NOT NULL,
+    grp TEXT,
+    action_command TEXT,
+    action_args TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+)""",
+    # state: active, acknowledged, cleared; flaps: times it was raised again soon after it cleared
+    """CREATE TABLE alarms (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    value REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    raised_at REAL NOT NULL,
+    acked_at REAL,
+    acked_by TEXT,
+    cleared_at REAL,
+    flaps INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+)""",
+    "CREATE INDEX alarms_open ON alarms (rule, device_id) WHERE state != 'cleared'",
+    "CREATE INDEX alarms_state ON alarms (state, raised_at)",
+    """CREATE TABLE alarm_events (
+    alarm_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    ts REAL NOT NULL,
+    value REAL,
+    detail TEXT NOT NULL DEFAULT ''
+)""",
+    "CREATE INDEX alarm_events_alarm ON alarm_events (alarm_id, ts)",
+    "ALTER TABLE devices ADD COLUMN sleep_s INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE devices ADD COLUMN flaps INTEGER NOT NULL DEFAULT 0",
+)
+
+
+def _to_v8_alarms(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 7 -> 8: alarm rules, alarms and their history; the sleepy-presence columns of ``devices``."""
+    for ddl in ALARM_DDL:
+        conn.execute(ddl)
+
+
+MESSAGE_RUNS = """CREATE TABLE message_runs (
+    device INTEGER NOT NULL,
+    boot INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    skewed INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    lag_ms INTEGER NOT NULL,
+    offsets BLOB NOT NULL,
+    PRIMARY KEY (device, boot, first_seq)
+) WITHOUT ROWID"""
+"""The exactly-once key: seqs first_seq..last_seq of (device, boot) are stored. kind 0 telemetry, 1 alert;
+received_at and lag_ms are the first message's (ms); offsets hold the others' (hub/storage/runs.py)."""
+
+RUN_OF_SAMPLE = ("k.device = r.device AND k.boot = s.boot AND k.first_seq = (SELECT x.first_seq FROM message_runs x"
+                 " WHERE x.device = r.device AND x.boot = s.boot AND x.first_seq <= s.seq ORDER BY x.first_seq DESC"
+                 " LIMIT 1) AND k.last_seq >= s.seq")
+"""Join condition: ``k`` is the run that holds the message of sample ``s`` of series ``r`` (one index look-up)."""
+
+_SAMPLE_RECEIVED, _ = sql_message_meta("k", "s.seq")
+_MSG_RECEIVED, _MSG_LAG = sql_message_meta("k", "m.seq")
+
+V9_VIEWS = (
+    f"""CREATE VIEW readings AS
+SELECT d.device_id AS device_id, s.boot AS boot, s.seq AS seq, s.idx AS idx, m.metric AS metric,
+       {SQL_UNPACK.format(col="s.value")} AS value, s.ts / 1000.0 AS ts, {_SAMPLE_RECEIVED} / 1000.0 AS received_at,
+       COALESCE(k.skewed, 0) AS skewed
+FROM samples s JOIN series r ON r.id = s.series JOIN device_keys d ON d.id = r.device
+JOIN metric_keys m ON m.id = r.metric
+LEFT JOIN message_runs k ON {RUN_OF_SAMPLE}""",
+    f"""CREATE VIEW messages AS
+WITH RECURSIVE m (device, boot, first_seq, last_seq, seq) AS (
+    SELECT device, boot, first_seq, last_seq, first_seq FROM message_runs
+    UNION ALL
+    SELECT device, boot, first_seq, last_seq, seq + 1 FROM m WHERE seq < last_seq)
+SELECT d.device_id AS device_id, k.boot AS boot, m.seq AS seq, CASE k.kind WHEN 0 THEN 't' ELSE 'a' END AS kind,
+       {_MSG_RECEIVED} - {_MSG_LAG} AS ts, {_MSG_RECEIVED} / 1000.0 AS received_at, k.skewed AS skewed
+FROM m JOIN message_runs k ON k.device = m.device AND k.boot = m.boot AND k.first_seq = m.first_seq
+JOIN device_keys d ON d.id = k.device""",
+)
+
+RUN_COLUMNS = ("device", "boot", "first_seq", "last_seq", "kind", "skewed", "received_at", "lag_ms", "offsets")
+
+RUN_UPSERT = (
+    "INSERT INTO message_runs (device, boot, first_seq, last_seq, kind, skewed, received_at, lag_ms, offsets)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, boot, first_seq) DO UPDATE SET"
+    " last_seq = excluded.last_seq, kind = excluded.kind, skewed = excluded.skewed,"
+    " received_at = excluded.received_at, lag_ms = excluded.lag_ms, offsets = excluded.offsets")
+"""Store a new run or a grown one."""
+
+
+def _to_v9_message_runs(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 8 -> 9: the per-message key rows become runs (stream by stream), then the views follow."""
+    conn.execute(MESSAGE_RUNS)
+    streams = conn.execute("SELECT DISTINCT device, boot FROM message_keys ORDER BY device, boot").fetchall()
+    for device, boot in streams:
+        messages = conn.execute("SELECT seq, kind, skewed, received_at, lag_ms FROM message_keys"
+                                " WHERE device = ? AND boot = ? ORDER BY seq", (device, boot))
+        conn.executemany(RUN_UPSERT, [run.row() for run in build_runs(device, boot, messages)])
+    conn.execute("DROP VIEW readings")
+    conn.execute("DROP VIEW messages")
+    conn.execute("DROP TABLE message_keys")
+    for ddl in V9_VIEWS:
+        conn.execute(ddl)
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5, _to_v6_quotas, _to_v7_config)
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5, _to_v6_quotas,
+                                     _to_v7_config, _to_v8_alarms, _to_v9_message_runs)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)
@@ -574,6 +702,26 @@ def _pg(*ddl: str) -> tuple[str, ...]:
     return tuple(ddl_to_postgres(d) for d in ddl)
 
 
+def _pg_message_meta(run: str, seq: str) -> tuple[str, str]:
+    """:func:`hub.storage.runs.sql_message_meta` for PostgreSQL (``get_byte`` of the bytea offsets)."""
+    at = f"(4 * ({seq} - {run}.first_seq) - 4)"
+    byte = lambda i: f"get_byte({run}.offsets, CAST({at} + {i} AS INTEGER))"  # noqa: E731
+    received = (f"({run}.received_at + CASE WHEN {seq} = {run}.first_seq THEN 0 ELSE"
+                f" {byte(0)} * 256 + {byte(1)} END)")
+    lag = (f"({run}.lag_ms + CASE WHEN {seq} = {run}.first_seq THEN 0 ELSE"
+           f" {byte(2)} * 256 + {byte(3)} - 32768 END)")
+    return received, lag
+
+
+_PG_SAMPLE_RECEIVED, _ = _pg_message_meta("k", "s.seq")
+_PG_MSG_RECEIVED, _PG_MSG_LAG = _pg_message_meta("k", "m.seq")
+PG_V9_VIEWS = (
+    V9_VIEWS[0].replace(SQL_UNPACK.format(col="s.value"), "s.value").replace(_SAMPLE_RECEIVED, _PG_SAMPLE_RECEIVED),
+    V9_VIEWS[1].replace(_MSG_RECEIVED, _PG_MSG_RECEIVED).replace(_MSG_LAG, _PG_MSG_LAG),
+)
+"""The views of version 9 on PostgreSQL: plain double values, offsets read with get_byte."""
+
+
 PG_TWINS: dict[Migration, tuple[str, ...]] = {
     _to_v1: _pg(*_PG_V1_TABLES.values(), *(i for i in V1_INDEXES if "readings" not in i)),
     _to_v2: (*_pg(*V2_TABLES), *PG_V2_VIEWS,
@@ -583,6 +731,10 @@ PG_TWINS: dict[Migration, tuple[str, ...]] = {
     _to_v5: _pg(*FIRMWARE_TABLES),
     _to_v6_quotas: _pg(QUOTAS_TABLE),
     _to_v7_config: _pg(*CONFIG_TABLES),
+    _to_v8_alarms: _pg(*ALARM_DDL),
+    _to_v9_message_runs: (
+        ddl_to_postgres(MESSAGE_RUNS), "DROP VIEW readings", "DROP VIEW messages", "DROP TABLE message_keys",
+        *PG_V9_VIEWS, "CREATE SEQUENCE IF NOT EXISTS ingest_writes"),
 }
 """The PostgreSQL DDL of each SQLite migration (keyed by the migration, so renumbering keeps them paired)."""
 

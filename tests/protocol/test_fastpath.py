@@ -64,6 +64,43 @@ def test_damaged_payloads_are_refused_or_decoded_as_strictly(message: Telemetry,
         i = data.draw(st.integers(0, len(payload) - 1))
         payload[i] = data.draw(st.integers(0, 255))
     assert_agrees(bytes(payload))
+    if form == "cbor":
+        assert_canonical_rule(bytes(payload))
+
+
+def canonical(payload: bytes) -> bool:
+    """The CBOR payload is exactly the canonical encoding of what it decodes to (trailing bytes included)."""
+    try:
+        return cbor2.dumps(cbor2.loads(payload), canonical=True) == payload
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError):
+        return False
+
+
+def assert_canonical_rule(payload: bytes) -> None:
+    """The fast path takes a CBOR payload exactly when it is canonical and valid (it re-encodes only rarely)."""
+    rows = decode_telemetry_rows(payload)
+    if rows is not None:
+        assert canonical(payload), payload.hex()
+    elif canonical(payload):
+        try:
+            decode(MessageClass.TELEMETRY, payload)
+        except ProtocolError:
+            return
+        raise AssertionError(f"a canonical, valid payload missed the fast path: {payload.hex()}")
+
+
+@BOUNDED
+@given(message=telemetry, data=st.data())
+def test_cbor_is_taken_exactly_when_canonical(message: Telemetry, data: st.DataObject) -> None:
+    try:
+        payload = encode(message, "cbor")
+    except ProtocolError:
+        return
+    assert_canonical_rule(payload)
+    decoded = cbor2.loads(payload)
+    keys = data.draw(st.permutations(list(decoded)))  # another key order: same length, not canonical
+    reordered = cbor2.dumps({k: decoded[k] for k in keys}, canonical=False)
+    assert_canonical_rule(reordered)
 
 
 def one(**fields: Any) -> dict[str, Any]:
@@ -100,6 +137,29 @@ def one(**fields: Any) -> dict[str, Any]:
 ])
 def test_suspicious_payloads_go_to_the_strict_decoder(payload: bytes) -> None:
     assert decode_telemetry_rows(payload) is None
+
+
+def _many(n: int, value: float = 21.5) -> dict[str, Any]:
+    return {"b": 1, "q": 2, "r": [[0, 1, value]] * n, "t": TS}
+
+
+@pytest.mark.parametrize("payload", [
+    # an indefinite-length readings array of 24+ items is exactly as long as the definite one
+    (lambda c: c[:c.index(b"\x98")] + b"\x9f" + c[c.index(b"\x98") + 2:-11] + b"\xff" + c[-11:])(
+        cbor2.dumps(_many(30), canonical=True)),
+    b"\xa4" + b"".join(cbor2.dumps(k) + cbor2.dumps(v, canonical=True) for k, v in
+                        [("q", 2), ("b", 1), ("r", [[0, 1, 21.5]]), ("t", TS)]),  # keys out of order
+    cbor2.dumps(_many(1), canonical=True).replace(b"\x61q\x02", b"\x61q\x18\x02"),  # seq not in its shortest form
+])
+def test_non_canonical_cbor_of_canonical_length_or_form_goes_to_the_strict_decoder(payload: bytes) -> None:
+    assert decode_telemetry_rows(payload) is None
+
+
+def test_many_readings_whose_bytes_hold_an_indefinite_head_still_take_the_fast_path() -> None:
+    payload = cbor2.dumps(_many(30, 18.484375), canonical=True)  # the half float f9 4c 9f
+    assert b"\x4c\x9f" in payload
+    rows = assert_agrees(payload)
+    assert rows is not None and len(rows.readings) == 30
 
 
 def test_a_valid_non_canonical_cbor_payload_is_left_to_the_strict_decoder() -> None:

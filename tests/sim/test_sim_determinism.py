@@ -7,12 +7,12 @@ import sqlite3
 from pathlib import Path
 
 from sim_helpers import HubSubscriber, provision_fleet, settings_for
-from support import wait_for
+from support import wait_progress
 
 from broker.background import BackgroundBroker
 from device_sim.background import BackgroundFleet
 from device_sim.signals import Profile, make_signal
-from protocol import MessageClass, metric_by_name
+from protocol import MessageClass, StatusState, decode_status, metric_by_name
 
 
 def series(profile: Profile, seed: int, index: int, steps: int = 500, dt: float = 60.0) -> list[list[tuple[str, float]]]:
@@ -51,6 +51,31 @@ def ledger_values(path: Path) -> dict[tuple[str, int], str]:
         return {(d, q): r for d, q, r in db.execute("SELECT device, seq, readings FROM messages")}
 
 
+def offline_count(hub: HubSubscriber) -> int:
+    return sum(decode_status(s.payload).state is StatusState.OFFLINE for s in hub.of(MessageClass.STATUS))
+
+
+def run_until(hub: HubSubscriber, sim: BackgroundFleet, per_device: int, devices: int = 3) -> None:
+    """Wait for ``per_device`` telemetry messages from each device of this run, stop, wait for the goodbyes.
+
+    Events, not a fixed deadline (a 10 s timeout failed at load 17): the count of this run starts
+    after the previous run's offline statuses arrived, so its late telemetry cannot be counted here.
+    """
+    before = len(hub.of(MessageClass.TELEMETRY))
+    offline = offline_count(hub)
+
+    def least() -> int:
+        counts: dict[str, int] = {}
+        for s in hub.of(MessageClass.TELEMETRY)[before:]:
+            counts[s.device] = counts.get(s.device, 0) + 1
+        return min(counts.values()) if len(counts) == devices else 0
+
+    got = wait_progress(least, per_device)
+    sim.stop()
+    assert got >= per_device, f"only {got} telemetry messages from the slowest device"
+    assert wait_progress(lambda: offline_count(hub) - offline, devices) >= devices, "goodbyes missing"
+
+
 def test_same_seed_same_ledger(tmp_path: Path, db_path: Path, embedded_broker: BackgroundBroker,
                                hub: HubSubscriber) -> None:
     creds = provision_fleet(db_path, 3)
@@ -58,9 +83,7 @@ def test_same_seed_same_ledger(tmp_path: Path, db_path: Path, embedded_broker: B
     for run in range(2):
         ledger = tmp_path / f"ledger-{run}.db"
         sim = BackgroundFleet(settings_for(embedded_broker.port, 3, seed=99, rate=10.0, ledger=ledger), creds).start()
-        before = len(hub.of(MessageClass.TELEMETRY))
-        assert wait_for(lambda: len(hub.of(MessageClass.TELEMETRY)) - before >= 30, timeout=10)
-        sim.stop()
+        run_until(hub, sim, 10)
         runs.append(ledger_values(ledger))
     common = runs[0].keys() & runs[1].keys()
     assert len(common) >= 24
@@ -69,8 +92,6 @@ def test_same_seed_same_ledger(tmp_path: Path, db_path: Path, embedded_broker: B
     # a different seed gives different readings
     ledger = tmp_path / "ledger-other.db"
     sim = BackgroundFleet(settings_for(embedded_broker.port, 3, seed=100, rate=10.0, ledger=ledger), creds).start()
-    before = len(hub.of(MessageClass.TELEMETRY))
-    assert wait_for(lambda: len(hub.of(MessageClass.TELEMETRY)) - before >= 15, timeout=10)
-    sim.stop()
+    run_until(hub, sim, 5)
     other = ledger_values(ledger)
     assert any(other[k] != runs[0][k] for k in other.keys() & runs[0].keys())

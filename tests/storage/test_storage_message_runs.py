@@ -1,0 +1,133 @@
+"""The exactly-once key kept as runs of seqs: duplicates found anywhere in a run, holes filled late,
+each message's receive time and lag kept to the millisecond, and other writers' runs respected."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from hub.store import HubStore
+from hub.storage.runs import MAX_MESSAGES, Run, build_runs, message_meta
+
+T0 = 1_790_000_000_000  # ms
+
+
+def put(store: HubStore, seqs: list[int], device: str = "dev-1", boot: int = 1, step_ms: int = 1000,
+        lag_ms: int = 40, kind: str = "t", skewed: bool = False) -> list[bool]:
+    """Store the keys of messages ``seqs`` (message n received at T0 + n * step_ms) in one transaction."""
+    with store.transaction():
+        return [store.insert_message(device, boot, s, kind, T0 + s * step_ms - lag_ms, (T0 + s * step_ms) / 1000,
+                                     skewed) for s in seqs]
+
+
+def runs(db: Path, device_key: int = 1) -> list[tuple[int, int]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT first_seq, last_seq FROM message_runs WHERE device = ? ORDER BY boot, first_seq",
+                            (device_key,)).fetchall()
+    finally:
+        conn.close()
+
+
+def messages(db: Path) -> list[tuple[str, int, int, str, int, float, int]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT device_id, boot, seq, kind, ts, received_at, skewed FROM messages"
+                            " ORDER BY device_id, boot, seq").fetchall()
+    finally:
+        conn.close()
+
+
+def test_contiguous_seqs_share_one_row_and_every_duplicate_is_found(db_path: Path) -> None:
+    store = HubStore(db_path)
+    assert put(store, [1, 2, 3]) == [True] * 3
+    assert put(store, [4, 5, 2, 5, 6]) == [True, True, False, False, True]  # a repeat in the run and in the batch
+    store.close()
+    assert runs(db_path) == [(1, 6)]
+    store = HubStore(db_path)  # a new process: nothing cached, the file decides
+    assert put(store, [1, 3, 6, 7]) == [False, False, False, True]
+    store.close()
+    assert runs(db_path) == [(1, 7)]
+
+
+def test_a_late_message_fills_its_hole_and_merges_the_runs(db_path: Path) -> None:
+    store = HubStore(db_path)
+    assert put(store, [1, 2, 3, 5, 6, 8, 9]) == [True] * 7
+    assert runs(db_path) == [(1, 3), (5, 6), (8, 9)]
+    assert put(store, [4]) == [True]
+    assert runs(db_path) == [(1, 6), (8, 9)]
+    assert put(store, [4, 5, 8, 9, 1]) == [False] * 5
+    assert put(store, [7, 10]) == [True, True]
+    store.close()
+    assert runs(db_path) == [(1, 10)]
+    assert [m[2] for m in messages(db_path)] == list(range(1, 11))
+
+
+def test_each_message_keeps_its_own_receive_time_lag_kind_and_skew(db_path: Path) -> None:
+    store = HubStore(db_path)
+    with store.transaction():
+        for seq, (kind, skewed, received, lag) in enumerate(
+                [("t", False, 0, 40), ("t", False, 1999, 41), ("a", False, 3500, 39), ("a", False, 3501, -7),
+                 ("t", True, 5000, 86_400_000), ("t", True, 5100, 86_400_003), ("t", True, 90_000, 86_400_003)], 1):
+            assert store.insert_message("dev-1", 7, seq, kind, T0 + received - lag, (T0 + received) / 1000, skewed)
+    store.close()
+    got = messages(db_path)
+    assert [(m[2], m[3], m[6]) for m in got] == [(1, "t", 0), (2, "t", 0), (3, "a", 0), (4, "a", 0), (5, "t", 1),
+                                                  (6, "t", 1), (7, "t", 1)]
+    expected_received = [0, 1999, 3500, 3501, 5000, 5100, 90_000]
+    expected_lag = [40, 41, 39, -7, 86_400_000, 86_400_003, 86_400_003]
+    assert [m[5] for m in got] == [(T0 + r) / 1000 for r in expected_received]
+    assert [m[4] for m in got] == [T0 + r - g for r, g in zip(expected_received, expected_lag)]
+    # kind or skew changes start a run; so does a receive time beyond the run's 65.5 s
+    assert runs(db_path) == [(1, 2), (3, 4), (5, 6), (7, 7)]
+
+
+def test_a_run_holds_at_most_max_messages() -> None:
+    built = build_runs(1, 1, [(s, 0, 0, T0 + s, 5) for s in range(1, 2 * MAX_MESSAGES + 2)])
+    assert [(r.first, r.last) for r in built] == [(1, MAX_MESSAGES), (MAX_MESSAGES + 1, 2 * MAX_MESSAGES),
+                                                  (2 * MAX_MESSAGES + 1, 2 * MAX_MESSAGES + 1)]
+    run = built[0]
+    stored = Run.from_row(run.row())
+    assert [message_meta(stored.received, stored.lag, stored.first, stored.offsets, s)
+            for s in range(1, MAX_MESSAGES + 1)] == [(T0 + s, 5) for s in range(1, MAX_MESSAGES + 1)]
+
+
+def test_runs_another_writer_stored_are_seen(db_path: Path) -> None:
+    """Workers of one group share the file: a store must not trust its cached runs after another commit."""
+    first, second = HubStore(db_path), HubStore(db_path)
+    assert put(first, [1, 2]) == [True, True]
+    assert put(second, [3, 4]) == [True, True]  # second learns the stream from the file
+    assert put(first, [3, 4, 5]) == [False, False, True]
+    assert put(second, [5, 6]) == [False, True]
+    first.close()
+    second.close()
+    assert runs(db_path) == [(1, 6)]
+
+
+def test_a_rolled_back_batch_leaves_no_key(db_path: Path) -> None:
+    store = HubStore(db_path)
+    assert put(store, [1, 2]) == [True, True]
+    try:
+        with store.transaction():
+            assert store.insert_message("dev-1", 1, 3, "t", T0, T0 / 1000, False)
+            raise sqlite3.OperationalError("disk I/O error")
+    except sqlite3.OperationalError:
+        pass
+    assert put(store, [3, 2]) == [True, False]
+    store.close()
+    assert runs(db_path) == [(1, 3)]
+
+
+def test_uptime_stamps_corrected_in_the_runs(db_path: Path) -> None:
+    store = HubStore(db_path)
+    boot_ts = T0 - 3_600_000
+    with store.transaction():
+        for seq in range(1, 4):  # uptime stamps: ts is ms since power-up, flagged skewed until boot_ts is known
+            uptime = 3_600_000 + seq * 1000
+            assert store.insert_message("dev-1", 1, seq, "t", uptime, (boot_ts + uptime + 30) / 1000, True)
+    with store.transaction():
+        store.correct_uptime_stamps("dev-1", 1, boot_ts, 300)
+    assert put(store, [1, 2, 3]) == [False] * 3
+    store.close()
+    got = messages(db_path)
+    assert [(m[2], m[4], m[6]) for m in got] == [(s, boot_ts + 3_600_000 + s * 1000, 0) for s in range(1, 4)]
