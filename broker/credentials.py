@@ -12,11 +12,13 @@ from pathlib import Path
 
 from broker.registry import Registry, Role
 from broker.secrets import new_secret
+from hub.storage.location import side_base
 
 
 def secret_path(db: Path, principal_id: str) -> Path:
     """Where the secret of ``principal_id`` is kept for the database ``db``."""
-    return db.with_name(f"{db.name}.{principal_id}-secret")
+    base = side_base(db)  # beside a SQLite file; in the working folder for PostgreSQL
+    return base.with_name(f"{base.name}.{principal_id}-secret")
 
 
 def local_secret(db: Path, principal_id: str) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 from broker.acl import OPS_ROOT
 from broker.registry import Principal, Registry, RegistryError, Role
 from broker.secrets import verify_secret
+from hub.storage.location import side_base
 from protocol.topics import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, ROOT, MessageClass
 
 PBKDF2_ITERATIONS = 101
@@ -85,6 +86,7 @@ def known_secrets(db: Path, extra: Path | None = None) -> dict[str, str]:
     (what ``fleet devices add --json`` prints). Later sources override earlier ones.
     """
     found: dict[str, str] = {}
+    db = side_base(db)  # where this machine keeps the secret files of a SQLite file or a PostgreSQL database
     prefix, suffix = db.name + ".", "-secret"
     if db.parent.is_dir():
         for path in db.parent.iterdir():

@@ -8,12 +8,11 @@ Roles: ``device`` (one physical device), ``hub`` (the hub service) and ``operato
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 from broker.secrets import Scheme, hash_secret, new_secret, verify_secret
-from hub.storage import QUOTA_FIELDS, Principal, PrincipalStore, QuotaStore, Role, open_database
+from hub.storage import QUOTA_FIELDS, Connection, Principal, PrincipalStore, QuotaStore, Role, open_database
 from protocol.errors import FleetError
 from protocol.topics import valid_device_id
 
@@ -30,8 +29,8 @@ class Registry:
     Takes an open connection, or a path to open (``readonly`` for listings: never creates the file).
     """
 
-    def __init__(self, db: sqlite3.Connection | str | Path, *, readonly: bool = False) -> None:
-        self.conn = db if isinstance(db, sqlite3.Connection) else open_database(db, readonly=readonly)
+    def __init__(self, db: Connection | str | Path, *, readonly: bool = False) -> None:
+        self.conn = open_database(db, readonly=readonly) if isinstance(db, (str, Path)) else db
         self.rows = PrincipalStore(self.conn)
         self.quotas = QuotaStore(self.conn)
 

@@ -18,6 +18,7 @@ from broker.mosquitto_export import acl_text, password_text, plan_export, write_
 from broker.server import EmbeddedBroker
 from cli.output import stderr
 from cli.runtime import run_service
+from hub.storage.location import database_name, is_postgres
 
 _DEFAULTS = BrokerSettings()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -150,11 +151,11 @@ def export_acl_command(obj: dict, out_dir: Path | None, password_file: Path | No
     if password_file is None or acl_file is None:
         raise click.UsageError("give --out-dir, or both --password-file and --acl-file")
     db: Path = obj["db"]
-    if not db.exists():
+    if not is_postgres(db) and not db.exists():
         raise click.ClickException(f"database {db} not found (give --db)")
     plan = plan_export(db, extra=secrets_file, rotate=rotate)
     write_private(password_file, password_text(plan.secrets))
-    write_private(acl_file, acl_text(plan.principals, source=db.name), mode=0o644)
+    write_private(acl_file, acl_text(plan.principals, source=database_name(db)), mode=0o644)
     if plan.rotated:
         click.echo(json.dumps([{"id": pid, "secret": s} for pid, s in sorted(plan.rotated.items())], indent=1))
     stderr.print(f"[green]exported[/] {len(plan.secrets)} logins to {password_file} and the ACL to {acl_file}"

@@ -20,6 +20,7 @@ from hub.errors import HubError
 from hub.health import probe_broker
 from hub.rollout import RolloutSettings
 from hub.service import Hub
+from hub.storage.location import display_name
 
 
 @click.command("hub")
@@ -86,7 +87,7 @@ def hub_command(obj: dict, broker: str, cafile: Path | None, username: str, pass
             if not reachable:
                 raise CliError(f"broker not reachable: {why}", ExitCode.BROKER, "is the broker running? check --broker") from None
             raise exc from None
-        stderr.print(f"[green]hub up[/]: {settings.broker} -> {settings.db}"
+        stderr.print(f"[green]hub up[/]: {settings.broker} -> {display_name(settings.db)}"
                      + (f", retention {retain_days} days" if retain_days else "")
                      + (f", worker {settings.mqtt_client_id} of group {worker_group}" if worker_group else "")
                      + (f", metrics on http://127.0.0.1:{hub.metrics_port}/metrics" if hub.metrics_port else ""))

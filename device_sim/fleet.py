@@ -34,6 +34,7 @@ from device_sim.ota import OtaPlan
 from device_sim.ledger import Ledger
 from device_sim.settings import SimSettings
 from device_sim.signals import make_signal, profile_for
+from hub.storage.location import side_base
 
 log = logging.getLogger("fleet.sim")
 
@@ -45,7 +46,8 @@ def device_id(prefix: str, index: int) -> str:
 
 def credentials_path(db: str | Path) -> Path:
     """Where the simulator keeps its device secrets for database ``db``."""
-    return Path(f"{db}.sim-creds.json")
+    base = side_base(db)  # beside a SQLite file; in the working folder for PostgreSQL
+    return base.with_name(base.name + ".sim-creds.json")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from broker.url import BrokerAddress, parse_broker_url
+from hub.storage.location import side_base
 
 
 class HubSettings(BaseModel):
@@ -96,7 +97,8 @@ class HubSettings(BaseModel):
 
     @property
     def secret_file(self) -> Path:
-        return self.db.with_name(self.db.name + ".hub-secret")
+        base = side_base(self.db)  # beside a SQLite file; in the working folder for PostgreSQL
+        return base.with_name(base.name + ".hub-secret")
 
 
 def hub_password(settings: HubSettings) -> str:

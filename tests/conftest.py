@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_timeout
+from pgserver import PostgresServer, postgres_bin
 from support import MosquittoProcess, load_factor, start_mosquitto
 
 from broker.background import BackgroundBroker
@@ -33,8 +35,32 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: pytest_timeout.Setting
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The test's fleet database: a SQLite file; a fresh PostgreSQL database when FLEET_TEST_BACKEND=postgresql
+    (the whole suite on PostgreSQL; the ingest, commands, reliability and scale-out suites run on both anyway)."""
+    if os.environ.get("FLEET_TEST_BACKEND") == "postgresql":
+        request.getfixturevalue("monkeypatch").chdir(tmp_path)  # side files in the test's own folder
+        return Path(request.getfixturevalue("postgres_server").new_database())
     return tmp_path / "fleet.db"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster for the session (temp folder, free port, socket in the folder)."""
+    bindir = postgres_bin()
+    if bindir is None:
+        if os.environ.get("FLEET_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL binaries not found (/usr/lib/postgresql/*/bin) but FLEET_REQUIRE_POSTGRES is set")
+        pytest.skip("PostgreSQL is not installed here (no /usr/lib/postgresql/*/bin/initdb; .ci/run installs it)")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_db(postgres_server: PostgresServer) -> Path:
+    """A fresh, empty PostgreSQL database as the ``--db`` value (a URL carried in a Path, as the CLI does)."""
+    return Path(postgres_server.new_database())
 
 
 @pytest.fixture

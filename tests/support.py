@@ -141,6 +141,8 @@ class HubProcess:
     def __init__(self, db: Path, port: int, log: Path, *extra: str) -> None:
         self.db, self.port, self.log, self.extra = db, port, log, extra
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cwd: Path | None = None
+        """The process's working folder (None: the test's); a worker "on another machine" has its own."""
 
     def command(self) -> list[str]:
         return [sys.executable, "-c", "from cli.main import main; main()", "--db", str(self.db), "hub",
@@ -148,7 +150,7 @@ class HubProcess:
 
     def start(self) -> HubProcess:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log,
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=self.cwd,
                                          env={**os.environ, "FLEET_LOG_FORMAT": "text"})
         return self
 
@@ -183,3 +185,37 @@ def session_state(broker: BackgroundBroker, client_id: str) -> str | None:
         entry = broker.broker.amqtt._sessions.get(client_id)
         return None if entry is None else str(entry[0].transitions.state)
     return broker.call(read)  # type: ignore[no-any-return]
+
+
+_PG_READERS: dict[str, object] = {}
+"""One read-only connection per PostgreSQL database, kept across polls: a test that polls every 20 ms must
+not make the server start a backend process 50 times a second (that alone loads a busy machine)."""
+
+
+def db_rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
+    """Rows of ``sql`` (SQLite dialect) on the fleet database ``db``, SQLite file or PostgreSQL URL; [] when
+    the database cannot be read yet (not created, locked, a table missing)."""
+    import sqlite3
+
+    from hub.storage import StorageError, open_database
+    from hub.storage.location import postgres_url
+
+    url = postgres_url(db)
+    try:
+        conn = _PG_READERS.get(url) if url else None
+        if conn is None:
+            conn = open_database(db, readonly=True)
+            if url:
+                _PG_READERS[url] = conn
+    except StorageError:
+        return []
+    try:
+        return [tuple(r) for r in conn.execute(sql, params).fetchall()]  # type: ignore[attr-defined]
+    except sqlite3.Error:
+        if url:
+            _PG_READERS.pop(url, None)
+            conn.close()  # type: ignore[attr-defined]
+        return []
+    finally:
+        if not url:
+            conn.close()  # type: ignore[attr-defined]

@@ -4,8 +4,11 @@ This package sits below ``broker/`` and the rest of ``hub/``: it imports only th
 library and ``protocol``, so the broker (registry) and the hub (everything else) share it.
 
     errors.py      StorageError: the one error, one readable line
-    schema.py      the tables, PRAGMA user_version, migrations
+    schema.py      the tables, PRAGMA user_version, migrations; their PostgreSQL twins (PG_STEPS)
     connection.py  open_database (WAL, busy timeout, migrate; read-only never creates), transaction
+    location.py    what --db names: a SQLite file or a postgresql:// URL; where side files go
+    dialect.py     the package's SQLite dialect rewritten for PostgreSQL (statements and DDL)
+    postgres.py    PgConnection: psycopg 3 behind the sqlite3 surface the stores use; the write lock
     registry.py    principals: Role, Principal, PrincipalStore; quotas: QuotaStore
     ingest.py      the writer's tables: IngestStore
     presence.py    devices and presence events: PresenceStore
@@ -21,7 +24,7 @@ library and ``protocol``, so the broker (registry) and the hub (everything else)
 
 from hub.storage.commands import ACTIVE_STATES, CommandRecord, CommandStore, new_command_id
 from hub.storage.config import ConfigStore, DeviceConfigRow, KeyRow
-from hub.storage.connection import dict_rows, open_database, reading, transaction
+from hub.storage.connection import Connection, dict_rows, open_database, reading, transaction
 from hub.storage.errors import StorageError
 from hub.storage.firmware import FirmwareStore, ImageRow, RolloutDeviceRow, RolloutRow
 from hub.storage.ingest import GapRow, IngestStore, StreamRow
@@ -37,6 +40,7 @@ __all__ = [
     "CommandRecord",
     "CommandStore",
     "ConfigStore",
+    "Connection",
     "DeviceConfigRow",
     "KeyRow",
     "DeviceLinkRow",

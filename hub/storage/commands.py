@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.storage.connection import open_database, transaction
+from hub.storage.connection import Connection, open_database, transaction
 from protocol.models import CommandState
 
 ACTIVE_STATES = (CommandState.QUEUED, CommandState.SENT, CommandState.DELIVERED)
@@ -68,8 +67,8 @@ class CommandStore:
     Takes a connection, or a path to open (``readonly`` for listings: never creates the file).
     """
 
-    def __init__(self, db: sqlite3.Connection | str | Path, *, readonly: bool = False) -> None:
-        self.conn = db if isinstance(db, sqlite3.Connection) else open_database(db, readonly=readonly)
+    def __init__(self, db: Connection | str | Path, *, readonly: bool = False) -> None:
+        self.conn = open_database(db, readonly=readonly) if isinstance(db, (str, Path)) else db
 
     def close(self) -> None:
         self.conn.close()

@@ -15,12 +15,11 @@ Values are stored as JSON text (an argument value: text, bool, integer or float)
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.storage.connection import transaction
+from hub.storage.connection import Connection, transaction
 
 @dataclass(slots=True)
 class KeyRow:
@@ -61,7 +60,7 @@ def _load(text: str | None) -> tuple[bool, Any]:
 class ConfigStore:
     """Configuration and description rows on one connection (one owner per connection)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def _ensure(self, device_id: str) -> None:

@@ -5,6 +5,11 @@ version, the file created when missing). ``readonly=True`` is for the CLI's list
 dashboard: it never creates the file ("no database at PATH" instead) and never writes, except
 that a file from an older release is upgraded once, in place, before it is read.
 Every failure to open is a :class:`~hub.storage.errors.StorageError` with a one-line message.
+
+``path`` may also name a PostgreSQL database (``postgresql://user@host/dbname``, see
+:mod:`hub.storage.location`): the same calls then return a :class:`~hub.storage.postgres.PgConnection`
+(schema brought to the same version; ``readonly`` sessions refuse writes), and :func:`transaction`
+takes the write lock that stands for ``BEGIN IMMEDIATE``.
 """
 
 from __future__ import annotations
@@ -14,10 +19,18 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+from hub.storage.dialect import is_pg
 from hub.storage.errors import StorageError, storage_error
-from hub.storage.schema import CURRENT_VERSION, check_version, migrate
+from hub.storage.location import postgres_url
+from hub.storage.schema import CURRENT_VERSION, check_pg_version, check_version, migrate, migrate_postgres
+
+if TYPE_CHECKING:
+    from hub.storage.postgres import PgConnection
+
+Connection: TypeAlias = "sqlite3.Connection | PgConnection"
+"""A connection of the storage package: SQLite's, or PostgreSQL's behind the same surface."""
 
 BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another writer's lock before SQLite says "database is locked"."""
@@ -30,13 +43,16 @@ READ_BUSY_TIMEOUT_S = 2.0
 """Readers (CLI, dashboard) never wait long: WAL readers only wait during a checkpoint or an upgrade."""
 
 
-def open_database(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+def open_database(path: str | Path, *, readonly: bool = False) -> Connection:
     """A connection to the fleet database at ``path``, in autocommit mode (transactions are explicit).
 
     Writable (the default): WAL journal, ``synchronous=NORMAL``, a busy timeout, the schema migrated
     to the current version; the file is created when it does not exist. ``readonly``: the file must
     exist. Raises :class:`StorageError` for a missing, unreadable, locked or foreign file.
     """
+    url = postgres_url(path)
+    if url is not None:
+        return _open_postgres(url, readonly=readonly)
     p = Path(path)
     if p.is_dir():
         raise StorageError(p, f"{p} is a folder, not a fleet database", "pass --db with a file path")
@@ -58,6 +74,28 @@ def open_database(path: str | Path, *, readonly: bool = False) -> sqlite3.Connec
     except sqlite3.Error as exc:
         conn.close()
         raise storage_error(p, exc) from None
+    return conn
+
+
+def _open_postgres(url: str, *, readonly: bool) -> PgConnection:
+    """A PostgreSQL connection with the schema at the current version (readonly: upgraded once, then read-only)."""
+    from hub.storage.postgres import PgConnection  # psycopg is imported only by processes that use PostgreSQL
+
+    conn = PgConnection(url, readonly=readonly)
+    try:
+        if readonly:
+            if check_pg_version(conn) != CURRENT_VERSION:
+                conn.close()
+                _open_postgres(url, readonly=False).close()  # an empty or older database: made current once
+                return _open_postgres(url, readonly=True)
+        else:
+            migrate_postgres(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StorageError(conn.name, f"the PostgreSQL database {conn.name} cannot be used ({exc})") from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -96,8 +134,19 @@ def _connect_readonly(p: Path, *, immutable: bool) -> sqlite3.Connection:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction (``BEGIN IMMEDIATE``): committed at the end, rolled back when the block raises."""
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """One write transaction (``BEGIN IMMEDIATE``, or its PostgreSQL twin: the write lock): committed at the
+    end, rolled back when the block raises."""
+    if is_pg(conn):
+        pg: PgConnection = conn  # type: ignore[assignment]
+        pg.begin_write()
+        try:
+            yield conn
+        except BaseException:
+            pg.rollback()
+            raise
+        pg.commit()
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -108,7 +157,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 @contextmanager
-def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
+def reading(path: str | Path) -> Iterator[Connection]:
     """A read-only connection for one query or a few; SQLite errors while reading become StorageError."""
     conn = open_database(path, readonly=True)
     try:
@@ -119,7 +168,7 @@ def reading(path: str | Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def dict_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+def dict_rows(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """The rows of ``sql`` as dicts keyed by column name."""
     cur = conn.execute(sql, params)
     cols = [c[0] for c in cur.description]

@@ -8,11 +8,10 @@ conditional UPDATE, so the two never overwrite each other's fields.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hub.storage.connection import transaction
+from hub.storage.connection import Connection, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +73,7 @@ def _rollout(row: tuple) -> RolloutRow:  # type: ignore[type-arg]
 class FirmwareStore:
     """Firmware images and rollouts on one connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     # ------------------------------------------------------------ images
@@ -85,10 +84,10 @@ class FirmwareStore:
             if self.conn.execute("SELECT 1 FROM firmware_images WHERE version = ? AND model = ?",
                                  (version, model)).fetchone():
                 return None
-            cur = self.conn.execute(
-                "INSERT INTO firmware_images (version, model, size, sha256, data, added_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (version, model, len(data), sha256, data, now))
-        return ImageRow(int(cur.lastrowid or 0), version, model, len(data), sha256, now)
+            row = self.conn.execute(
+                "INSERT INTO firmware_images (version, model, size, sha256, data, added_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " RETURNING id", (version, model, len(data), sha256, data, now)).fetchone()
+        return ImageRow(int(row[0]), version, model, len(data), sha256, now)
 
     def images(self) -> list[ImageRow]:
         """Every image, oldest first."""
@@ -116,11 +115,11 @@ class FirmwareStore:
                        now: float) -> int:
         """A new running rollout and its devices ``(device_id, first stage, fw now)``; returns its id."""
         with transaction(self.conn):
-            cur = self.conn.execute(
+            rollout_id = int(self.conn.execute(
                 "INSERT INTO rollouts (image_id, grp, stages, stage, state, max_failure_rate, max_concurrent,"
-                " bandwidth, created_at, updated_at) VALUES (?, ?, ?, 0, 'running', ?, ?, ?, ?, ?)",
-                (image_id, group, json.dumps(list(stages)), max_failure_rate, max_concurrent, bandwidth, now, now))
-            rollout_id = int(cur.lastrowid or 0)
+                " bandwidth, created_at, updated_at) VALUES (?, ?, ?, 0, 'running', ?, ?, ?, ?, ?) RETURNING id",
+                (image_id, group, json.dumps(list(stages)), max_failure_rate, max_concurrent, bandwidth, now, now)
+            ).fetchone()[0])
             self.conn.executemany(
                 "INSERT INTO rollout_devices (rollout_id, device_id, stage, state, from_fw, updated_at)"
                 " VALUES (?, ?, ?, 'pending', ?, ?)",

@@ -8,18 +8,22 @@ Used by exactly one thread (the writer), on its own connection, inside
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.storage.connection import transaction
-from hub.storage.rollups import fold
+from hub.storage.connection import Connection, transaction
+from hub.storage.dialect import is_pg
+from hub.storage.rollups import Fold, fold
 from hub.storage.runs import CLEAN, Run, build_runs
-from hub.storage.schema import ROLLUP_UPSERT, RUN_UPSERT, rollup_rows
+from hub.storage.schema import ROLLUP_COLUMNS, ROLLUP_UPSERT, RUN_COLUMNS, RUN_UPSERT, rollup_rows
 from hub.storage.values import pack, unpack
 from protocol.limits import LIMITS
+
+def _as_is(value: float) -> float:
+    return value
+
 
 _UNKNOWN = object()
 """A stream whose newest run has not been looked up yet."""
@@ -51,8 +55,11 @@ class IngestStore:
     rolls back (a key inserted in it is gone), so a cached key always exists in the file.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._pg = is_pg(conn)
+        self._drawn = -2  # the last number this store drew from ingest_writes (PostgreSQL)
+        self._pack = _as_is if self._pg else pack  # PostgreSQL keeps a reading's value as a plain double
         self._devices: dict[str, int] = {}
         self._series: dict[tuple[str, str], int] = {}
         self._counted = {"readings": 0, "messages": 0}
@@ -68,11 +75,11 @@ class IngestStore:
         self._round_deleted = 0  # readings deleted so far in this round
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """One write transaction; the running totals are added in it; rolled back when the block raises."""
         try:
             with transaction(self.conn):
-                version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+                version = self._write_generation()
                 if version != self._data_version:  # another connection committed: our runs may be stale
                     self._tails.clear()
                     self._data_version = version
@@ -94,8 +101,21 @@ class IngestStore:
         finally:
             self._counted = dict.fromkeys(self._counted, 0)
 
+    def _write_generation(self) -> int:
+        """A number that changes when another connection committed since this one's last transaction: SQLite's
+        ``data_version``; on PostgreSQL every ingest transaction draws from the sequence ``ingest_writes`` (under
+        the write lock), so a draw that is not our previous one plus one means another worker wrote between."""
+        if not self._pg:
+            return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        drawn = int(self.conn.execute("SELECT nextval('ingest_writes')").fetchone()[0])
+        previous, self._drawn = self._drawn, drawn
+        return self._data_version if drawn == previous + 1 else -drawn
+
     def checkpoint(self) -> None:
-        """Copy the WAL into the database file and truncate it (tools and benchmarks; the hub lets SQLite do it)."""
+        """Copy the WAL into the database file and truncate it (tools and benchmarks; the hub lets SQLite do it).
+        Nothing to do on PostgreSQL (its server checkpoints)."""
+        if self._pg:
+            return
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # ------------------------------------------------------------------ keys
@@ -203,9 +223,9 @@ class IngestStore:
         return True
 
     def _flush_runs(self) -> None:
-        """Write the runs this transaction created or grew (one executemany)."""
+        """Write the runs this transaction created or grew (one executemany; COPY on PostgreSQL)."""
         if self._pending:
-            self.conn.executemany(RUN_UPSERT, [run.row() for run in self._pending.values()])
+            self._upsert(RUN_UPSERT, "message_runs", RUN_COLUMNS, [run.row() for run in self._pending.values()])
             for run in self._pending.values():
                 run.state = CLEAN
             self._pending.clear()
@@ -236,14 +256,34 @@ class IngestStore:
             if key is None:
                 key = self.series_key(device_id, metric)
             ts_ms = round(ts * 1000)
-            out.append((key, ts_ms, boot, seq, idx, pack(value)))
+            out.append((key, ts_ms, boot, seq, idx, self._pack(value)))
             folding.append((key, ts_ms, value))
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", out)
+        self._insert_samples(out)
         self._counted["readings"] += len(out)
         # one upsert per (series, period, start) per batch; the values as the devices sent them
-        acc = fold(folding)
-        self.conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
+        self._upsert_rollups(fold(folding))
+
+    def _insert_samples(self, rows: list[tuple[int, int, int, int, int, int | float]]) -> None:
+        if self._pg:  # COPY and one INSERT ... SELECT: a few round trips per batch instead of one per row
+            self.conn.copy_insert(  # type: ignore[union-attr]
+                "samples", ("series", "ts", "boot", "seq", "idx", "value"), rows, "ON CONFLICT DO NOTHING")
+        else:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def _upsert_rollups(self, acc: Fold) -> None:
+        self._upsert(ROLLUP_UPSERT, "rollups", ROLLUP_COLUMNS, sorted(rollup_rows(acc)))
+
+    def _upsert(self, upsert: str, table: str, columns: tuple[str, ...], rows: list[Any]) -> None:
+        """``upsert`` (INSERT ... VALUES (?, ...) ON CONFLICT ...) for each row; on PostgreSQL one COPY and one
+        INSERT ... SELECT with the same conflict clause (the rows' keys are distinct)."""
+        if not rows:
+            return
+        if self._pg:
+            tail = upsert[upsert.index(" ON CONFLICT"):]
+            self.conn.copy_insert(table, columns, rows, tail)  # type: ignore[union-attr]
+        else:
+            self.conn.executemany(upsert, rows)
 
     def stage_readings(self, device_id: str, boot: int, seq: int, base_ms: int,
                        readings: Sequence[tuple[int, str, float]], received_at: float) -> None:
@@ -254,6 +294,7 @@ class IngestStore:
         """
         series = self._series
         staged = self._staged
+        packed = self._pack
         folding = self._folding
         latest = self._latest
         for idx, (dt, metric, value) in enumerate(readings):
@@ -261,7 +302,7 @@ class IngestStore:
             if key is None:
                 key = self.series_key(device_id, metric)
             ts = base_ms + dt
-            staged.append((key, ts, boot, seq, idx, pack(value)))
+            staged.append((key, ts, boot, seq, idx, packed(value)))
             folding.append((key, ts, value))
             prev = latest.get(key)
             if prev is None or ts >= prev[0]:
@@ -270,10 +311,9 @@ class IngestStore:
     def _flush_readings(self) -> None:
         if not self._staged:
             return
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", self._staged)
+        self._insert_samples(self._staged)
         self._counted["readings"] += len(self._staged)
-        self.conn.executemany(ROLLUP_UPSERT, rollup_rows(fold(self._folding)))
+        self._upsert_rollups(fold(self._folding))
         self.upsert_latest([(device_id, metric, ts / 1000.0, value, received_at)
                             for ts, value, device_id, metric, received_at in self._latest.values()])
         self._staged = []
@@ -349,8 +389,7 @@ class IngestStore:
             still = self.conn.execute(
                 f"SELECT series, ts, value FROM samples WHERE series IN ({marks}) AND ts < ?",
                 (*series, below)).fetchall()
-            acc = fold((sid, ts, unpack(v)) for sid, ts, v in [*still, *moved])
-            self.conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
+            self._upsert_rollups(fold((sid, ts, unpack(v)) for sid, ts, v in [*still, *moved]))
         return len(moved)
 
     def insert_reply(self, device_id: str, command_id: str, state: str, detail: str, result: dict[str, Any],

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
+
+from hub.storage.connection import Connection
 
 
 @dataclass(slots=True)
@@ -41,7 +42,7 @@ class DeviceLinkRow:
 class PresenceStore:
     """Presence rows on one connection (the writer's, or the command bridge's for reading)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def load_devices(self) -> list[DeviceRow]:

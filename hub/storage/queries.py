@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.storage.connection import dict_rows
+from hub.storage.connection import Connection, dict_rows
+from hub.storage.dialect import is_pg
 from hub.storage.registry import PrincipalStore
 from hub.storage.rollups import Period
 from hub.storage.runs import message_meta
@@ -55,7 +56,7 @@ def _readings_params(device_id: str, metric: str | None, since: float | None, li
             *([limit] if limit is not None else [])]
 
 
-def readings(conn: sqlite3.Connection, device_id: str, metric: str | None = None, since: float | None = None,
+def readings(conn: Connection, device_id: str, metric: str | None = None, since: float | None = None,
              limit: int | None = None) -> list[dict[str, Any]]:
     """Readings of one device in time order, optionally of one metric and since a Unix time.
 
@@ -78,7 +79,7 @@ def _rollup_row(device_id: str, metric: str, period: int, start: int, count: int
             "min": low, "max": high, "mean": total / count, "last": last, "last_ts": (start + last_dt) / 1000.0}
 
 
-def rollups(conn: sqlite3.Connection, device_id: str, period: Period, metric: str | None = None,
+def rollups(conn: Connection, device_id: str, period: Period, metric: str | None = None,
             since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Aggregates of one device per ``period`` (count, min, max, mean, last), oldest first.
 
@@ -116,7 +117,7 @@ def _rollup_bounds(period: Period, since: float | None, until: float | None,
     return " AND ".join(clauses), params
 
 
-def count_rollups(conn: sqlite3.Connection, period: Period, since: float | None = None, until: float | None = None,
+def count_rollups(conn: Connection, period: Period, since: float | None = None, until: float | None = None,
                   device_id: str | None = None) -> int:
     """How many aggregate rows lie within these bounds."""
     where, params = _rollup_bounds(period, since, until, device_id)
@@ -124,7 +125,7 @@ def count_rollups(conn: sqlite3.Connection, period: Period, since: float | None 
                             params).fetchone()[0])
 
 
-def iter_rollups(conn: sqlite3.Connection, period: Period, since: float | None = None, until: float | None = None,
+def iter_rollups(conn: Connection, period: Period, since: float | None = None, until: float | None = None,
                  device_id: str | None = None, chunk: int = 5_000) -> Iterator[list[tuple[Any, ...]]]:
     """Aggregate rows in chunks of tuples in :data:`ROLLUP_COLUMNS` order, by series then time (keyset-paginated)."""
     where, params = _rollup_bounds(period, since, until, device_id)
@@ -141,30 +142,33 @@ def iter_rollups(conn: sqlite3.Connection, period: Period, since: float | None =
         yield [tuple(_rollup_row(*names[sid], int(period), *rest).values()) for sid, *rest in rows]
 
 
-def _series_names(conn: sqlite3.Connection) -> dict[int, tuple[str, str]]:
+def _series_names(conn: Connection) -> dict[int, tuple[str, str]]:
     return {sid: (device, metric) for sid, device, metric in conn.execute(
         "SELECT r.id, d.device_id, m.metric FROM series r JOIN device_keys d ON d.id = r.device"
         " JOIN metric_keys m ON m.id = r.metric")}
 
 
-def readings_plan(conn: sqlite3.Connection, device_id: str, metric: str | None = None,
+def readings_plan(conn: Connection, device_id: str, metric: str | None = None,
                   since: float | None = None) -> str:
     """SQLite's plan for :func:`readings` (tests and the bench check it is a range scan)."""
+    if is_pg(conn):
+        sql = "EXPLAIN " + _readings_sql(metric, since, None)
+        return " | ".join(str(r[0]).strip() for r in conn.execute(sql, _readings_params(device_id, metric, since, None)))
     sql = "EXPLAIN QUERY PLAN " + _readings_sql(metric, since, None)
     return " | ".join(str(r[-1]) for r in conn.execute(sql, _readings_params(device_id, metric, since, None)))
 
 
-def readings_stored(conn: sqlite3.Connection) -> int:
+def readings_stored(conn: Connection) -> int:
     """Readings stored since the file was created (retention does not lower it): rates from two looks."""
     return int(conn.execute("SELECT value FROM counters WHERE name = 'readings'").fetchone()[0])
 
 
-def messages_stored(conn: sqlite3.Connection) -> int:
+def messages_stored(conn: Connection) -> int:
     """Messages stored since the file was created (retention does not lower it)."""
     return int(conn.execute("SELECT value FROM counters WHERE name = 'messages'").fetchone()[0])
 
 
-def latest(conn: sqlite3.Connection, device_id: str | None = None) -> list[dict[str, Any]]:
+def latest(conn: Connection, device_id: str | None = None) -> list[dict[str, Any]]:
     """The latest value of each metric, for one device or all."""
     if device_id is None:
         return dict_rows(conn, "SELECT device_id, metric, ts, value, received_at FROM latest ORDER BY device_id, metric")
@@ -172,7 +176,7 @@ def latest(conn: sqlite3.Connection, device_id: str | None = None) -> list[dict[
                      " ORDER BY metric", [device_id])
 
 
-def deadletters(conn: sqlite3.Connection, reason: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def deadletters(conn: Connection, reason: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """The newest dead letters first; the payload as hex."""
     sql = ("SELECT id, device_id, topic, reason, detail, hex(payload) AS payload_hex, size, received_at, boot, seq"
            " FROM deadletters")
@@ -185,12 +189,12 @@ def deadletters(conn: sqlite3.Connection, reason: str | None = None, limit: int 
     return dict_rows(conn, sql, params)
 
 
-def deadletter_counts(conn: sqlite3.Connection) -> dict[str, int]:
+def deadletter_counts(conn: Connection) -> dict[str, int]:
     """Dead letters per reason."""
     return dict(conn.execute("SELECT reason, COUNT(*) FROM deadletters GROUP BY reason").fetchall())
 
 
-def gaps(conn: sqlite3.Connection, device_id: str | None = None, open_only: bool = False) -> list[dict[str, Any]]:
+def gaps(conn: Connection, device_id: str | None = None, open_only: bool = False) -> list[dict[str, Any]]:
     """Recorded gaps, optionally of one device and only the open ones."""
     sql = "SELECT id, device_id, boot, from_seq, to_seq, missing, detected_at, closed_at, dropped_at FROM gaps WHERE 1=1"
     params: list[Any] = []
@@ -202,14 +206,14 @@ def gaps(conn: sqlite3.Connection, device_id: str | None = None, open_only: bool
     return dict_rows(conn, sql + " ORDER BY device_id, boot, from_seq", params)
 
 
-def presence(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+def presence(conn: Connection) -> dict[str, dict[str, Any]]:
     """Presence rows by device id."""
     return {r["device_id"]: r for r in dict_rows(
         conn, "SELECT device_id, state, state_reason, state_since, last_seen, fw, boot, enc, interval_s, incarnation,"
               " boot_ts FROM devices")}
 
 
-def resets(conn: sqlite3.Connection, device_id: str | None = None) -> list[dict[str, Any]]:
+def resets(conn: Connection, device_id: str | None = None) -> list[dict[str, Any]]:
     """Recorded resets (births whose boot went back: firmware_protocol.md 4.1), oldest first."""
     sql = "SELECT id, device_id, incarnation, old_boot, new_boot, ts FROM device_resets"
     if device_id is None:
@@ -217,13 +221,13 @@ def resets(conn: sqlite3.Connection, device_id: str | None = None) -> list[dict[
     return dict_rows(conn, sql + " WHERE device_id = ? ORDER BY id", [device_id])
 
 
-def presence_events(conn: sqlite3.Connection, device_id: str) -> list[dict[str, Any]]:
+def presence_events(conn: Connection, device_id: str) -> list[dict[str, Any]]:
     """Online/offline transitions of one device, oldest first."""
     return dict_rows(conn, "SELECT id, device_id, state, reason, boot, ts FROM presence_events WHERE device_id = ?"
                      " ORDER BY id", [device_id])
 
 
-def alerts(conn: sqlite3.Connection, device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def alerts(conn: Connection, device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """The newest alerts first, optionally of one device."""
     sql = "SELECT id, device_id, boot, seq, ts, code, severity, message, received_at FROM alerts"
     params: list[Any] = []
@@ -233,15 +237,25 @@ def alerts(conn: sqlite3.Connection, device_id: str | None = None, limit: int = 
     return dict_rows(conn, sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
 
 
-def table_counts(conn: sqlite3.Connection) -> dict[str, int]:
+def table_counts(conn: Connection) -> dict[str, int]:
     """Rows per table (for tests and the migration check)."""
-    names = [r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    if is_pg(conn):
+        names = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            " AND table_type = 'BASE TABLE' AND table_name <> 'schema_version' ORDER BY table_name")]
+    else:
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
     return {name: int(conn.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]) for name in names}
 
 
-def space_by_table(conn: sqlite3.Connection) -> dict[str, int]:
-    """Bytes on disk per table and index (SQLite's ``dbstat``; empty when this SQLite lacks it)."""
+def space_by_table(conn: Connection) -> dict[str, int]:
+    """Bytes on disk per table and index (SQLite's ``dbstat``, empty when this SQLite lacks it; PostgreSQL's
+    relation sizes)."""
+    if is_pg(conn):
+        return dict(conn.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i') ORDER BY 2 DESC").fetchall())
     try:
         return dict(conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall())
     except sqlite3.OperationalError:
@@ -265,7 +279,7 @@ def _reading_bounds(since: float | None, until: float | None, device_id: str | N
     return " AND ".join(clauses) or "1=1", params
 
 
-def count_readings(conn: sqlite3.Connection, since: float | None = None, until: float | None = None,
+def count_readings(conn: Connection, since: float | None = None, until: float | None = None,
                    device_id: str | None = None) -> int:
     """How many readings lie within these bounds."""
     where, params = _reading_bounds(since, until, device_id)
@@ -273,7 +287,7 @@ def count_readings(conn: sqlite3.Connection, since: float | None = None, until: 
                             params).fetchone()[0])
 
 
-def iter_readings(conn: sqlite3.Connection, since: float | None = None, until: float | None = None,
+def iter_readings(conn: Connection, since: float | None = None, until: float | None = None,
                   device_id: str | None = None, chunk: int = 5_000) -> Iterator[list[tuple[Any, ...]]]:
     """Readings in chunks of ``chunk`` tuples in :data:`READING_COLUMNS` order, keyset-paginated (flat memory).
 
@@ -333,7 +347,7 @@ COMMAND_VIEW_COLUMNS = "id, device_id, name, state, updated_at, created_at, deta
 ALERT_VIEW_COLUMNS = "received_at, device_id, severity, code, message"
 
 
-def overview(conn: sqlite3.Connection, n_commands: int, n_events: int, alerts_since: float = 0.0) -> OverviewRows:
+def overview(conn: Connection, n_commands: int, n_events: int, alerts_since: float = 0.0) -> OverviewRows:
     """The rows of one dashboard snapshot: small tables and indexed lookups only."""
     q = lambda sql, *p: conn.execute(sql, p).fetchall()  # noqa: E731
     return OverviewRows(
@@ -358,7 +372,7 @@ def overview(conn: sqlite3.Connection, n_commands: int, n_events: int, alerts_si
             "SELECT ts, device_id, old_boot, new_boot, incarnation FROM device_resets ORDER BY id DESC LIMIT ?",
             n_events)],
         alert_counts={d: (int(c or 0), int(n)) for d, c, n in q(
-            "SELECT device_id, SUM(severity = 'critical'), COUNT(*) FROM alerts WHERE received_at >= ? GROUP BY device_id",
+            "SELECT device_id, SUM(CASE WHEN severity = 'critical' THEN 1 ELSE 0 END), COUNT(*) FROM alerts WHERE received_at >= ? GROUP BY device_id",
             alerts_since)},
     )
 
@@ -383,19 +397,22 @@ class DeviceDetailRows:
     """As :attr:`OverviewRows.alerts`, newest first."""
 
 
-def device_detail(conn: sqlite3.Connection, device_id: str, since: float, bucket_s: float, limit: int) -> DeviceDetailRows:
+def device_detail(conn: Connection, device_id: str, since: float, bucket_s: float, limit: int) -> DeviceDetailRows:
     """One device: metric history since ``since`` as per-``bucket_s`` mean/min/max (one range scan of the
     (device_id, ts) index: an hour at 2 readings/s is a few thousand rows), its presence, and the newest
     ``limit`` presence events, commands and alerts."""
     q = lambda sql, *p: conn.execute(sql, p).fetchall()  # noqa: E731
     bucket_s = max(bucket_s, 1e-3)
+    pg = is_pg(conn)
+    unpacked = "s.value" if pg else _UNPACK  # a plain double on PostgreSQL
+    bucket = "CAST(trunc((s.ts / 1000.0 - ?) / ?) AS BIGINT)" if pg else "CAST((s.ts / 1000.0 - ?) / ? AS INTEGER)"
     return DeviceDetailRows(
         presence=conn.execute("SELECT state_since, state_reason, boot FROM devices WHERE device_id = ?",
                               (device_id,)).fetchone(),
         history=[tuple(r) for r in q(  # type: ignore[misc]
             # straight from samples, series by series (a range scan of the clustered key), not the readings view
-            f"SELECT m.metric, CAST((s.ts / 1000.0 - ?) / ? AS INTEGER) AS b, AVG({_UNPACK}), MIN({_UNPACK}),"
-            f" MAX({_UNPACK}) FROM series r JOIN metric_keys m ON m.id = r.metric JOIN samples s ON s.series = r.id"
+            f"SELECT m.metric, {bucket} AS b, AVG({unpacked}), MIN({unpacked}),"
+            f" MAX({unpacked}) FROM series r JOIN metric_keys m ON m.id = r.metric JOIN samples s ON s.series = r.id"
             " WHERE r.device = (SELECT id FROM device_keys WHERE device_id = ?) AND s.ts >= ?"
             " GROUP BY m.metric, b ORDER BY m.metric, b", since, bucket_s, device_id, round(since * 1000))],
         latest=dict(q("SELECT metric, value FROM latest WHERE device_id = ?", device_id)),

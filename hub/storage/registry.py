@@ -8,10 +8,11 @@ reads and writes rows.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from hub.storage.connection import Connection
 
 
 class Role(StrEnum):
@@ -54,7 +55,7 @@ _COLUMNS = "id, role, secret_hash, created_at, revoked_at, grp, tags"
 class PrincipalStore:
     """Rows of the ``principals`` table on one connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def put(self, principal: Principal) -> None:
@@ -115,7 +116,7 @@ QUOTA_FIELDS = ("msgs_per_s", "burst_msgs", "bytes_per_s", "burst_bytes", "hard_
 class QuotaStore:
     """Rows of the ``quotas`` table on one connection (rules in ``broker.registry``/``broker.quota``)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def put(self, subject: str, fields: dict[str, float | None]) -> None:

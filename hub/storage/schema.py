@@ -45,7 +45,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from hub.storage.dialect import ddl_to_postgres
 from hub.storage.errors import StorageError
 from hub.storage.rollups import Fold, fold
 from hub.storage.runs import build_runs, sql_message_meta
@@ -341,14 +343,16 @@ V3_ROLLUPS = """CREATE TABLE rollups (
 not 6); mean = total / count. Values stay REAL: an aggregate row covers many readings, and packing
 them would cost the writer three conversions per row for about half a byte per reading."""
 
+ROLLUP_COLUMNS = ("series", "period", "start", "count", "low", "high", "total", "last", "last_dt")
+
 ROLLUP_UPSERT = (
     "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
-    " count = count + excluded.count, low = MIN(low, excluded.low), high = MAX(high, excluded.high),"
-    " total = total + excluded.total,"
-    " last = CASE WHEN excluded.last_dt >= last_dt THEN excluded.last ELSE last END,"
-    " last_dt = MAX(last_dt, excluded.last_dt)")
-"""Merge a batch's aggregate into the stored one."""
+    " count = rollups.count + excluded.count, low = MIN(rollups.low, excluded.low),"
+    " high = MAX(rollups.high, excluded.high), total = rollups.total + excluded.total,"
+    " last = CASE WHEN excluded.last_dt >= rollups.last_dt THEN excluded.last ELSE rollups.last END,"
+    " last_dt = MAX(rollups.last_dt, excluded.last_dt)")
+"""Merge a batch's aggregate into the stored one (columns qualified: PostgreSQL finds bare names ambiguous)."""
 
 
 def rollup_rows(acc: Fold) -> list[tuple[int, int, int, int, float, float, float, float, int]]:
@@ -367,17 +371,14 @@ def _to_v3(conn: sqlite3.Connection, path: Path) -> None:
         conn.executemany(ROLLUP_UPSERT, rollup_rows(acc))
 
 
-def _to_v4_contract(conn: sqlite3.Connection, path: Path) -> None:
-    """Device contract v2 (firmware_protocol.md 4.1, 5.4, 7.1): dropped gaps, dead letters under their seq,
-    device incarnations (resets) and the power-up time of uptime-stamping devices. Additive only."""
-    for ddl in (
-        "ALTER TABLE gaps ADD COLUMN dropped_at REAL",
-        "ALTER TABLE deadletters ADD COLUMN boot INTEGER",
-        "ALTER TABLE deadletters ADD COLUMN seq INTEGER",
-        "CREATE UNIQUE INDEX IF NOT EXISTS deadletters_key ON deadletters (device_id, boot, seq) WHERE seq IS NOT NULL",
-        "ALTER TABLE devices ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE devices ADD COLUMN boot_ts INTEGER",
-        """CREATE TABLE IF NOT EXISTS device_resets (
+V4_CONTRACT = (
+    "ALTER TABLE gaps ADD COLUMN dropped_at REAL",
+    "ALTER TABLE deadletters ADD COLUMN boot INTEGER",
+    "ALTER TABLE deadletters ADD COLUMN seq INTEGER",
+    "CREATE UNIQUE INDEX IF NOT EXISTS deadletters_key ON deadletters (device_id, boot, seq) WHERE seq IS NOT NULL",
+    "ALTER TABLE devices ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE devices ADD COLUMN boot_ts INTEGER",
+    """CREATE TABLE IF NOT EXISTS device_resets (
     id INTEGER PRIMARY KEY,
     device_id TEXT NOT NULL,
     incarnation INTEGER NOT NULL,
@@ -385,7 +386,13 @@ def _to_v4_contract(conn: sqlite3.Connection, path: Path) -> None:
     new_boot INTEGER NOT NULL,
     ts REAL NOT NULL
 )""",
-    ):
+)
+
+
+def _to_v4_contract(conn: sqlite3.Connection, path: Path) -> None:
+    """Device contract v2 (firmware_protocol.md 4.1, 5.4, 7.1): dropped gaps, dead letters under their seq,
+    device incarnations (resets) and the power-up time of uptime-stamping devices. Additive only."""
+    for ddl in V4_CONTRACT:
         conn.execute(ddl)
 
 
@@ -596,6 +603,8 @@ FROM m JOIN message_runs k ON k.device = m.device AND k.boot = m.boot AND k.firs
 JOIN device_keys d ON d.id = k.device""",
 )
 
+RUN_COLUMNS = ("device", "boot", "first_seq", "last_seq", "kind", "skewed", "received_at", "lag_ms", "offsets")
+
 RUN_UPSERT = (
     "INSERT INTO message_runs (device, boot, first_seq, last_seq, kind, skewed, received_at, lag_ms, offsets)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, boot, first_seq) DO UPDATE SET"
@@ -657,3 +666,135 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
         raise
     conn.execute("COMMIT")
     return found
+
+
+# ---------------------------------------------------------------------------------------- PostgreSQL twin
+#
+# A PostgreSQL database keeps its version in the one-row table ``schema_version`` (there is no
+# user_version). PG_STEPS[n] is the DDL that brings it from version n - 1 to n: the same tables as the
+# SQLite migration, through :func:`hub.storage.dialect.ddl_to_postgres`. No PostgreSQL database ever
+# held the version-1 layout of readings and messages, so step 1 leaves those two tables out and step 2
+# only creates the compact layout and its views; the data-moving parts of SQLite's migrations have
+# nothing to move. A new SQLite migration needs its entry here (tests/storage check the two agree).
+
+PG_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+_PG_V1_SKIP = {"readings", "messages"}
+
+PG_V2_VIEWS = (
+    """CREATE VIEW readings AS
+SELECT d.device_id AS device_id, s.boot AS boot, s.seq AS seq, s.idx AS idx, m.metric AS metric,
+       s.value AS value, s.ts / 1000.0 AS ts, k.received_at / 1000.0 AS received_at,
+       COALESCE(k.skewed, 0) AS skewed
+FROM samples s JOIN series r ON r.id = s.series JOIN device_keys d ON d.id = r.device
+JOIN metric_keys m ON m.id = r.metric
+LEFT JOIN message_keys k ON k.device = r.device AND k.boot = s.boot AND k.seq = s.seq""",
+    V2_VIEWS[1],
+)
+"""The compatibility views; ``samples.value`` is a plain double on PostgreSQL (nothing to unpack)."""
+
+# (command_events has no key and is read in insertion order, "ORDER BY ts, rowid": ddl_to_postgres gives
+# such a table a rowid identity column)
+_PG_V1_TABLES = {name: ddl for name, ddl in V1_TABLES.items() if name not in _PG_V1_SKIP}
+
+
+def _pg(*ddl: str) -> tuple[str, ...]:
+    return tuple(ddl_to_postgres(d) for d in ddl)
+
+
+def _pg_message_meta(run: str, seq: str) -> tuple[str, str]:
+    """:func:`hub.storage.runs.sql_message_meta` for PostgreSQL (``get_byte`` of the bytea offsets)."""
+    at = f"(4 * ({seq} - {run}.first_seq) - 4)"
+    byte = lambda i: f"get_byte({run}.offsets, CAST({at} + {i} AS INTEGER))"  # noqa: E731
+    received = (f"({run}.received_at + CASE WHEN {seq} = {run}.first_seq THEN 0 ELSE"
+                f" {byte(0)} * 256 + {byte(1)} END)")
+    lag = (f"({run}.lag_ms + CASE WHEN {seq} = {run}.first_seq THEN 0 ELSE"
+           f" {byte(2)} * 256 + {byte(3)} - 32768 END)")
+    return received, lag
+
+
+_PG_SAMPLE_RECEIVED, _ = _pg_message_meta("k", "s.seq")
+_PG_MSG_RECEIVED, _PG_MSG_LAG = _pg_message_meta("k", "m.seq")
+PG_V9_VIEWS = (
+    V9_VIEWS[0].replace(SQL_UNPACK.format(col="s.value"), "s.value").replace(_SAMPLE_RECEIVED, _PG_SAMPLE_RECEIVED),
+    V9_VIEWS[1].replace(_MSG_RECEIVED, _PG_MSG_RECEIVED).replace(_MSG_LAG, _PG_MSG_LAG),
+)
+"""The views of version 9 on PostgreSQL: plain double values, offsets read with get_byte."""
+
+
+PG_TWINS: dict[Migration, tuple[str, ...]] = {
+    _to_v1: _pg(*_PG_V1_TABLES.values(), *(i for i in V1_INDEXES if "readings" not in i)),
+    _to_v2: (*_pg(*V2_TABLES), *PG_V2_VIEWS,
+             "INSERT INTO counters (name, value) VALUES ('readings', 0), ('messages', 0)"),
+    _to_v3: _pg(V3_ROLLUPS),
+    _to_v4_contract: _pg(*V4_CONTRACT),
+    _to_v5: _pg(*FIRMWARE_TABLES),
+    _to_v6_quotas: _pg(QUOTAS_TABLE),
+    _to_v7_config: _pg(*CONFIG_TABLES),
+    _to_v8_alarms: _pg(*ALARM_DDL),
+    _to_v9_message_runs: (
+        ddl_to_postgres(MESSAGE_RUNS), "DROP VIEW readings", "DROP VIEW messages", "DROP TABLE message_keys",
+        *PG_V9_VIEWS, "CREATE SEQUENCE IF NOT EXISTS ingest_writes"),
+}
+"""The PostgreSQL DDL of each SQLite migration (keyed by the migration, so renumbering keeps them paired)."""
+
+PG_STEPS: dict[int, tuple[str, ...]] = {n: PG_TWINS[m] for n, m in enumerate(MIGRATIONS, start=1) if m in PG_TWINS}
+"""``PG_STEPS[n]`` brings a PostgreSQL database from version ``n - 1`` to ``n`` (every n: tests/storage checks)."""
+
+
+def pg_version(conn: Any) -> int:
+    """The schema version of a PostgreSQL database (0: no fleet schema yet)."""
+    row = conn.execute_native("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not row[0]:
+        return 0
+    row = conn.execute_native("SELECT version FROM schema_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_pg_version(conn: Any) -> int:
+    """The database's version; StorageError when a newer release wrote it."""
+    version = pg_version(conn)
+    if version > CURRENT_VERSION:
+        raise StorageError(conn.name, f"{conn.name} has schema version {version}, newer than this fleet-hub knows "
+                           f"({CURRENT_VERSION})", "upgrade fleet-hub, or use the release that wrote it")
+    return version
+
+
+def migrate_postgres(conn: Any) -> int:
+    """Bring a PostgreSQL database to :data:`CURRENT_VERSION` in one transaction; returns the version it had.
+
+    A transaction-scoped advisory lock makes concurrent openers (workers starting together on several
+    machines) wait for the one that upgrades; DDL is transactional, so a failed upgrade leaves nothing.
+    """
+    from hub.storage.postgres import MIGRATION_LOCK
+
+    if check_pg_version(conn) == CURRENT_VERSION:
+        return CURRENT_VERSION
+    conn.execute_native("BEGIN")
+    try:
+        conn.execute_native("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        found = check_pg_version(conn)
+        if found < CURRENT_VERSION:
+            # a database that holds foreign tables of the same names is not ours: say so rather than mix
+            if found == 0:
+                _refuse_foreign_pg(conn)
+            for version in range(found + 1, CURRENT_VERSION + 1):
+                for ddl in PG_STEPS[version]:
+                    conn.execute_native(ddl)
+            conn.execute_native(PG_VERSION_TABLE)
+            conn.execute_native("DELETE FROM schema_version")
+            conn.execute_native("INSERT INTO schema_version (version) VALUES (%s)", [CURRENT_VERSION])
+        conn.execute_native("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
+    return found
+
+
+def _refuse_foreign_pg(conn: Any) -> None:
+    names = {r[0] for r in conn.execute_native(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()").fetchall()}
+    ours = names & (set(V1_TABLES) | {"samples", "message_keys", "device_keys"})
+    if ours:
+        raise StorageError(conn.name, f"{conn.name} holds tables named like fleet's ({', '.join(sorted(ours))}) "
+                           "but no fleet schema version", "pass --db with another database, or drop those tables")

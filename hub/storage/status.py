@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
+
+from hub.storage.connection import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,7 @@ class Heartbeat:
 class StatusStore:
     """Heartbeats and adoption claims on one connection (autocommit: each call is one small statement)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def write_heartbeat(self, worker: str, pid: int, started_at: float, broker: str, connected: bool,

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pgserver import BACKENDS, backend_db_path
 from reliability_harness import HubSubprocess
 
 
@@ -22,3 +23,9 @@ def hub_subprocess(db_path: Path) -> Iterator[Callable[..., HubSubprocess]]:
     yield make
     for hp in procs:
         hp.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """This suite runs against a SQLite file and a private PostgreSQL server."""
+    return backend_db_path(request, tmp_path)

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support import HubProcess, load_factor
+from support import HubProcess, db_rows, load_factor
 
 from device_sim.background import BackgroundFleet
+from hub.storage import open_database
 from device_sim.fleet import Credentials, SimSummary, device_id, provision
 from device_sim.settings import SimSettings
 
@@ -101,7 +102,7 @@ def audit(ledger: Path, hub_db: Path, cutoff: float | None = None) -> Audit:
     still be on their way and are checked only for duplicates.
     """
     led = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    hub = sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)
+    hub = open_database(hub_db, readonly=True)  # a SQLite file or a PostgreSQL database
     try:
         overflow = set(led.execute("SELECT device, boot, seq FROM faults WHERE kind IN ('buffer-overflow', 'abandoned')"))
         rows = led.execute("SELECT device, boot, seq, kind, n_readings, produced_at FROM messages").fetchall()
@@ -217,14 +218,8 @@ def settle(ledger: Path, hub_db: Path, cutoff: float, stall_s: float = 20.0, cap
 
 def stored_count(hub_db: Path) -> int:
     """Messages in the hub's database (0 before the table exists)."""
-    try:
-        conn = sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
+    rows = db_rows(hub_db, "SELECT COUNT(*) FROM messages")
+    return int(rows[0][0]) if rows else 0
 
 
 class HubSubprocess(HubProcess):

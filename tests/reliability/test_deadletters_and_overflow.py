@@ -9,12 +9,11 @@ the watermark of every device caught up with what it sent (it never stuck below 
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 from reliability_harness import finish, provision_fleet, sim_settings, stored_count
-from support import wait_for
+from support import db_rows, wait_for
 
 from broker.background import BackgroundBroker
 from broker.config import BrokerSettings
@@ -53,9 +52,5 @@ def test_dead_letters_and_overflow_are_each_accounted_for(tmp_path: Path, db_pat
     assert not result.missing and not result.duplicated
     assert result.deadlettered > 0 and result.deadletter_stored > 0
     assert result.overflowed > 0 and result.overflow_dropped > 0, result.line()
-    conn = sqlite3.connect(db_path)
-    try:
-        dead_without_seq = conn.execute("SELECT COUNT(*) FROM deadletters WHERE seq IS NULL").fetchone()[0]
-    finally:
-        conn.close()
+    dead_without_seq = db_rows(db_path, "SELECT COUNT(*) FROM deadletters WHERE seq IS NULL")[0][0]
     assert dead_without_seq == 0  # every refused message named its seq and was dealt with under it

@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from reliability_harness import finish, provision_fleet, sim_settings, stored_count
 from support import wait_for
 
@@ -24,6 +25,12 @@ from device_sim.background import BackgroundFleet
 
 DEVICES = 10
 QUEUE = 200
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """SQLite only: the full disk is the hub's own file (on PostgreSQL it is the server's, see its docs)."""
+    return tmp_path / "fleet.db"
 
 
 def metric(port: int, name: str) -> float:

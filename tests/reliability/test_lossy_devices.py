@@ -6,12 +6,11 @@ a stored message. A duplicate is stored once. Everything else is stored exactly 
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 from reliability_harness import finish, provision_fleet, sim_settings
-from support import wait_for
+from support import db_rows, wait_for
 
 from broker.background import BackgroundBroker
 from device_sim.background import BackgroundFleet
@@ -38,7 +37,5 @@ def test_packet_loss_shows_as_gaps_and_duplicates_are_stored_once(tmp_path: Path
     assert result.ok, result.line()
     assert result.lost >= 20 and result.covered > DEVICES * 20
     assert hub.stats["duplicates"] >= summary.faults["duplicate"]
-    conn = sqlite3.connect(db_path)
-    open_gaps = conn.execute("SELECT COALESCE(SUM(missing), 0) FROM gaps WHERE missing > 0").fetchone()[0]
-    conn.close()
+    open_gaps = db_rows(db_path, "SELECT COALESCE(SUM(missing), 0) FROM gaps WHERE missing > 0")[0][0]
     assert open_gaps == result.lost - result.lost_trailing  # every skipped seq, and nothing else, is an open gap

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from click.testing import CliRunner
-from support import HubProcess, MosquittoProcess, start_mosquitto
+from support import HubProcess, MosquittoProcess, add_device, connect, start_mosquitto
+
+from broker.registry import Registry
 
 from cli.main import cli
+from protocol.codec import encode
+from protocol.models import Reading, Telemetry
+from protocol.topics import MessageClass, topic_for
+
+DEVICES = [f"dev-{i}" for i in range(4)]
 
 
 def fleet(db: Path, *args: str) -> str:
@@ -53,3 +62,31 @@ class WorkerProcess(HubProcess):
     def __init__(self, db: Path, port: int, group: str, client_id: str, log: Path, *extra: str) -> None:
         super().__init__(db, port, log, "--worker-group", group, "--client-id", client_id, *extra)
         self.group, self.client_id = group, client_id
+
+
+class Producer:
+    """Devices publishing QoS 1 telemetry from a thread until told to stop or ``count`` is reached."""
+
+    def __init__(self, port: int, registry: Registry, count: int, rate_hz: float = 0.0) -> None:
+        self.clients = {d: connect(port, add_device(registry, d)) for d in DEVICES}
+        self.count, self.rate_hz = count, rate_hz
+        self.sent: set[tuple[str, int]] = set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        for seq in range(1, self.count + 1):
+            infos = []
+            for d, c in self.clients.items():
+                msg = Telemetry(boot=1, seq=seq, ts=int(time.time() * 1000),
+                                readings=[Reading(dt=i, metric="temperature", value=20.0 + i) for i in range(5)])
+                infos.append((d, seq, c.publish(topic_for(d, MessageClass.TELEMETRY), encode(msg), qos=1)))
+            for d, s, info in infos:
+                info.wait_for_publish(10)
+                self.sent.add((d, s))
+            if self.rate_hz:
+                time.sleep(1.0 / self.rate_hz)
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.disconnect()
+            c.loop_stop()

@@ -13,6 +13,7 @@ from support import Creds, connect, wait_for
 
 from broker.mosquitto_export import mosquitto_hash
 from broker.registry import Registry, Role
+from hub.config import HubSettings
 from protocol.topics import MessageClass, topic_for
 
 pytestmark = pytest.mark.mosquitto
@@ -26,7 +27,7 @@ def exported(tmp_path: Path, db_path: Path):  # type: ignore[no-untyped-def]
         secrets += json.loads(fleet(db_path, "devices", "add", dev, "--json"))
     fleet(db_path, "devices", "add", "dev-lost")  # its secret is printed and not kept
     hub_secret = "hub-secret-for-the-test"
-    db_path.with_name(db_path.name + ".hub-secret").write_text(hub_secret + "\n")
+    HubSettings(db=db_path).secret_file.write_text(hub_secret + "\n")  # beside the file, or in the working folder
     Registry(db_path).ensure("hub", Role.HUB, hub_secret)
     kept = tmp_path / "kept.json"
     kept.write_text(json.dumps(secrets))

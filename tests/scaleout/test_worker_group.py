@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scaleout_helpers import WorkerProcess
-from support import add_device, connect, wait_for
+from scaleout_helpers import DEVICES, Producer, WorkerProcess
+from support import db_rows, wait_for
 
-from broker.registry import Registry
 from hub.config import HubSettings
 from hub.errors import HubError
 from hub.service import Hub
-from protocol.codec import encode
-from protocol.models import Reading, Telemetry
-from protocol.topics import MessageClass, topic_for
 
 pytestmark = pytest.mark.mosquitto
-
-DEVICES = [f"dev-{i}" for i in range(4)]
 
 
 def worker_settings(db: Path, port: int, n: int, **kw: object) -> HubSettings:
@@ -30,44 +22,9 @@ def worker_settings(db: Path, port: int, n: int, **kw: object) -> HubSettings:
 
 
 def stored(db: Path) -> list[tuple[str, int]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT device_id, seq FROM messages ORDER BY device_id, seq").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+    return db_rows(db, "SELECT device_id, seq FROM messages ORDER BY device_id, seq")
 
 
-
-
-class Producer:
-    """Devices publishing QoS 1 telemetry from a thread until told to stop or ``count`` is reached."""
-
-    def __init__(self, port: int, registry: Registry, count: int, rate_hz: float = 0.0) -> None:
-        self.clients = {d: connect(port, add_device(registry, d)) for d in DEVICES}
-        self.count, self.rate_hz = count, rate_hz
-        self.sent: set[tuple[str, int]] = set()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import time
-        for seq in range(1, self.count + 1):
-            infos = []
-            for d, c in self.clients.items():
-                msg = Telemetry(boot=1, seq=seq, ts=int(time.time() * 1000),
-                                readings=[Reading(dt=i, metric="temperature", value=20.0 + i) for i in range(5)])
-                infos.append((d, seq, c.publish(topic_for(d, MessageClass.TELEMETRY), encode(msg), qos=1)))
-            for d, s, info in infos:
-                info.wait_for_publish(10)
-                self.sent.add((d, s))
-            if self.rate_hz:
-                time.sleep(1.0 / self.rate_hz)
-
-    def close(self) -> None:
-        for c in self.clients.values():
-            c.disconnect()
-            c.loop_stop()
 
 
 @pytest.fixture
@@ -97,14 +54,10 @@ def test_two_workers_split_the_load_exactly_once(mosquitto, registry, db_path, h
     per_worker = [h.stats["messages"] for h in hubs]
     assert all(n > 0 for n in per_worker) and sum(per_worker) == len(expected), per_worker
     assert sum(h.stats["duplicates"] for h in hubs) == 0
-    conn = sqlite3.connect(db_path)
-    try:
-        assert conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 5 * len(expected)
-        # every worker's messages count for gap detection: no gap stays open
-        assert conn.execute("SELECT COUNT(*) FROM gaps WHERE missing > 0").fetchone()[0] == 0
-        workers = {w for (w,) in conn.execute("SELECT worker FROM hub_status")}
-    finally:
-        conn.close()
+    assert db_rows(db_path, "SELECT COUNT(*) FROM readings")[0][0] == 5 * len(expected)
+    # every worker's messages count for gap detection: no gap stays open
+    assert db_rows(db_path, "SELECT COUNT(*) FROM gaps WHERE missing > 0")[0][0] == 0
+    workers = {w for (w,) in db_rows(db_path, "SELECT worker FROM hub_status")}
     assert workers == {"hub-ingest-1", "hub-ingest-2"}
 
 
@@ -149,10 +102,5 @@ def test_sigkill_one_worker_mid_stream_loses_and_doubles_nothing(mosquitto, regi
 
 
 def _workers_up(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM hub_status WHERE connected = 1").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
+    rows = db_rows(db, "SELECT COUNT(*) FROM hub_status WHERE connected = 1")
+    return int(rows[0][0]) if rows else 0
