@@ -25,15 +25,10 @@ from pathlib import Path
 
 import psutil
 from ingest import (  # also puts the project on sys.path
-    MARKER_TOPIC,
-    PHASE_TIMEOUT_S,
     Fleet,
     build_blaster,
-    check_publishers,
-    finish_publishers,
     make_fleet,
-    pub_cmd,
-    start_publishers,
+    raw_phase,
     write_load,
 )
 from common import ROOT, stop
@@ -66,41 +61,6 @@ def embedded_fleet(workdir: Path) -> tuple[Fleet, subprocess.Popen[bytes]]:
     return fleet, proc
 
 
-def raw_rate(fleet: Fleet, workdir: Path, files: dict[str, Path], encoding: str, blaster: Path | None,
-             total: int) -> float:
-    """Messages per second ``mosquitto_sub -C N`` receives while the publishers send ``files``.
-
-    bench/ingest.py's raw phase, except for how the subscription is known to be live: the embedded
-    broker retains nothing on ``t`` topics (only ``s``, ``w``, ``o``), so instead of one retained
-    marker a plain marker is published every 0.2 s until the subscriber shows it (the few extra
-    markers are counted with the load: a handful in tens of thousands).
-    """
-    out = workdir / "raw-sub.out"
-    with out.open("wb") as fh:
-        sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.port), "-i", "bench-sub",
-                                "-u", "bench-sub", "-P", fleet.sub_secret, "-t", "d/+/t", "-q", "1",
-                                "-C", str(total + 1), "-F", "%t"], stdout=fh, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while not out.read_bytes().startswith(MARKER_TOPIC.encode()):
-            if time.monotonic() > deadline or sub.poll() is not None:
-                raise RuntimeError("mosquitto_sub did not receive a marker within 30 s")
-            subprocess.run(pub_cmd(fleet, "-t", MARKER_TOPIC, "-q", "1", "-m", "marker"), check=True)
-            time.sleep(0.2)
-        start = time.perf_counter()
-        procs = start_publishers(fleet, files, encoding, blaster)
-        while sub.poll() is None:
-            if time.perf_counter() - start > PHASE_TIMEOUT_S:
-                raise RuntimeError(f"mosquitto_sub did not get {total} messages in {PHASE_TIMEOUT_S:.0f} s")
-            check_publishers(procs)
-            time.sleep(0.005)
-        seconds = time.perf_counter() - start
-        finish_publishers(procs)
-    finally:
-        stop(sub)
-    return total / seconds
-
-
 def measure(name: str, workdir: Path, messages: int, encoding: str, blaster: Path | None, boot: int) -> dict[str, object]:
     sub = workdir / name
     sub.mkdir(exist_ok=True)
@@ -108,7 +68,7 @@ def measure(name: str, workdir: Path, messages: int, encoding: str, blaster: Pat
     try:
         files = write_load(sub, encoding, boot, messages // 8, 1, False)
         cpu0 = sum(psutil.Process(proc.pid).cpu_times()[:2])  # type: ignore[union-attr]
-        rate = raw_rate(fleet, sub, files, encoding, blaster, (messages // 8) * 8)
+        rate = raw_phase(fleet, sub, files, encoding, blaster, (messages // 8) * 8, "ratio")
         cpu = sum(psutil.Process(proc.pid).cpu_times()[:2]) - cpu0  # type: ignore[union-attr]
     finally:
         stop(proc)  # type: ignore[arg-type]
