@@ -323,7 +323,8 @@ class OtaAgent:
 
     def _report(self, state: FirmwareState, progress: int, detail: str = "") -> None:
         assert self.offer is not None
-        self._send(self.topic_u, FirmwareReport(job=self.offer.job, state=state, progress=progress, detail=detail))
+        self._send(self.topic_u, FirmwareReport(job=self.offer.job, state=state, progress=progress, detail=detail,
+                                                boot=self.device.boot))
 
     def _send(self, topic: str, message: FirmwareRequest | FirmwareReport) -> None:
         client = self.device.client

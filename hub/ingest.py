@@ -164,9 +164,7 @@ class Ingest:
                         log.info("%s", line)
                 if now_m >= next_presence:
                     next_presence = now_m + s.presence_check_s
-                    if s.worker_group:
-                        self.writer.reset()  # last_seen comes from every worker: judge staleness on the db's
-                    events = self.writer.check_stale(time.time())
+                    events = self.writer.check_stale(time.time(), reload=bool(s.worker_group))
                     if events:  # wills past their hysteresis, stale and sleeping devices: the hooks hear of them
                         self._run_hooks(BatchResult(presence=events))
                 if s.retain_days is not None and (retention_more or now_m >= next_retention):
@@ -209,11 +207,9 @@ class Ingest:
         while True:
             try:
                 started = time.perf_counter()
-                if self.settings.worker_group:
-                    # other workers wrote since our last batch: seq trackers reload from the db inside this
-                    # batch's write transaction (so gaps are judged on every worker's messages), presence too
-                    self.writer.reset()
-                result = self.writer.write(batch)
+                # a worker group: other workers wrote since our last batch; seq trackers and presence reload
+                # inside this batch's write transaction (gaps judged on every worker's messages)
+                result = self.writer.write(batch, reload=bool(self.settings.worker_group))
                 self.commit_seconds.observe(time.perf_counter() - started)
                 break
             except (sqlite3.Error, OSError) as exc:  # a full disk, a lock: keep the batch, unacked, and retry

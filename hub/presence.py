@@ -79,8 +79,8 @@ class PresenceTracker:
         self.sleep_grace = sleep_grace
         self.devices: dict[str, DeviceRow] = {d.device_id: d for d in store.load_devices()}
         self._seen: dict[str, float] = {}
-        self._wills: dict[str, float] = {}
-        """Wills waiting for the hysteresis to pass: device id -> when the will arrived."""
+        self._wills: dict[str, tuple[float, int]] = {}
+        """Wills waiting for the hysteresis to pass: device id -> (when the will arrived, its boot)."""
         self.flaps = 0
         """Flaps since the last :meth:`take_flaps` (the writer adds them to its stats)."""
 
@@ -152,7 +152,7 @@ class PresenceTracker:
                 self.store.save_device(dev)
                 return BirthOutcome(event, reset, False)
             if self.hysteresis_s > 0 and not reset:
-                self._wills.setdefault(device_id, now)  # takes effect in check_stale unless a birth comes first
+                self._wills.setdefault(device_id, (now, status.boot))  # takes effect in check_stale unless a birth comes first
                 self.store.save_device(dev)
                 return BirthOutcome(None, reset, False)
         reason = "reset" if reset else "will" if state != ONLINE else "wake" if dev.state == SLEEPING else "birth"
@@ -216,34 +216,53 @@ class PresenceTracker:
             self.store.touch_devices(self._seen)
             self._seen = {}
 
-    def check_stale(self, now: float) -> list[PresenceEvent]:
-        """Due wills take effect; silent online devices go offline (sleepy ones: sleeping); sleeping devices
-        that missed their wake go offline. One short transaction of its own."""
-        wills = [(self.devices[d], ts) for d, ts in self._wills.items()
+    def _due(self, now: float) -> tuple[list[tuple[DeviceRow, float, int]], list[DeviceRow], list[DeviceRow]]:
+        wills = [(self.devices[d], ts, boot) for d, (ts, boot) in self._wills.items()
                  if now - ts >= self.hysteresis_s and d in self.devices]
         stale = [d for d in self.devices.values()
                  if d.state == ONLINE and now - (d.last_seen or d.state_since) > self.window(d)]
         missed = [d for d in self.devices.values()
                   if d.state == SLEEPING and now - (d.last_seen or d.state_since) > self.wake_window(d)]
-        events: list[PresenceEvent] = []
-        if not (wills or stale or missed):
-            return events
+        return wills, stale, missed
+
+    def due(self, now: float) -> bool:
+        """Whether :meth:`apply_due` has anything to do at ``now`` (no database access)."""
+        return any(self._due(now))
+
+    def check_stale(self, now: float) -> list[PresenceEvent]:
+        """Due wills take effect; silent online devices go offline (sleepy ones: sleeping); sleeping devices
+        that missed their wake go offline. One short transaction of its own, only when something is due."""
+        if not self.due(now):
+            return []
         with self.store.transaction():
-            for dev, ts in wills:
-                del self._wills[dev.device_id]
-                if dev.state != OFFLINE or dev.state_reason != "will":
-                    self._save(dev, OFFLINE, "will", ts, events)
-            for dev in stale:
-                if dev.sleep_s > 0:
-                    self._save(dev, SLEEPING, "asleep", now, events)
-                    continue
-                self._save(dev, OFFLINE, "stale", now, events)
-                log.info("device offline reason=stale device_id=%s last_seen=%.3f window_s=%.1f",
-                         dev.device_id, dev.last_seen or 0.0, self.window(dev))
-            for dev in missed:
-                self._save(dev, OFFLINE, "missed_wake", now, events)
-                log.info("device offline reason=missed_wake device_id=%s last_seen=%.3f sleep_s=%s",
-                         dev.device_id, dev.last_seen or 0.0, dev.sleep_s)
+            return self.apply_due(now)
+
+    def apply_due(self, now: float) -> list[PresenceEvent]:
+        """What :meth:`check_stale` does, inside the caller's write transaction."""
+        wills, stale, missed = self._due(now)
+        events: list[PresenceEvent] = []
+        for dev, ts, boot in wills:
+            del self._wills[dev.device_id]
+            if dev.boot != boot or (dev.last_seen or 0.0) > ts:
+                # back before the will took effect, through a birth or message that another writer stored
+                # (a worker group: the will and the birth can go to different workers; their state is
+                # this tracker's after the writer's reload): a flap, not an offline/online pair
+                self._flap(dev)
+                self.store.save_device(dev)
+                continue
+            if dev.state != OFFLINE or dev.state_reason != "will":
+                self._save(dev, OFFLINE, "will", ts, events)
+        for dev in stale:
+            if dev.sleep_s > 0:
+                self._save(dev, SLEEPING, "asleep", now, events)
+                continue
+            self._save(dev, OFFLINE, "stale", now, events)
+            log.info("device offline reason=stale device_id=%s last_seen=%.3f window_s=%.1f",
+                     dev.device_id, dev.last_seen or 0.0, self.window(dev))
+        for dev in missed:
+            self._save(dev, OFFLINE, "missed_wake", now, events)
+            log.info("device offline reason=missed_wake device_id=%s last_seen=%.3f sleep_s=%s",
+                     dev.device_id, dev.last_seen or 0.0, dev.sleep_s)
         return events
 
     def _save(self, dev: DeviceRow, state: str, reason: str, now: float, events: list[PresenceEvent]) -> None:

@@ -182,8 +182,10 @@ class RolloutEngine:
         if state is FirmwareState.DOWNLOADING:
             row.progress = rep.progress
         elif state is FirmwareState.APPLYING:
+            # the report's own boot: presence is a tick old and its writer may lag, so after a power loss
+            # mid-download it can still show the boot before, and that reboot's birth would look like a rollback
             p = self.presence.get(device_id)
-            row.applying_boot = p.boot if p is not None else None
+            row.applying_boot = rep.boot or (p.boot if p is not None else None)
         active.dirty.add(device_id)
         if state in (FirmwareState.FAILED, FirmwareState.ROLLED_BACK):
             log.info("firmware %s device_id=%s job=%s detail=%s", state.value, device_id, rep.job, inert(rep.detail))

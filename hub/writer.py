@@ -112,15 +112,19 @@ class BatchWriter:
         self._published: dict[str, tuple[int, int, int, int]] = {}
         self._dirty: set[tuple[str, int]] = set()
 
-    def write(self, batch: list[Inbound]) -> BatchResult:
-        """Store ``batch`` in one transaction (raises sqlite3.Error with nothing committed)."""
+    def write(self, batch: list[Inbound], reload: bool = False) -> BatchResult:
+        """Store ``batch`` in one transaction (raises sqlite3.Error with nothing committed).
+
+        ``reload`` (a worker group, where other workers write too): forget the in-memory state inside
+        the transaction, so that seq trackers and presence are judged on every worker's committed rows
+        and no row read before another worker's commit is written back over it."""
         try:
-            return self._write(batch)
+            return self._write(batch, reload)
         except BaseException:
             self.reset()  # the in-memory trackers ran ahead of the rolled-back database
             raise
 
-    def _write(self, batch: list[Inbound]) -> BatchResult:
+    def _write(self, batch: list[Inbound], reload: bool) -> BatchResult:
         verdicts = [classify(m) for m in batch]
         active: set[str] | None = None
         if self.settings.require_registered:
@@ -135,6 +139,8 @@ class BatchWriter:
         readings = [0]  # readings staged in this batch
         skew = SkewTally()
         with self.store.transaction():
+            if reload:
+                self.reset()
             for msg, verdict in zip(batch, verdicts):
                 if verdict is None:
                     continue
@@ -379,9 +385,19 @@ class BatchWriter:
                     verdict.reason.value, device_id, msg.topic, verdict.boot, verdict.seq, verdict.detail)
         return True
 
-    def check_stale(self, now: float) -> list[PresenceEvent]:
-        """Mark silent devices offline or sleeping, and apply due wills (own short transaction)."""
-        events = self.presence.check_stale(now)
+    def check_stale(self, now: float, reload: bool = False) -> list[PresenceEvent]:
+        """Mark silent devices offline or sleeping, and apply due wills (own short transaction).
+
+        ``reload`` (a worker group): judge on the database's rows (last_seen comes from every worker),
+        and read them again inside the write transaction before changing any."""
+        if reload:
+            self.reset()
+        if not self.presence.due(now):
+            return []
+        with self.store.transaction():
+            if reload:
+                self.reset()
+            events = self.presence.apply_due(now)
         self.stats.presence_flaps += self.presence.take_flaps()
         return events
 

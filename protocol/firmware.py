@@ -84,12 +84,18 @@ class FirmwareChunk(WireModel):
 
 
 class FirmwareReport(WireModel):
-    """A device's state for a job: ``progress`` is bytes confirmed, ``detail`` the reason of a failure."""
+    """A device's state for a job: ``progress`` is bytes confirmed, ``detail`` the reason of a failure.
+
+    ``boot`` is the boot the device sends it from (0: not given). It matters in ``applying``: the hub
+    tells a rollback (the device came back on a later boot with the old version) from the boot it
+    applied on, and its own view of the device's boot can be one behind after a power loss
+    mid-download (the birth of that reboot and this report travel on different sessions)."""
 
     job: JobId
     state: Annotated[FirmwareState, Field(strict=False)]
     progress: U32 = 0
     detail: Text = ""
+    boot: U32 = 0
 
 
 FIRMWARE_MODELS: dict[MessageClass, type[WireModel]] = {
@@ -104,7 +110,7 @@ FIRMWARE_SHORT_KEYS: dict[type[WireModel], dict[str, str]] = {
     FirmwareOffer: {"job": "j", "version": "v", "size": "z", "sha256": "h"},
     FirmwareRequest: {"job": "j", "offset": "o", "length": "n"},
     FirmwareChunk: {"job": "j", "offset": "o", "data": "d", "crc": "c", "error": "e"},
-    FirmwareReport: {"job": "j", "state": "s", "progress": "p", "detail": "d"},
+    FirmwareReport: {"job": "j", "state": "s", "progress": "p", "detail": "d", "boot": "b"},
 }
 """One-letter CBOR keys (merged into ``protocol.codec.SHORT_KEYS``; the table in section 12.3)."""
 

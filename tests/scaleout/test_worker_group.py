@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from scaleout_helpers import DEVICES, Producer, WorkerProcess
-from support import db_rows, wait_for
+from support import add_device, connect, db_rows, wait_for
 
 from hub.config import HubSettings
 from hub.errors import HubError
 from hub.service import Hub
+from protocol.codec import encode
+from protocol.models import Status
+from protocol.topics import MessageClass, topic_for
 
 pytestmark = pytest.mark.mosquitto
 
@@ -104,3 +108,38 @@ def test_sigkill_one_worker_mid_stream_loses_and_doubles_nothing(mosquitto, regi
 def _workers_up(db: Path) -> int:
     rows = db_rows(db, "SELECT COUNT(*) FROM hub_status WHERE connected = 1")
     return int(rows[0][0]) if rows else 0
+
+
+def test_a_will_on_one_worker_and_the_next_birth_on_the_other_leave_the_device_online(  # type: ignore[no-untyped-def]
+        mosquitto, registry, db_path, hubs) -> None:
+    """A device reboots: its will reaches one worker and its new boot's birth the other (the group shares
+    ``s``). The will, held for the hysteresis, must not take the device offline after the birth: the
+    cause of rollouts that never finished on a worker group (the new firmware's birth was undone)."""
+    for n in (1, 2):
+        hubs.append(Hub(worker_settings(db_path, mosquitto.port, n, offline_hysteresis_s=0.5)).start())
+    ids = [f"reboot-{i}" for i in range(8)]
+    clients = {d: connect(mosquitto.port, add_device(registry, d)) for d in ids}
+    try:
+        for d, c in clients.items():
+            _status(c, d, Status(state="online", boot=1, fw="1.0.0", interval_s=60))
+        assert wait_for(lambda: _presence(db_path, ids) == {d: ("online", 1) for d in ids}, 15)
+        for d, c in clients.items():
+            _status(c, d, Status(state="offline", boot=1))
+            _status(c, d, Status(state="online", boot=2, fw="2.0.0", interval_s=60))
+        assert wait_for(lambda: {b for _, b in _presence(db_path, ids).values()} == {2}, 15)
+        # every will has been dealt with (cancelled by a birth, ignored, skipped or applied) by both workers
+        assert wait_for(lambda: not any(h.ingest.writer and h.ingest.writer.presence._wills for h in hubs), 15)
+        assert _presence(db_path, ids) == {d: ("online", 2) for d in ids}
+    finally:
+        for c in clients.values():
+            c.disconnect()
+            c.loop_stop()
+
+
+def _status(client: mqtt.Client, device_id: str, status: Status) -> None:
+    client.publish(topic_for(device_id, MessageClass.STATUS), encode(status), qos=1, retain=True).wait_for_publish(10)
+
+
+def _presence(db: Path, ids: list[str]) -> dict[str, tuple[str, int]]:
+    rows = db_rows(db, "SELECT device_id, state, boot FROM devices")
+    return {d: (state, boot) for d, state, boot in rows if d in ids}
