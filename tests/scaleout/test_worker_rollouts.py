@@ -18,13 +18,6 @@ from hub.firmware import add_image, rollout_status, start_rollout
 from hub.rollout_owner import claim_name
 from hub.storage import FirmwareStore, PresenceStore, StatusStore, open_database
 
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    """SQLite only for now: on PostgreSQL the rollout did not finish within the test's 90 s after the SIGKILL
-    (seen once, 18:45 on a loaded machine; not investigated yet, see issue 17's report)."""
-    return tmp_path / "fleet.db"
-
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
 OLD, NEW = "sim-1.0.0", "sim-2.0.0"
