@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ from device_sim.ledger import Ledger
 from device_sim.settings import SimSettings
 from device_sim.signals import make_signal, profile_for
 from hub.storage.location import side_base
+from protocol.text import inert
 
 log = logging.getLogger("fleet.sim")
 
@@ -234,7 +236,13 @@ class Fleet:
             t.cancel()
         if self._flusher is not None:
             self._flusher.cancel()
-        await asyncio.gather(*self._tasks, *([self._flusher] if self._flusher else []), return_exceptions=True)
+        outcomes = await asyncio.gather(*self._tasks, *([self._flusher] if self._flusher else []),
+                                        return_exceptions=True)
+        # a task that died before the stop is a bug in the simulator: say so once per kind, not per device
+        died = Counter(f"{type(o).__name__}: {o}" for o in outcomes
+                       if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError))
+        for what, n in died.items():
+            log.error("simulated device tasks died devices=%d error=%s", n, inert(what))
         for d, cred in zip(self.devices, (self.credentials.devices[d.device_id] for d in self.devices), strict=True):
             cred.boot = max(cred.boot, d.boot)
         self.credentials.save()
