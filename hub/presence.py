@@ -152,7 +152,7 @@ class PresenceTracker:
                 self.store.save_device(dev)
                 return BirthOutcome(event, reset, False)
             if self.hysteresis_s > 0 and not reset:
-                self._wills.setdefault(device_id, (now, status.boot))  # takes effect in check_stale unless a birth comes first
+                self._wills.setdefault(device_id, (now, status.boot))  # takes effect in apply_due unless a birth comes first
                 self.store.save_device(dev)
                 return BirthOutcome(None, reset, False)
         reason = "reset" if reset else "will" if state != ONLINE else "wake" if dev.state == SLEEPING else "birth"
@@ -229,16 +229,9 @@ class PresenceTracker:
         """Whether :meth:`apply_due` has anything to do at ``now`` (no database access)."""
         return any(self._due(now))
 
-    def check_stale(self, now: float) -> list[PresenceEvent]:
-        """Due wills take effect; silent online devices go offline (sleepy ones: sleeping); sleeping devices
-        that missed their wake go offline. One short transaction of its own, only when something is due."""
-        if not self.due(now):
-            return []
-        with self.store.transaction():
-            return self.apply_due(now)
-
     def apply_due(self, now: float) -> list[PresenceEvent]:
-        """What :meth:`check_stale` does, inside the caller's write transaction."""
+        """Due wills take effect; silent online devices go offline (sleepy ones: sleeping); sleeping devices
+        that missed their wake go offline. Inside the caller's write transaction (``BatchWriter.check_stale``)."""
         wills, stale, missed = self._due(now)
         events: list[PresenceEvent] = []
         for dev, ts, boot in wills:
