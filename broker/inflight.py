@@ -77,7 +77,8 @@ class FleetProtocolHandler(StrictReaderHandler):
         self._puback_waiters[packet_id] = waiter  # before writing: the PUBACK may come back at once
         try:
             await self._send_packet(packet)
-            app_message.puback_packet = await asyncio.wait_for(waiter, PUBACK_TIMEOUT_S)
+            async with asyncio.timeout(PUBACK_TIMEOUT_S):  # not wait_for, which can drop a cancel on 3.11
+                app_message.puback_packet = await waiter
         except asyncio.TimeoutError:
             if app_message.puback_packet is not None:
                 return  # settled by a retry on a newer connection of the same session
@@ -141,7 +142,8 @@ class FleetProtocolHandler(StrictReaderHandler):
         waiters[packet_id] = waiter  # before writing: the answer may come back at once
         try:
             await self._send_packet(packet)  # type: ignore[arg-type]
-            return await asyncio.wait_for(waiter, PUBACK_TIMEOUT_S)
+            async with asyncio.timeout(PUBACK_TIMEOUT_S):
+                return await waiter
         except asyncio.TimeoutError:
             log.warning("no %s client_id=%s packet_id=%s; kept for redelivery", what,
                         self.session.client_id if self.session else None, packet_id)

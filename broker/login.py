@@ -121,7 +121,8 @@ class LoginFirstMixin(_Base):
         """Read the CONNECT and authenticate it. Never looks at or changes the session table."""
         peer = f"{remote_address}:{remote_port}"
         try:
-            raw = await asyncio.wait_for(_read_connect(reader), self.settings.connect_timeout)
+            async with asyncio.timeout(self.settings.connect_timeout):  # not wait_for, which can drop a cancel on 3.11
+                raw = await _read_connect(reader)
             level = _protocol_level(raw)
             if level is not None:
                 # MQTT 5 (5), MQTT 3.1 (3): CONNACK 0x01 at once [MQTT-3.1.2-2]; amqtt mis-parsed an
@@ -269,7 +270,8 @@ class LoginFirstMixin(_Base):
         await handler.handle_connection_closed()
         if done is not None:
             try:
-                await asyncio.wait_for(done.wait(), TAKEOVER_TIMEOUT_S)
+                async with asyncio.timeout(TAKEOVER_TIMEOUT_S):
+                    await done.wait()
             except asyncio.TimeoutError:
                 log.warning("connection did not close in time client_id=%s", session.client_id)
         if session.transitions.is_connected():

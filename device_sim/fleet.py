@@ -232,12 +232,16 @@ class Fleet:
 
     async def stop(self) -> SimSummary:
         """Switch every device off cleanly (offline status, DISCONNECT) and return the summary."""
-        for t in self._tasks:
-            t.cancel()
-        if self._flusher is not None:
-            self._flusher.cancel()
-        outcomes = await asyncio.gather(*self._tasks, *([self._flusher] if self._flusher else []),
-                                        return_exceptions=True)
+        tasks = [*self._tasks, *([self._flusher] if self._flusher else [])]
+        pending: set[asyncio.Task[None]] = set(tasks)
+        # cancel again whatever is still running a second later: a cancel can be lost (a library's
+        # wait that drops it, as asyncio.wait_for does on 3.11), and one such device must not hang
+        # the stop of the whole fleet
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        outcomes = [t.exception() if not t.cancelled() else asyncio.CancelledError() for t in tasks]
         # a task that died before the stop is a bug in the simulator: say so once per kind, not per device
         died = Counter(f"{type(o).__name__}: {o}" for o in outcomes
                        if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError))
@@ -294,7 +298,8 @@ class Fleet:
                 if timeout <= 0:
                     break
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout)
+                    async with asyncio.timeout(timeout):  # not wait_for: see mqtt.py
+                        await stop.wait()
                 except TimeoutError:
                     pass
                 if on_tick is not None:

@@ -150,12 +150,18 @@ class MqttClient(asyncio.Protocol):
         # after a CONNACK timeout nobody awaits it any more; a later "connection lost" must not log
         # "Future exception was never retrieved" with a traceback (the caller already handled the timeout)
         self._connack.add_done_callback(_retrieve)
-        await asyncio.wait_for(self._loop.create_connection(lambda: self, host, port), timeout)
+        # asyncio.timeout, never asyncio.wait_for: on Python 3.11, wait_for returns the result and
+        # drops a cancel that arrives in the same loop pass as the result (fixed in 3.12). A device
+        # task cancelled just as its CONNACK or SUBACK came in then kept running, and Fleet.stop()
+        # waited for it forever (a disconnect-storm test's stop timed out once on a busy machine).
+        async with asyncio.timeout(timeout):
+            await self._loop.create_connection(lambda: self, host, port)
         self._keepalive = keepalive
         self._send(connect_packet(client_id, username=username, password=password, will=will,
                                   clean_session=clean_session, keepalive=keepalive))
         try:
-            present = await asyncio.wait_for(asyncio.shield(self._connack), timeout)
+            async with asyncio.timeout(timeout):
+                present = await asyncio.shield(self._connack)
         except BaseException:
             self.abort()
             raise
@@ -186,7 +192,8 @@ class MqttClient(asyncio.Protocol):
         self._suback[pid] = fut
         self._send(_packet((SUBSCRIBE << 4) | 0x02, body))
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         finally:
             self._suback.pop(pid, None)
 

@@ -167,7 +167,8 @@ class OtaAgent:
         self._outstanding = None
         if not self._released.is_set() and self.plan.offline_s is not None:
             try:
-                await asyncio.wait_for(self._released.wait(), self.plan.offline_s)
+                async with asyncio.timeout(self.plan.offline_s):  # not wait_for: see mqtt.py
+                    await self._released.wait()
             except TimeoutError:
                 self._released.set()
         await self._released.wait()
