@@ -9,6 +9,7 @@ description before anything is stored, then bumps each device's version), :func:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +67,14 @@ def key_name(key: str | int, description: Description | None) -> str | None:
 
 
 def parse_description(body: str | None) -> Description | None:
-    return Description.model_validate_json(body) if body else None
+    return _parse_description(body) if body else None
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_description(body: str) -> Description:
+    # a fleet has a handful of distinct descriptions; a command to 1,000 devices parsed the same
+    # JSON 1,000 times (a sixth of the hub's time per command). Callers only read the model.
+    return Description.model_validate_json(body)
 
 
 # ------------------------------------------------------------------ library (fleet config ...)

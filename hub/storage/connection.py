@@ -14,6 +14,7 @@ takes the write lock that stands for ``BEGIN IMMEDIATE``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -136,7 +137,16 @@ def _connect_readonly(p: Path, *, immutable: bool) -> sqlite3.Connection:
 @contextmanager
 def transaction(conn: Connection) -> Iterator[Connection]:
     """One write transaction (``BEGIN IMMEDIATE``, or its PostgreSQL twin: the write lock): committed at the
-    end, rolled back when the block raises."""
+    end, rolled back when the block raises.
+
+    Inside a transaction already open on ``conn`` it is a savepoint instead: the outer block commits,
+    a failure of the inner block undoes only the inner block (one commit for a batch of writes that
+    each take their own ``transaction``, such as a command request to 1,000 devices).
+    """
+    if conn.in_transaction:
+        with _savepoint(conn):
+            yield conn
+        return
     if is_pg(conn):
         pg: PgConnection = conn  # type: ignore[assignment]
         pg.begin_write()
@@ -154,6 +164,25 @@ def transaction(conn: Connection) -> Iterator[Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+_savepoints = itertools.count(1)
+
+
+@contextmanager
+def _savepoint(conn: Connection) -> Iterator[None]:
+    run = conn.execute_native if is_pg(conn) else conn.execute  # type: ignore[union-attr]
+    name = f"fleet_sp{next(_savepoints)}"
+    run(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        # a PostgreSQL transaction is unusable after a failed statement until rolled back to here
+        if not (is_pg(conn) and conn.lost):  # type: ignore[union-attr]
+            run(f"ROLLBACK TO SAVEPOINT {name}")
+            run(f"RELEASE SAVEPOINT {name}")
+        raise
+    run(f"RELEASE SAVEPOINT {name}")
 
 
 @contextmanager

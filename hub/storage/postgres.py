@@ -217,9 +217,14 @@ class PgConnection:
         """COMMIT the open transaction."""
         self.execute_native("COMMIT")
 
+    @property
+    def lost(self) -> bool:
+        """The server dropped the connection (a transaction on it is gone; nothing to roll back)."""
+        return bool(self._pg.closed or self._pg.broken)
+
     def rollback(self) -> None:
         """ROLLBACK the open transaction (nothing to do when the server already dropped the connection)."""
-        if self._pg.closed or self._pg.broken:
+        if self.lost:
             return
         self.execute_native("ROLLBACK")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pgserver import BACKENDS, PostgresServer, backend_db_path
 
-from hub.storage import CommandStore, IngestStore, Period, PrincipalStore, StatusStore, StorageError, open_database
+from hub.storage import CommandStore, IngestStore, Period, PrincipalStore, StatusStore, StorageError, open_database, transaction
 from hub.storage import queries
 from hub.storage.dialect import to_postgres
 from hub.storage.schema import CURRENT_VERSION, MIGRATIONS, PG_STEPS
@@ -67,6 +67,31 @@ def test_a_failed_transaction_leaves_nothing(db_path: Path) -> None:
         raise RuntimeError("boom")
     assert queries.messages_stored(conn) == 0
     assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+    conn.close()
+
+
+def test_a_transaction_inside_a_transaction_is_a_savepoint(db_path: Path) -> None:
+    """The command bridge creates a request's commands in one transaction; each create is its own inner one."""
+    conn = open_database(db_path)
+    commands = CommandStore(conn)
+    with transaction(conn):
+        kept = commands.create("d1", "ping", {}, ttl_s=60, command_id="c-kept")
+        with pytest.raises(sqlite3.IntegrityError):  # another worker's copy of the same request, say
+            commands.create("d1", "ping", {}, ttl_s=60, command_id="c-kept")
+        with pytest.raises(RuntimeError), transaction(conn):
+            commands.create("d2", "ping", {}, ttl_s=60, command_id="c-undone")
+            raise RuntimeError("boom")
+        # the outer transaction goes on after both failures (PostgreSQL refuses every statement after
+        # a failed one unless it was rolled back to a savepoint)
+        assert commands.transition(kept, CommandState.SENT, expect=(CommandState.QUEUED,))
+        assert not conn.execute("SELECT 1 FROM commands WHERE id = 'c-undone'").fetchall()
+    assert not conn.in_transaction
+    assert [c.id for c in commands.active()] == ["c-kept"]
+    assert [h["state"] for h in commands.history("c-kept")] == ["queued", "sent"]
+    with pytest.raises(RuntimeError), transaction(conn):  # the outer block failing undoes the inner ones
+        commands.create("d3", "ping", {}, ttl_s=60, command_id="c-outer")
+        raise RuntimeError("boom")
+    assert commands.get("c-outer") is None
     conn.close()
 
 
