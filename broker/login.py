@@ -53,6 +53,7 @@ from broker.quota import QuotaBook
 from broker.reader import BytesReader, ConnectionPolicy, ProtocolViolation, StrictReaderHandler, read_fixed_header
 from broker.session_state import FleetSession
 from broker.stats import BrokerCounters
+from broker.writer import CoalescingWriter
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker as _Base
@@ -96,6 +97,7 @@ class LoginFirstMixin(_Base):
         await server.acquire_connection()
         try:
             reader = ActivityReader(reader, self.settings.max_packet_bytes)
+            writer = CoalescingWriter.wrap(writer)  # one send() per loop pass (broker/writer.py)
             remote_info = writer.get_peer_info()
             if remote_info is None:
                 await _close_quietly(writer)

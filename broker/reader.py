@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from amqtt.adapters import ReaderAdapter
 from amqtt.codecs_amqtt import read_or_raise
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import MQTTEvents
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.packet import (
     CONNECT,
@@ -68,6 +69,7 @@ from broker.light import LightQueue
 from broker.log_summary import LogSummary, clip
 from broker.quota import ClientQuota
 from broker.stats import BrokerCounters
+from broker.writer import CoalescingWriter
 
 log = logging.getLogger("fleet.broker.reader")
 
@@ -75,8 +77,6 @@ log = logging.getLogger("fleet.broker.reader")
 _FLAGS = {CONNECT: 0, PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBSCRIBE: 2, UNSUBSCRIBE: 2,
           PINGREQ: 0, DISCONNECT: 0}
 _CHARGED = frozenset({PUBLISH, SUBSCRIBE, UNSUBSCRIBE, PINGREQ})
-_ACK_DRAIN_BYTES = 64 * 1024
-"""A client's unread acknowledgements beyond this make its reader wait for the socket to drain."""
 _ACKS = {PUBACK: PubackPacket, PUBREC: PubrecPacket, PUBREL: PubrelPacket, PUBCOMP: PubcompPacket}
 
 
@@ -344,22 +344,39 @@ class StrictReaderHandler(BrokerProtocolHandler):
 
     async def _write_ack(self, data: bytes) -> None:
         """Write a small acknowledgement; drain only when the client is not reading its socket."""
-        stream = getattr(self.writer, "_writer", None)  # amqtt's StreamWriterAdapter over asyncio's StreamWriter
-        transport = getattr(stream, "transport", None)
-        if transport is not None and transport.is_closing():
-            return  # the connection is going away; its reader ends with it
-        if transport is None:  # another adapter (WebSocket): write and drain each time, as amqtt did
-            if self.writer is not None:
-                try:
-                    self.writer.write(data)
-                    await self.writer.drain()
-                except (ConnectionError, OSError):
-                    await self.handle_connection_closed()
+        writer = self.writer
+        if isinstance(writer, CoalescingWriter):
+            await self._write_coalesced(writer, data)
             return
-        transport.write(data)
-        if transport.get_write_buffer_size() > _ACK_DRAIN_BYTES:
+        if writer is not None:  # another adapter (WebSocket): write and drain each time, as amqtt did
             try:
-                await stream.drain()
+                writer.write(data)
+                await writer.drain()
+            except (ConnectionError, OSError):
+                await self.handle_connection_closed()
+
+    async def _send_packet(self, packet) -> None:  # type: ignore[no-untyped-def,override]
+        """amqtt's ``_send_packet`` (write lock, write, ``drain()`` per packet) for a coalesced connection:
+        one synchronous write into the connection's buffer (packets cannot interleave), a drain only
+        when the client falls behind. Other adapters keep amqtt's way."""
+        writer = self.writer
+        if not isinstance(writer, CoalescingWriter):
+            await super()._send_packet(packet)
+            return
+        await self._write_coalesced(writer, packet.to_bytes())
+        if self._keepalive_task:
+            self._keepalive_task.cancel()
+            if self.keepalive_timeout is not None:
+                self._keepalive_task = self._loop.call_later(self.keepalive_timeout, self.handle_write_timeout)
+        await self.plugins_manager.fire_event(MQTTEvents.PACKET_SENT, packet=packet, session=self.session)
+
+    async def _write_coalesced(self, writer: CoalescingWriter, data: bytes) -> None:
+        if writer.closing:
+            return  # the connection is going away; its reader ends with it
+        writer.write(data)
+        if writer.backed_up:
+            try:
+                await writer.drain()
             except (ConnectionError, OSError):
                 await self.handle_connection_closed()
 

@@ -207,3 +207,34 @@ def test_persistent_session_is_not_inherited_by_another_principal(embedded_broke
     ops.publish("fleet/ops/ops/req", b"marker", qos=1).wait_for_publish(15)
     assert present == [False] and inbox.items == []
     close(ops, dev, watcher)
+
+
+def test_a_burst_to_one_subscriber_arrives_whole_and_in_order(embedded_broker, registry):
+    """Packets written in one loop pass leave in one send() (broker/writer.py); a raw reader must
+    still parse every PUBLISH whole, in the publisher's order, each id acknowledged once."""
+    from raw_mqtt import ack_packet, parse_publish, raw_connect, read_packet, subscribe_packet
+
+    hub = add_device(registry, "hub", Role.HUB)
+    sock, rc = raw_connect(embedded_broker.port, "hub-raw", username=hub.username, password=hub.password)
+    assert rc == 0
+    sock.sendall(subscribe_packet("d/+/t", qos=1))
+    assert read_packet(sock)[0] == 9  # SUBACK: subscribed before the burst starts
+    creds = add_device(registry, "burst")
+    registry.set_quota("burst", msgs_per_s=0, bytes_per_s=0)
+    n = 3000
+    lines = "".join(f"{i}\n" for i in range(n))
+    pub = subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(embedded_broker.port), "-i", "burst",
+                            "-u", "burst", "-P", creds.password, "-q", "1", "-t", "d/burst/t", "-l"],
+                           stdin=subprocess.PIPE)
+    pub.communicate(lines.encode(), timeout=60)
+    got: list[int] = []
+    sock.settimeout(30)
+    while len(got) < n:
+        ptype, flags, body = read_packet(sock)
+        assert ptype == 3, f"expected PUBLISH, got packet type {ptype} after {len(got)} messages"
+        topic, packet_id, payload = parse_publish(flags, body)
+        assert topic == "d/burst/t" and packet_id is not None
+        got.append(int(payload))
+        sock.sendall(ack_packet("puback", packet_id))
+    assert got == list(range(n))
+    sock.close()
