@@ -48,6 +48,7 @@ from amqtt.utils import gen_client_id
 
 from broker.connection import ActivityReader, PacketTooLargeError, mark_keepalive
 from broker.inflight import FleetProtocolHandler
+from broker.light import LightEvent
 from broker.log_summary import LogSummary, clip
 from broker.quota import QuotaBook
 from broker.reader import BytesReader, ConnectionPolicy, ProtocolViolation, StrictReaderHandler, read_fixed_header
@@ -228,7 +229,7 @@ class LoginFirstMixin(_Base):
             client_session.parent = 0
         client_session.transitions.connect()
 
-        done = asyncio.Event()
+        done = LightEvent()
         handler.fleet_loop_done = done  # type: ignore[attr-defined]
         if isinstance(reader, ActivityReader):
             reader.last_read = time.monotonic()  # keep-alive counts from the CONNACK, not from the hash check

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from amqtt.adapters import ReaderAdapter
 from amqtt.codecs_amqtt import read_or_raise
-from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.errors import AMQTTError, MQTTError, NoDataError, ProtocolHandlerError
 from amqtt.events import MQTTEvents
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.packet import (
@@ -65,7 +65,7 @@ from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from amqtt.mqtt.unsubscribe import UnubscribePayload as UnsubscribePayload  # sic, amqtt 0.12.1
 
 from broker.connection import ActivityReader, PacketTooLargeError
-from broker.light import LightQueue
+from broker.light import LightEvent, LightQueue
 from broker.log_summary import LogSummary, clip
 from broker.quota import ClientQuota
 from broker.stats import BrokerCounters
@@ -221,6 +221,22 @@ class StrictReaderHandler(BrokerProtocolHandler):
         # most connections never SUBSCRIBE twice or UNSUBSCRIBE: queues without eager deques (broker/light.py)
         self._pending_subscriptions = LightQueue()
         self._pending_unsubscriptions = LightQueue()
+        self._reader_stopped = LightEvent()
+
+    async def start(self) -> None:
+        """amqtt's ``ProtocolHandler.start`` then ``BrokerProtocolHandler.start``, with the reader's two
+        Events as :class:`~broker.light.LightEvent` (an asyncio.Event holds a 0.7 KB deque from birth)."""
+        if not self._is_attached():
+            raise ProtocolHandlerError("Handler is not attached to a stream")
+        self._reader_ready = LightEvent()
+        self._reader_stopped = LightEvent()
+        self._reader_task = asyncio.create_task(self._reader_loop())
+        await self._reader_ready.wait()
+        if self._loop is not None and self.keepalive_timeout is not None:
+            self._keepalive_task = self._loop.call_later(self.keepalive_timeout, self.handle_write_timeout)
+        await self._retry_deliveries()
+        if self._disconnect_waiter is None or self._disconnect_waiter.done():
+            self._disconnect_waiter = asyncio.Future()
 
     async def _reader_loop(self) -> None:
         if self.session is None or self._reader_ready is None or self.reader is None:

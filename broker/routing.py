@@ -48,6 +48,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
 
 from broker.acl import Action, may_retain
+from broker.light import LightQueue
 from broker.log_summary import LogSummary, clip
 from broker.registry import Role
 
@@ -86,42 +87,53 @@ class RoutingMixin(_Base):
         return self.access.authorize(session, _ACTIONS[action], topic)
 
     async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
-        disconnect_waiter = asyncio.ensure_future(handler.wait_disconnect())
-        subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
-        unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
-        wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+        """amqtt's loop kept four tasks per connection alive (waiting for a DISCONNECT, a SUBSCRIBE, an
+        UNSUBSCRIBE, a PUBLISH) and one ``asyncio.wait`` over them per message: about 4 KB of each idle
+        connection's memory (tracemalloc, bench/conn_memory.py). Here the three queues resolve one
+        shared wake-up future on their next put (:class:`~broker.light.LightQueue`), and the loop
+        waits on that and the handler's disconnect future, both plain futures."""
+        loop = asyncio.get_running_loop()
+        disconnect: asyncio.Future[Any] | None = getattr(handler, "_disconnect_waiter", None)
+        if disconnect is None:  # the handler stopped before the loop began: as a dropped socket
+            disconnect = loop.create_future()
+            disconnect.set_result(None)
+        subs: LightQueue[Any] = handler._pending_subscriptions  # type: ignore[assignment]
+        unsubs: LightQueue[Any] = handler._pending_unsubscriptions  # type: ignore[assignment]
+        delivered: LightQueue[Any] = client_session.delivered_message_queue  # type: ignore[assignment]
+        queues = (subs, unsubs, delivered)
+        wake: asyncio.Future[None] | None = None
         try:
             while True:
-                await asyncio.wait([disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver],
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if subscribe_waiter.done():
-                    await self._handle_subscription(client_session, handler, subscribe_waiter)
-                    subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
-                if unsubscribe_waiter.done():
-                    await self._handle_unsubscription(client_session, handler, unsubscribe_waiter)
-                    unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
-                if wait_deliver.done():
-                    ok = await self.route_publish(client_session, wait_deliver.result())
-                    # what else this client has queued is routed now, a bounded number at a time,
-                    # instead of one asyncio.wait over four futures per message
-                    queue = client_session.delivered_message_queue
-                    routed = 1
-                    while ok and routed < _INLINE_ROUTES and not queue.empty() and not disconnect_waiter.done():
-                        ok = await self.route_publish(client_session, queue.get_nowait())
+                if not subs.empty():
+                    await self._handle_subscription(client_session, handler, _resolved(loop, subs.get_nowait()))
+                if not unsubs.empty():
+                    await self._handle_unsubscription(client_session, handler, _resolved(loop, unsubs.get_nowait()))
+                if not delivered.empty():
+                    # what this client has queued is routed now, a bounded number at a time
+                    ok, routed = True, 0
+                    while ok and routed < _INLINE_ROUTES and not delivered.empty() and not disconnect.done():
+                        ok = await self.route_publish(client_session, delivered.get_nowait())
                         routed += 1
                     if not ok:
                         # a protocol violation: close like a dropped socket (amqtt left the socket open)
                         await handler.handle_connection_closed()
-                    wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
-                if disconnect_waiter.done():
+                if disconnect.done():
                     await self._drain_delivered(client_session)
-                    await self._handle_disconnect(client_session, handler, disconnect_waiter)
+                    await self._handle_disconnect(client_session, handler, disconnect)
                     return
+                if subs.empty() and unsubs.empty() and delivered.empty():
+                    wake = loop.create_future()
+                    for q in queues:
+                        q.wake = wake
+                    await asyncio.wait((wake, disconnect), return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(0)  # more is queued: let the other connections have a turn first
         finally:
-            waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+            for q in queues:
+                if q.wake is wake:  # a newer connection of the same session may have set its own
+                    q.wake = None
+            if wake is not None and not wake.done():
+                wake.cancel()
 
     async def _drain_delivered(self, session: Session) -> None:
         """Route every publish the client sent (and was acknowledged) before it went away (#1)."""
@@ -318,6 +330,13 @@ class RoutingMixin(_Base):
             task: asyncio.Future[OutgoingApplicationMessage] = asyncio.ensure_future(
                 handler.mqtt_publish(topic, retained.data, qos, retain=True))
             self._tasks_queue.append(task)
+
+
+def _resolved(loop: asyncio.AbstractEventLoop, value: Any) -> asyncio.Future[Any]:
+    """A future already holding ``value`` (amqtt's handlers take the waiter they were woken by)."""
+    fut = loop.create_future()
+    fut.set_result(value)
+    return fut
 
 
 def _reap(task: asyncio.Future[Any]) -> None:
