@@ -1,5 +1,9 @@
 """Simulator scale: connected devices held by ONE simulator process, and its RSS.
 
+With ``--sim-processes K`` the N devices are split over K simulator processes instead, so that
+the load generator is faster than the broker it measures (issue 14: 10,000 devices on the
+embedded broker within 60 s; one Python simulator process is itself the bound near 6,000).
+
 For each broker (Mosquitto 2 started on a free port with ``max_connections -1``; the
 embedded amqtt broker in its own process) and each fleet size, a fresh simulator child
 process connects N devices, holds them for a few seconds at a low rate, and reports how many
@@ -50,15 +54,16 @@ def raise_nofile() -> int:
 # ---------------------------------------------------------------------------- child: one simulator
 
 
-async def child(port: int, n: int, connect_bound: float, hold: float, db: str) -> None:
+async def child(port: int, n: int, connect_bound: float, hold: float, db: str, first: int = 1) -> None:
     if db:
         creds = Credentials(credentials_path(db))  # provisioned by the parent
     else:
         creds = Credentials(Path(tempfile.gettempdir()) / f"sim-bench-{os.getpid()}.json")
-        creds.devices = {device_id("sim", i): DeviceCreds("x") for i in range(1, n + 1)}
+        creds.devices = {device_id("sim", i): DeviceCreds("x") for i in range(first, first + n)}
     creds.save = lambda: None  # type: ignore[method-assign]  # nothing to keep
     settings = SimSettings(devices=n, port=port, rate=0.2, anonymous=not db, keepalive=120,
-                           connect_concurrency=128, connect_timeout=60, heartbeat_s=60, profile="mixed")
+                           connect_concurrency=128, connect_timeout=60, heartbeat_s=60, profile="mixed",
+                           first_index=first)
     fleet = Fleet(settings, creds)
     proc = psutil.Process()
     t0 = time.monotonic()
@@ -122,34 +127,51 @@ def start_embedded_db(db: Path) -> tuple[int, subprocess.Popen[bytes]]:
 
 
 def run_step(port: int, n: int, broker: subprocess.Popen[bytes], connect_bound: float, hold: float,
-             db: str = "") -> dict[str, object]:
-    """One simulator child against a running broker; the broker's RSS before, at its peak, per device."""
-    cmd = [sys.executable, __file__, "--child", str(port), str(n), str(connect_bound), str(hold), db]
+             db: str = "", processes: int = 1) -> dict[str, object]:
+    """Simulator children (N devices split over ``processes``) against a running broker; the broker's
+    RSS before, at its peak, per device."""
+    shares = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
+    firsts = [1 + sum(shares[:i]) for i in range(processes)]
     broker_proc = psutil.Process(broker.pid)
     base = broker_proc.memory_info().rss
     cpu0 = sum(broker_proc.cpu_times()[:2])
-    out_path = Path(tempfile.mkstemp(prefix="sim-scale-")[1])
-    with out_path.open("wb") as out:
-        sim = subprocess.Popen(cmd, stdout=out, stderr=None, preexec_fn=raise_nofile)
-        peak = 0
-        cpu_at_report: float | None = None
-        deadline = time.monotonic() + connect_bound + hold + 120
-        while sim.poll() is None and time.monotonic() < deadline:
-            try:
-                peak = max(peak, psutil.Process(broker.pid).memory_info().rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.5)
-            if cpu_at_report is None and out_path.stat().st_size:  # the child reported: connecting is over
-                cpu_at_report = sum(broker_proc.cpu_times()[:2])
+    out_paths = [Path(tempfile.mkstemp(prefix="sim-scale-")[1]) for _ in shares]
+    sims = []
+    for share, first, out_path in zip(shares, firsts, out_paths, strict=True):
+        cmd = [sys.executable, __file__, "--child", str(port), str(share), str(connect_bound), str(hold), db, str(first)]
+        with out_path.open("wb") as out:
+            sims.append(subprocess.Popen(cmd, stdout=out, stderr=None if processes == 1 else subprocess.DEVNULL,
+                                         preexec_fn=raise_nofile))
+    peak = 0
+    cpu_at_report: float | None = None
+    deadline = time.monotonic() + connect_bound + hold + 120
+    while any(sim.poll() is None for sim in sims) and time.monotonic() < deadline:
+        try:
+            peak = max(peak, psutil.Process(broker.pid).memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.5)
+        if cpu_at_report is None and all(p.stat().st_size for p in out_paths):  # every child reported
+            cpu_at_report = sum(broker_proc.cpu_times()[:2])
+    for sim in sims:
         if sim.poll() is None:
             sim.kill()
             sim.wait(10)
-    lines = out_path.read_text().strip().splitlines()
-    out_path.unlink()
-    if not lines:
-        return {"devices": n, "error": "simulator reported nothing"}
-    result: dict[str, object] = json.loads(lines[-1])
+    reports = []
+    for out_path in out_paths:
+        lines = out_path.read_text().strip().splitlines()
+        out_path.unlink()
+        if lines:
+            reports.append(json.loads(lines[-1]))
+    if len(reports) < len(sims):
+        return {"devices": n, "error": f"{len(sims) - len(reports)} simulator(s) reported nothing"}
+    times = [r["connect_s"] for r in reports]
+    result: dict[str, object] = {
+        "devices": n, "sim_processes": processes, "connected": sum(r["connected"] for r in reports),
+        "held_after_hold": sum(r["held_after_hold"] for r in reports),
+        "connect_s": max(times) if all(t is not None for t in times) else None,  # the last process to finish
+        "sim_rss_mb": round(sum(r["sim_rss_mb"] for r in reports), 1),
+        "sim_cpu_s": round(sum(r["sim_cpu_s"] for r in reports), 1)}
     result["broker_rss_base_mb"] = round(base / 2**20, 1)
     result["broker_rss_mb"] = round(peak / 2**20, 1)
     connected = int(result.get("held_after_hold") or 0)
@@ -188,6 +210,8 @@ def main() -> None:
     ap.add_argument("--connect-bound", type=float, default=120.0, help="seconds allowed to connect each step")
     ap.add_argument("--hold", type=float, default=5.0)
     ap.add_argument("--auth", action="store_true", help="the embedded broker checks every login against its registry")
+    ap.add_argument("--sim-processes", type=int, default=1,
+                    help="split each fleet over this many simulator processes (a faster load generator)")
     args = ap.parse_args()
     raise_nofile()
     print(json.dumps({"bytes_per_reading": wire_bytes()}), flush=True)
@@ -204,7 +228,7 @@ def main() -> None:
                 else:
                     port, proc = start_embedded_db(Path(db)) if db else start_embedded(tmp)
                 try:
-                    result = run_step(port, n, proc, args.connect_bound, args.hold, db)
+                    result = run_step(port, n, proc, args.connect_bound, args.hold, db, args.sim_processes)
                 finally:
                     proc.terminate()
                     try:
@@ -217,7 +241,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         raise_nofile()
-        _, _, port, n, bound, hold, db = sys.argv
-        asyncio.run(child(int(port), int(n), float(bound), float(hold), db))
+        _, _, port, n, bound, hold, db, first = sys.argv
+        asyncio.run(child(int(port), int(n), float(bound), float(hold), db, int(first)))
     else:
         main()

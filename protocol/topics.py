@@ -7,6 +7,7 @@ prefix on the wire.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -86,6 +87,14 @@ def subscription_for(cls: MessageClass) -> str:
 
 def parse_topic(topic: str) -> Topic:
     """Parse a device topic; raise :class:`ProtocolError` (bad_topic) for anything else."""
+    return _parse_topic(topic)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_topic(topic: str) -> Topic:
+    # cached: the hub parses the same few topics per device for every message; the id regex, the enum
+    # look-up and the Topic were a third of the writer's decode time (py-spy, bench/README.md). A
+    # refused topic raises and is not cached; topics are bounded by the LRU, whatever devices send.
     parts = topic.split("/")
     if len(parts) != 3 or parts[0] != ROOT:
         raise ProtocolError(Reason.BAD_TOPIC, f"not a device topic: {topic[:80]!r}")
