@@ -241,10 +241,9 @@ class Fleet:
             for t in pending:
                 t.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
-        outcomes = [t.exception() if not t.cancelled() else asyncio.CancelledError() for t in tasks]
         # a task that died before the stop is a bug in the simulator: say so once per kind, not per device
-        died = Counter(f"{type(o).__name__}: {o}" for o in outcomes
-                       if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError))
+        died = Counter(f"{type(exc).__name__}: {exc}" for t in tasks
+                       if not t.cancelled() and (exc := t.exception()) is not None)
         for what, n in died.items():
             log.error("simulated device tasks died devices=%d error=%s", n, inert(what))
         for d, cred in zip(self.devices, (self.credentials.devices[d.device_id] for d in self.devices), strict=True):

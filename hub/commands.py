@@ -284,9 +284,6 @@ class CommandBridge:
         ``ping`` to 1,000 devices, most of the hub's time in the fan-out. The rule stays "commit, then
         publish": nothing is published before the batch's commit, and on a rollback nothing is.
         """
-        if self._held is not None:  # already in a batch
-            yield
-            return
         self._held = held = []
         before = set(self.active)
         try:

@@ -66,15 +66,11 @@ def key_name(key: str | int, description: Description | None) -> str | None:
     return names[key] if 0 <= key < len(names) else None
 
 
-def parse_description(body: str | None) -> Description | None:
-    return _parse_description(body) if body else None
-
-
 @functools.lru_cache(maxsize=512)
-def _parse_description(body: str) -> Description:
+def parse_description(body: str | None) -> Description | None:
     # a fleet has a handful of distinct descriptions; a command to 1,000 devices parsed the same
     # JSON 1,000 times (a sixth of the hub's time per command). Callers only read the model.
-    return Description.model_validate_json(body)
+    return Description.model_validate_json(body) if body else None
 
 
 # ------------------------------------------------------------------ library (fleet config ...)

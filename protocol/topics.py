@@ -85,13 +85,9 @@ def subscription_for(cls: MessageClass) -> str:
     return f"{ROOT}/+/{cls.value}"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_topic(topic: str) -> Topic:
     """Parse a device topic; raise :class:`ProtocolError` (bad_topic) for anything else."""
-    return _parse_topic(topic)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _parse_topic(topic: str) -> Topic:
     # cached: the hub parses the same few topics per device for every message; the id regex, the enum
     # look-up and the Topic were a third of the writer's decode time (py-spy, bench/README.md). A
     # refused topic raises and is not cached; topics are bounded by the LRU, whatever devices send.
