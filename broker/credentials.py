@@ -8,6 +8,7 @@ only its user can read, and re-registers it when the registry does not match.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from broker.registry import Registry, Role
@@ -23,16 +24,30 @@ def secret_path(db: Path, principal_id: str) -> Path:
 
 def local_secret(db: Path, principal_id: str) -> str:
     """The secret stored for ``principal_id`` next to ``db``, created (mode 0600) when missing."""
-    path = secret_path(db, principal_id)
+    return read_or_create_secret(secret_path(db, principal_id))
+
+
+def read_or_create_secret(path: Path) -> str:
+    """The secret in ``path``; when there is none, a new one written there (mode 0600).
+
+    Several processes may start at once on one database (a worker group): the file appears
+    whole or not at all (written under a private name, then hard-linked into place), so a
+    process that loses the race reads the winner's secret, never an empty file.
+    """
     if path.exists():
         return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
     secret = new_secret()
+    private = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first; use theirs
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        os.link(private, path)
+    except FileExistsError:  # another process published first: use theirs
         return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
+    finally:
+        private.unlink(missing_ok=True)
     return secret
 
 

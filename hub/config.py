@@ -5,12 +5,11 @@ Every limit of the ingest path is a named setting with a default that works on a
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from broker.credentials import read_or_create_secret
 from broker.url import BrokerAddress, parse_broker_url
 from hub.storage.location import side_base
 
@@ -105,12 +104,4 @@ def hub_password(settings: HubSettings) -> str:
     """The hub's password: from the settings, else from the secret file (created 0600 when missing)."""
     if settings.password is not None:
         return settings.password.get_secret_value()
-    path = settings.secret_file
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    return secret
+    return read_or_create_secret(settings.secret_file)
