@@ -38,6 +38,7 @@ import psutil
 from common import ROOT, start_mosquitto  # also puts the project on sys.path
 
 from broker.server import free_port  # noqa: E402
+from cli.runtime import tune_gc  # noqa: E402
 from device_sim.fleet import Credentials, DeviceCreds, Fleet, credentials_path, device_id, provision  # noqa: E402
 from device_sim.mqtt import publish_packet  # noqa: E402
 from device_sim.settings import SimSettings  # noqa: E402
@@ -98,11 +99,13 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 from broker.server import EmbeddedBroker
 from broker.config import BrokerSettings
+from cli.runtime import tune_gc
 async def main():
     b = EmbeddedBroker(BrokerSettings(port=int(sys.argv[1]), db=sys.argv[2], allow_anonymous=sys.argv[3] == "anon"))
     await b.start()
     print("ready", flush=True)
     await asyncio.Event().wait()
+tune_gc()  # as `fleet broker` does
 asyncio.run(main())
 """
 
@@ -242,6 +245,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         raise_nofile()
         _, _, port, n, bound, hold, db, first = sys.argv
+        tune_gc()  # as `fleet sim` does
         asyncio.run(child(int(port), int(n), float(bound), float(hold), db, int(first)))
     else:
         main()

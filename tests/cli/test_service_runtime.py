@@ -1,0 +1,26 @@
+"""A long-lived CLI service (`fleet broker`, `fleet hub`, `fleet sim`) runs with the collector tuned
+for thousands of live connections (why: bench/README.md, "10,000 devices")."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from cli.runtime import GC_THRESHOLDS, run_service
+
+
+def test_a_service_runs_with_start_up_objects_frozen_and_young_collections_rarer() -> None:
+    before = gc.get_threshold()
+    seen: dict[str, object] = {}
+
+    async def main(stop: asyncio.Event) -> None:
+        seen["threshold"] = gc.get_threshold()
+        seen["frozen"] = gc.get_freeze_count()
+
+    try:
+        run_service(main)
+    finally:  # this test process is not a service: give it back CPython's collector
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen["threshold"] == GC_THRESHOLDS != before
+    assert isinstance(seen["frozen"], int) and seen["frozen"] > 10_000  # the imported modules' objects at least
