@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,33 +30,14 @@ from ingest import (  # also puts the project on sys.path
     raw_phase,
     write_load,
 )
-from common import ROOT, stop
-
-from broker.server import free_port  # noqa: E402
-
-EMBEDDED = """
-import asyncio, sys
-from broker.server import EmbeddedBroker
-from broker.config import BrokerSettings
-async def main():
-    b = EmbeddedBroker(BrokerSettings(port=int(sys.argv[1]), db=sys.argv[2]))
-    await b.start()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
+from common import start_embedded_process, stop
 
 
 def embedded_fleet(workdir: Path) -> tuple[Fleet, subprocess.Popen[bytes]]:
     """The registry of bench/ingest.py's fleet, served by the embedded broker in its own process."""
     fleet, background = make_fleet("embedded", workdir)  # writes the registry; its in-process broker is not used
     background.stop()  # type: ignore[attr-defined]
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED, str(port), str(fleet.db)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    fleet.port = port
+    fleet.port, proc = start_embedded_process(fleet.db)
     return fleet, proc
 
 

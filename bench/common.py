@@ -25,6 +25,34 @@ from broker.server import free_port  # noqa: E402
 
 FLEET = [sys.executable, "-c", "from cli.main import main; main()"]
 
+# The embedded broker alone in its own process, set up as `fleet broker` runs it (collector tuned,
+# open-files limit lifted); a bench reads its RSS and CPU from /proc without a CLI around it.
+_EMBEDDED = """
+import asyncio, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from broker.server import EmbeddedBroker
+from broker.config import BrokerSettings
+from cli.runtime import tune_gc
+async def main():
+    b = EmbeddedBroker(BrokerSettings(port=int(sys.argv[1]), db=sys.argv[2], allow_anonymous=sys.argv[3] == "anon"))
+    await b.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+tune_gc()
+asyncio.run(main())
+"""
+
+
+def start_embedded_process(db: Path, anonymous: bool = False) -> tuple[int, subprocess.Popen[bytes]]:
+    """The embedded broker on ``db``'s registry in its own process, on a free port; returns once it listens."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _EMBEDDED, str(port), str(db), "anon" if anonymous else "auth"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return port, proc
+
 
 def raise_nofile() -> None:
     """Lift the open-files limit to the hard limit (thousands of sockets per process)."""

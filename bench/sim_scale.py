@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,21 +34,14 @@ import time
 from pathlib import Path
 
 import psutil
-from common import ROOT, start_mosquitto  # also puts the project on sys.path
+from common import raise_nofile, start_embedded_process, start_mosquitto  # also puts the project on sys.path
 
-from broker.server import free_port  # noqa: E402
 from cli.runtime import tune_gc  # noqa: E402
 from device_sim.fleet import Credentials, DeviceCreds, Fleet, credentials_path, device_id, provision  # noqa: E402
 from device_sim.mqtt import publish_packet  # noqa: E402
 from device_sim.settings import SimSettings  # noqa: E402
 from device_sim.signals import Profile, make_signal  # noqa: E402
 from protocol import Reading, Telemetry, encode  # noqa: E402
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 # ---------------------------------------------------------------------------- child: one simulator
@@ -91,42 +83,6 @@ async def child(port: int, n: int, connect_bound: float, hold: float, db: str, f
 
 
 # ---------------------------------------------------------------------------- parent
-
-
-EMBEDDED = """
-import asyncio, resource, sys
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-from broker.server import EmbeddedBroker
-from broker.config import BrokerSettings
-from cli.runtime import tune_gc
-async def main():
-    b = EmbeddedBroker(BrokerSettings(port=int(sys.argv[1]), db=sys.argv[2], allow_anonymous=sys.argv[3] == "anon"))
-    await b.start()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-tune_gc()  # as `fleet broker` does
-asyncio.run(main())
-"""
-
-
-def start_embedded(tmp: Path) -> tuple[int, subprocess.Popen[bytes]]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED, str(port), str(tmp / "fleet.db"), "anon"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    return port, proc
-
-
-def start_embedded_db(db: Path) -> tuple[int, subprocess.Popen[bytes]]:
-    """The embedded broker on ``db``'s registry, anonymous access off."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED, str(port), str(db), "auth"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    return port, proc
 
 
 def run_step(port: int, n: int, broker: subprocess.Popen[bytes], connect_bound: float, hold: float,
@@ -229,7 +185,7 @@ def main() -> None:
                 if broker == "mosquitto":
                     port, proc = start_mosquitto(tmp)
                 else:
-                    port, proc = start_embedded_db(Path(db)) if db else start_embedded(tmp)
+                    port, proc = start_embedded_process(Path(db) if db else tmp / "fleet.db", anonymous=not db)
                 try:
                     result = run_step(port, n, proc, args.connect_bound, args.hold, db, args.sim_processes)
                 finally:
