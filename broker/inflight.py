@@ -34,6 +34,7 @@ from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import OUTGOING, IncomingApplicationMessage, OutgoingApplicationMessage
 
+from broker.log_summary import clip
 from broker.reader import StrictReaderHandler
 
 log = logging.getLogger("fleet.broker.inflight")
@@ -82,8 +83,7 @@ class FleetProtocolHandler(StrictReaderHandler):
         except asyncio.TimeoutError:
             if app_message.puback_packet is not None:
                 return  # settled by a retry on a newer connection of the same session
-            log.warning("no PUBACK client_id=%s packet_id=%s topic=%s; kept for redelivery",
-                        session.client_id, packet_id, app_message.topic)
+            self._ack_timed_out("PUBACK", packet_id, app_message.topic)
             return
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -136,6 +136,18 @@ class FleetProtocolHandler(StrictReaderHandler):
         if session.inflight_out.get(packet_id) is app_message:
             del session.inflight_out[packet_id]
 
+    def _ack_timed_out(self, what: str, packet_id: int, topic: str | None) -> None:
+        """Log a missing acknowledgement; the message stays queued for redelivery. A client that stops
+        acknowledging times out on every message it was sent: logged once per client per interval."""
+        client_id = self.session.client_id if self.session else None
+        args = (what, clip(client_id), packet_id, clip(topic))
+        msg = "no %s client_id=%s packet_id=%s topic=%s; kept for redelivery"
+        policy = self.fleet_policy
+        if policy is None:
+            log.warning(msg, *args)
+        else:
+            policy.notes.event("ack_timeout", str(client_id), msg, *args)
+
     async def _await_ack(self, waiters: dict, packet_id: int, packet: object, what: str):  # type: ignore[no-untyped-def,type-arg]
         """Send ``packet`` and wait for its acknowledgement; None when the wait ended without one."""
         waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -145,8 +157,7 @@ class FleetProtocolHandler(StrictReaderHandler):
             async with asyncio.timeout(PUBACK_TIMEOUT_S):
                 return await waiter
         except asyncio.TimeoutError:
-            log.warning("no %s client_id=%s packet_id=%s; kept for redelivery", what,
-                        self.session.client_id if self.session else None, packet_id)
+            self._ack_timed_out(what, packet_id, None)
             return None
         except asyncio.CancelledError:
             task = asyncio.current_task()

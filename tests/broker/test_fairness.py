@@ -316,3 +316,61 @@ def test_hold_ends_only_when_the_sender_pauses_and_a_steady_flood_reaches_the_ha
         wait = quota.charge(100)
         now[0] += wait * 1.5 if wait else 0.001
     assert 5.0 <= now[0] - flood_began <= 7.0
+
+
+def test_a_subscriber_that_stops_reading_holds_up_only_itself(embedded_broker, registry, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A device that stops reading its socket (a stalled MCU, a dead radio with the TCP link still up)
+    while its commands keep coming: the broker's buffer for it backs up and its deliveries wait on the
+    socket (``CoalescingWriter.backed_up``), another device's command still arrives, and once the
+    stalled device reads again it gets every command in order. Its PUBACK timeouts (every delivery
+    times out while it reads nothing) are logged once per interval, not once per message."""
+    import broker.inflight
+    from raw_mqtt import connect_packet, parse_publish, read_packet, subscribe_packet
+
+    monkeypatch.setattr(broker.inflight, "PUBACK_TIMEOUT_S", 1.0)  # time out while the test waits
+    caplog.set_level(logging.WARNING, logger="fleet.broker")
+
+    stuck_creds = add_device(registry, "stuck")
+    hub = connect(embedded_broker.port, add_device(registry, "hub", Role.HUB))
+    fine = connect(embedded_broker.port, add_device(registry, "fine"))
+    inbox = Inbox().attach(fine)
+    assert subscribe(fine, "d/fine/c") == 1
+    stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small TCP window
+    stuck.settimeout(30 * load_factor())
+    stuck.connect(("127.0.0.1", embedded_broker.port))
+    stuck.sendall(connect_packet("stuck", username="stuck", password=stuck_creds.password, keepalive=0))
+    assert read_packet(stuck)[0] == 2  # CONNACK
+    stuck.sendall(subscribe_packet("d/stuck/c", qos=1))
+    assert read_packet(stuck)[0] == 9  # SUBACK; from here on it reads nothing
+
+    def backed_up() -> bool:
+        async def read() -> bool:
+            assert embedded_broker.broker is not None
+            handler = embedded_broker.broker.amqtt._sessions["stuck"][1]
+            return bool(getattr(handler.writer, "backed_up", False))
+        return bool(embedded_broker.call(read))
+
+    n, size = 2000, 4000  # 8 MB: more than loopback's socket buffers take (4 MB send + 4 KB receive)
+    for i in range(n):
+        hub.publish("d/stuck/c", f"{i:06d}".encode() + b"x" * (size - 6), qos=1)
+    assert wait_for(backed_up, 20), "the broker never had to wait for the stalled device's socket"
+    hub.publish("d/fine/c", b"marker", qos=1).wait_for_publish(10)
+    assert wait_for(lambda: b"marker" in inbox.payloads(), 10), "one stalled subscriber held up another device"
+    timeouts = lambda: [r for r in caplog.records if r.getMessage().startswith("no PUBACK client_id=stuck")]  # noqa: E731
+    assert wait_for(lambda: timeouts(), 20), "no delivery to the stalled device timed out"
+
+    got: list[int] = []
+    while len(got) < n:  # reading again: everything arrives, in order, each acknowledged
+        kind, flags, body = read_packet(stuck)
+        if kind == 3:
+            topic, packet_id, payload = parse_publish(flags, body)
+            assert topic == "d/stuck/c" and len(payload) == size
+            got.append(int(payload[:6]))
+            if packet_id is not None:
+                stuck.sendall(ack_packet("puback", packet_id))
+    assert got == list(range(n))
+    assert len(timeouts()) == 1, [r.getMessage() for r in timeouts()][:5]
+    stuck.close()
+    close(fine)
+    close(hub)
