@@ -20,7 +20,7 @@ def _race(db: str, barrier: multiprocessing.synchronize.Barrier, out: multiproce
 
 def test_processes_starting_together_read_one_whole_secret(tmp_path: Path) -> None:
     path = tmp_path / "fleet.db.hub-secret"  # the hub's: what a worker group's members race for
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # not fork: other tests leave threads (and their locks) in this process
     n = 8
     barrier, out = ctx.Barrier(n), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(str(tmp_path / "fleet.db"), barrier, out)) for _ in range(n)]
