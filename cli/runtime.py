@@ -68,8 +68,11 @@ GC_THRESHOLDS = (50_000, 20, 10)
 
 
 def tune_gc() -> None:
-    """Set the collector for a long-lived service: objects made at start-up are frozen (never
-    walked again) and young generations collected every 50,000 allocations instead of 700."""
+    """Set the collector for a `fleet` process: objects made at start-up are frozen (never walked
+    again) and young generations collected every 50,000 allocations instead of 700.
+
+    Called by the console script's entry point (:func:`cli.main.main`), which owns the process;
+    not by the commands themselves, which tests also run inside a pytest process."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
@@ -84,5 +87,4 @@ def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> N
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    tune_gc()
     asyncio.run(runner())

@@ -17,7 +17,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from cli.output import stderr
-from cli.runtime import setup_logging, tune_gc
+from cli.runtime import setup_logging
 from cli.stack import Stack
 
 
@@ -48,7 +48,6 @@ def up_command(obj: dict, host: str, port: int, devices: int, no_sim: bool, rate
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    tune_gc()
     try:
         stack.start()
     except BaseException:
