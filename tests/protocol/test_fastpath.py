@@ -181,3 +181,50 @@ def test_integer_values_become_floats_like_the_strict_decoder() -> None:
     assert rows is not None and rows.readings == [(5, "temperature", 21.0)]
     msg = Telemetry(boot=1, seq=2, ts=TS, readings=[Reading(metric="temperature", value=21.0)])
     assert assert_agrees(encode(msg, "cbor")) is not None
+
+
+COMPACT = b'{"boot":1,"seq":2,"ts":1700000000000,"readings":[{"metric":"temperature","value":%s}]}'
+
+
+@pytest.mark.parametrize("number, expected", [
+    (b"21", 21.0), (b"-21.5", -21.5), (b"0", 0.0), (b"-0.0", -0.0), (b"0.1", 0.1), (b"149.99999999999999999", None),
+])
+def test_the_compact_layout_reads_numbers_as_json_does(number: bytes, expected: float | None) -> None:
+    rows = assert_agrees(COMPACT % number)
+    if expected is None:  # out of the compact pattern's digits: the general path decides (here: in range)
+        return
+    assert rows is not None
+    assert repr(rows.readings[0][2]) == repr(expected)  # the sign of zero included
+
+
+@pytest.mark.parametrize("number", [b"-0", b"01", b"1e1", b"1.", b".5", b"+1", b"1.5e400", b"--1", b"1.2.3"])
+def test_numbers_outside_the_compact_layout_are_decoded_as_strictly(number: bytes) -> None:
+    """``-0`` is JSON's integer zero (0.0, not -0.0); the rest is not JSON, or not this layout."""
+    rows = assert_agrees(COMPACT % number)
+    if number == b"-0":
+        assert rows is not None and repr(rows.readings[0][2]) == "0.0"
+
+
+@BOUNDED
+@given(message=telemetry, data=st.data())
+def test_compact_json_with_any_key_order_and_spacing_agrees(message: Telemetry, data: st.DataObject) -> None:
+    """The same values spelled another way (key order, spaces) take the general path with the same result."""
+    try:
+        payload = encode(message, "json")
+    except ProtocolError:
+        return
+    compact = assert_agrees(payload)
+    assert compact is not None
+    obj = json.loads(payload)
+    keys = data.draw(st.permutations(list(obj)))
+    spaced = json.dumps({k: obj[k] for k in keys}, separators=data.draw(st.sampled_from([(",", ":"), (", ", ": ")])))
+    assert assert_agrees(spaced.encode()) == compact
+
+
+def test_compact_json_with_more_readings_than_allowed_is_refused() -> None:
+    reading = b'{"metric":"temperature","value":21.5}'
+    payload = b'{"boot":1,"seq":2,"ts":1700000000000,"readings":[' + b",".join([reading] * 65) + b"]}"
+    assert decode_telemetry_rows(payload) is None
+    ok = payload.replace(b"[" + b",".join([reading] * 65), b"[" + b",".join([reading] * 64))
+    rows = assert_agrees(ok)
+    assert rows is not None and len(rows.readings) == 64
