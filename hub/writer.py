@@ -31,6 +31,7 @@ from protocol.errors import Reason
 from protocol.fastpath import TelemetryRows
 from protocol.limits import LIMITS
 from protocol.models import Alert, CommandReply, Status, StatusState, Watermark
+from protocol.topics import MessageClass
 
 log = logging.getLogger("fleet.hub.writer")
 
@@ -81,6 +82,12 @@ def reading_rows(telemetry: Iterable[StoredTelemetry]) -> Iterator[tuple[Any, ..
     for device_id, boot, seq, base_ms, readings, received_at, skewed in telemetry:
         for idx, (dt, metric, value) in enumerate(readings):
             yield device_id, boot, seq, idx, metric, value, (base_ms + dt) / 1000.0, received_at, skewed
+
+
+_RECEIVED = {cls: "received:" + cls.value for cls in MessageClass}
+_PERSISTED = {cls: "persisted:" + cls.value for cls in MessageClass}
+"""The counters of messages received and stored, per class (each key built once, not per message)."""
+_PERSISTED_T, _PERSISTED_A = _PERSISTED[MessageClass.TELEMETRY], _PERSISTED[MessageClass.ALERT]
 
 
 @dataclass
@@ -144,15 +151,20 @@ class BatchWriter:
             for msg, verdict in zip(batch, verdicts):
                 if verdict is None:
                     continue
-                if isinstance(verdict, Accepted) and active is not None and verdict.device_id not in active:
+                if type(verdict) is Accepted and active is not None and verdict.device_id not in active:
                     verdict = Rejected(verdict.device_id, Reason.UNKNOWN_DEVICE,
                                        f"{verdict.device_id!r} is not an active device in the registry")
-                counts["received:" + (verdict.cls.value if isinstance(verdict, Accepted) else "invalid")] += 1
-                if isinstance(verdict, Rejected):
+                if type(verdict) is Rejected:
+                    counts["received:invalid"] += 1
                     if self._dead_letter(msg, verdict, active, touched, counts):
                         dead[verdict.reason.value] += 1
                     continue
-                self._accept(msg, verdict, result, touched, births, counts, readings, skew)
+                counts[_RECEIVED[verdict.cls]] += 1
+                if type(verdict.message) is TelemetryRows or type(verdict.message) is Alert:
+                    self._accept_sequenced(msg, verdict.device_id, verdict.message, result, touched, counts, readings,
+                                           skew)
+                else:
+                    self._accept(msg, verdict, result, births, counts)
             for key in self._dirty:
                 self.store.save_stream(key[0], key[1], self._streams[key])
             self.presence.flush()
@@ -221,11 +233,11 @@ class BatchWriter:
 
     # ------------------------------------------------------------------ messages
 
-    def _accept(self, msg: Inbound, verdict: Accepted, result: BatchResult, touched: dict[str, tuple[int, SeqTracker]],
-                births: list[str], counts: Counter[str], readings: list[int], skew: SkewTally) -> None:
+    def _accept(self, msg: Inbound, verdict: Accepted, result: BatchResult, births: list[str],
+                counts: Counter[str]) -> None:
+        """A status or a command reply (not sequenced: stored as it comes)."""
         device_id, message, now = verdict.device_id, verdict.message, msg.received_at
-        if not isinstance(message, (TelemetryRows, Alert)):
-            counts["persisted:" + verdict.cls.value] += 1
+        counts[_PERSISTED[verdict.cls]] += 1
         if isinstance(message, Status):
             outcome = self.presence.on_status(device_id, message, now)
             if outcome.event:
@@ -244,35 +256,58 @@ class BatchWriter:
         event = self.presence.on_message(device_id, now)
         if event:
             result.presence.append(event)
-        if isinstance(message, CommandReply):
-            self.store.insert_reply(device_id, message.id, message.state.value, message.detail, dict(message.result), now)
-            result.replies.append((device_id, message))
-            return
-        assert isinstance(message, (TelemetryRows, Alert))
-        key = stream_boot(self.presence.incarnation(device_id), message.boot)
+        assert isinstance(message, CommandReply)
+        self.store.insert_reply(device_id, message.id, message.state.value, message.detail, dict(message.result), now)
+        result.replies.append((device_id, message))
+
+    def _accept_sequenced(self, msg: Inbound, device_id: str, message: TelemetryRows | Alert, result: BatchResult,
+                          touched: dict[str, tuple[int, SeqTracker]], counts: Counter[str], readings: list[int],
+                          skew: SkewTally) -> None:
+        """A telemetry message or an alert: stored once under its (device, incarnation, boot, seq). The hot path:
+        the common case (the next seq of a stream already in memory) is inlined."""
+        now = msg.received_at
+        presence = self.presence
+        event = presence.on_message(device_id, now)
+        if event:
+            result.presence.append(event)
+        key = stream_boot(presence.incarnation(device_id), message.boot)
         base, skewed = self._wall_clock(device_id, message, now)
-        kind = "t" if isinstance(message, TelemetryRows) else "a"
-        if not self.store.insert_message(device_id, key, message.seq, kind, base, now, skewed):
+        seq = message.seq
+        rows = type(message) is TelemetryRows
+        kind = "t" if rows else "a"
+        if not self.store.insert_message(device_id, key, seq, kind, base, now, skewed):
             counts["duplicate"] += 1
-            log.debug("duplicate device_id=%s boot=%s seq=%s mid=%s", device_id, message.boot, message.seq, msg.mid)
+            log.debug("duplicate device_id=%s boot=%s seq=%s mid=%s", device_id, message.boot, seq, msg.mid)
             if message.dropped:
                 self._drop(device_id, key, message.dropped, now, touched, counts)
             return
         counts["stored"] += 1
-        counts["persisted:" + kind] += 1
+        counts[_PERSISTED_T if rows else _PERSISTED_A] += 1
         if skewed:  # counted, and summarized by the ingest loop: never a log line per message
             counts["skewed"] += 1
             skew.add(device_id, base / 1000.0 - now)
-        self._track(device_id, key, message.seq, now, touched, counts)
+        stream = (device_id, key)
+        tracker = self._streams.get(stream)
+        if tracker is not None and seq == tracker.max_seq + 1:  # SeqTracker.observe's common case, no gap
+            tracker.max_seq = seq
+            tracker.dirty = True
+            self._dirty.add(stream)
+            current = touched.get(device_id)
+            if current is None or key >= current[0]:
+                touched[device_id] = (key, tracker)
+        else:
+            self._track(device_id, key, seq, now, touched, counts)
         if message.dropped:
             self._drop(device_id, key, message.dropped, now, touched, counts)
-        if isinstance(message, Alert):
-            self.store.insert_alert(device_id, key, message.seq, base / 1000.0, message.code,
-                                    message.severity.value, message.message, now)
+        if not rows:
+            assert isinstance(message, Alert)
+            self.store.insert_alert(device_id, key, seq, base / 1000.0, message.code, message.severity.value,
+                                    message.message, now)
             return
-        self.store.stage_readings(device_id, key, message.seq, base, message.readings, now)
-        result.telemetry.append((device_id, key, message.seq, base, message.readings, now, skewed))
-        readings[0] += len(message.readings)
+        values = message.readings
+        self.store.stage_readings(device_id, key, seq, base, values, now)
+        result.telemetry.append((device_id, key, seq, base, values, now, skewed))
+        readings[0] += len(values)
 
     def _wall_clock(self, device_id: str, message: TelemetryRows | Alert, now: float) -> tuple[int, bool]:
         """The message's time in ms since the epoch (uptime stamps turned into wall-clock time when the
