@@ -50,6 +50,7 @@ class Rejected(NamedTuple):
     """The refused message's place in the device's seq stream, when the payload names it."""
 
 
+_new = tuple.__new__  # a named tuple from all its fields, without the class's Python-level __new__ (hot path)
 _SEQUENCED = (MessageClass.TELEMETRY, MessageClass.ALERT)
 _CONTENT_REASONS = (Reason.SCHEMA, Reason.UNKNOWN_METRIC, Reason.OUT_OF_RANGE)
 
@@ -65,7 +66,7 @@ def classify(msg: Inbound) -> Accepted | Rejected | None:
     if topic.cls is MessageClass.TELEMETRY:
         rows = decode_telemetry_rows(msg.payload)
         if rows is not None:
-            return Accepted(topic.device_id, topic.cls, rows)
+            return _new(Accepted, (topic.device_id, topic.cls, rows))
     elif topic.cls is MessageClass.STATUS and not msg.payload:
         return None  # an empty retained payload clears the status: nothing to store
     try:

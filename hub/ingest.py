@@ -123,7 +123,8 @@ class Ingest:
             topic = topic_bytes.decode()
         except UnicodeDecodeError:
             topic = topic_bytes.decode("utf-8", "replace")  # dead-lettered as bad_topic
-        item = Inbound(topic, payload, mid, qos, retain, time.time(), self.generation)
+        # tuple.__new__: a named tuple without its class's Python-level __new__ (one per message)
+        item = tuple.__new__(Inbound, (topic, payload, mid, qos, retain, time.time(), self.generation))
         # Wait while the writer is behind: the broker holds what we do not read (never drop).
         while self.queue.qsize() >= self._queue_max:
             if self._stop.wait(0.005):
