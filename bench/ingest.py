@@ -12,15 +12,25 @@ Each device logs in with its own registry secret (Mosquitto gets the password an
 from ``fleet broker export-acl``, anonymous access off, unlimited in-flight and queues).
 
 Phases, for each encoding: single-reading messages, 20-reading messages, and both again
-with every device's clock skewed by a day (the hub flags them). For each load:
+with every device's clock skewed by a day (the hub flags them). For each load, one right
+after the other (the speed of a shared VM drifts over minutes):
 
   raw  ``mosquitto_sub -C N -q 1`` (a C subscriber, hub role) counts N deliveries while the
-       publishers run, before the hub exists: the broker's delivery rate for this load.
-  hub  ``fleet hub`` (a real subprocess) persists the same load; the rate is readings
-       committed per second, read from the hub's own counters (``/metrics``).
+       publishers run, with no hub running: the broker's delivery rate for this load.
+  hub  a new ``fleet hub`` (a real subprocess) persists the same load; the rate is readings
+       committed per second, read from the hub's own counters (``/metrics``). The hub is then
+       stopped and its persistent session ended, so the next raw phase has the broker to itself.
 
-Prints a progress line per second and a table (raw msg/s, hub msg/s, ratio, readings/s,
-hub peak RSS, the 1-minute load average at the end of each phase). Not a test. Run:
+Both phases also count the CPU time per message of the broker, the publishers and the
+consumer (mosquitto_sub or the hub). On a machine whose cores the raw phase keeps busy, the
+hub phase cannot go faster than the raw one times raw CPU / hub-phase CPU (the "ceiling"
+column): a hub that spends more CPU per message than mosquitto_sub shares the same cores
+with the broker and the publishers. (For the embedded broker the "broker" CPU is this
+process's, which also runs the bench.)
+
+Prints a progress line per second and two tables (raw msg/s, hub msg/s, ratio, readings/s,
+hub peak RSS, the 1-minute load average at the end of each phase; CPU per message). Not a
+test. Run:
 
     .venv/bin/python bench/ingest.py [--messages 40000] [--brokers mosquitto,embedded] [--encodings json,cbor]
 """
@@ -31,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import struct
@@ -64,6 +75,38 @@ PHASES = (("1 reading/msg", 1, False), ("20 readings/msg", 20, False),
 
 
 @dataclass
+class Cpu:
+    """CPU time (user + system) per message of one phase, by who spent it."""
+
+    broker_us: float
+    generator_us: float
+    """The publishers (compiled clients, one per device)."""
+    consumer_us: float
+    """``mosquitto_sub`` in the raw phase, the hub in the hub phase."""
+
+    @property
+    def total_us(self) -> float:
+        return self.broker_us + self.generator_us + self.consumer_us
+
+
+class CpuMeter:
+    """CPU time spent from now on by the broker and by this process's reaped children (the publishers)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.broker = psutil.Process(fleet.broker_pid)
+        self.broker0 = sum(self.broker.cpu_times()[:2])
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.children0 = usage.ru_utime + usage.ru_stime
+
+    def read(self, messages: int, consumer_s: float, exclude_children_s: float = 0.0) -> Cpu:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children = usage.ru_utime + usage.ru_stime - self.children0 - exclude_children_s
+        broker = sum(self.broker.cpu_times()[:2]) - self.broker0
+        per = 1e6 / messages
+        return Cpu(round(broker * per, 1), round(children * per, 1), round(consumer_s * per, 1))
+
+
+@dataclass
 class Result:
     broker: str
     encoding: str
@@ -78,10 +121,22 @@ class Result:
     """The hub's CPU time (user + system, all threads) per message: steadier than rates on a busy machine."""
     skewed_counted: int
     load_1m: float
+    raw_cpu: Cpu
+    """Where the machine's CPU went in the raw phase, per message."""
+    hub_side_cpu: Cpu
+    """The same in the hub phase (``consumer_us`` is the hub)."""
 
     @property
     def ratio(self) -> float:
         return self.hub_msg_per_s / self.raw_msg_per_s if self.raw_msg_per_s else 0.0
+
+    @property
+    def cpu_ceiling(self) -> float:
+        """The hub/raw ratio at which the hub phase needs the machine exactly as busy as the raw phase was:
+        broker, publishers and consumer share the same cores, so when the raw phase keeps them busy a hub
+        that costs more CPU per message than mosquitto_sub cannot reach 1.0 on this machine."""
+        hub_total = self.hub_side_cpu.total_us
+        return self.raw_cpu.total_us / hub_total if hub_total else 0.0
 
 
 @dataclass
@@ -93,6 +148,9 @@ class Fleet:
     db: Path
     secrets: dict[str, str]
     sub_secret: str
+    hub_secret: str
+    broker_pid: int
+    """The broker's process (this one for the embedded broker, which runs in a thread here)."""
 
 
 def log(text: str) -> None:
@@ -177,8 +235,9 @@ def pub_cmd(fleet: Fleet, *args: str) -> list[str]:
 
 
 def raw_phase(fleet: Fleet, workdir: Path, files: dict[str, Path], encoding: str, blaster: Path | None,
-              total: int, label: str) -> float:
-    """Messages per second ``mosquitto_sub -C N`` receives while the publishers send ``files``.
+              total: int, label: str) -> tuple[float, Cpu]:
+    """Messages per second ``mosquitto_sub -C N`` receives while the publishers send ``files``, and the CPU
+    per message of broker, publishers and subscriber.
 
     The subscription is known to be live when a marker comes back. The marker is a plain message
     published every 0.2 s until the subscriber shows it, not one retained message: the embedded
@@ -197,6 +256,9 @@ def raw_phase(fleet: Fleet, workdir: Path, files: dict[str, Path], encoding: str
                 raise RuntimeError("mosquitto_sub did not receive a marker within 30 s")
             subprocess.run(pub_cmd(fleet, "-t", MARKER_TOPIC, "-q", "1", "-m", "marker"), check=True)
             time.sleep(0.2)
+        sub_ps = psutil.Process(sub.pid)
+        sub0 = sub_cpu = sum(sub_ps.cpu_times()[:2])
+        meter = CpuMeter(fleet)
         start = time.perf_counter()
         procs = start_publishers(fleet, files, encoding, blaster)
         next_print = start + 1
@@ -204,6 +266,10 @@ def raw_phase(fleet: Fleet, workdir: Path, files: dict[str, Path], encoding: str
             if time.perf_counter() - start > PHASE_TIMEOUT_S:
                 raise RuntimeError(f"raw phase: mosquitto_sub did not get {total} messages in {PHASE_TIMEOUT_S:.0f} s")
             check_publishers(procs)
+            try:  # the last reading before it exits; once reaped, its whole CPU time counts as a child's
+                sub_cpu = sum(sub_ps.cpu_times()[:2])
+            except psutil.Error:
+                pass
             time.sleep(0.005)
             if time.perf_counter() >= next_print:
                 next_print += 1
@@ -211,9 +277,10 @@ def raw_phase(fleet: Fleet, workdir: Path, files: dict[str, Path], encoding: str
                          total, start)
         seconds = time.perf_counter() - start
         finish_publishers(procs)
+        cpu = meter.read(total, sub_cpu - sub0, exclude_children_s=sub_cpu)
     finally:
         stop(sub)
-    return total / seconds
+    return total / seconds, cpu
 
 
 # ---------------------------------------------------------------------- hub phase
@@ -246,10 +313,11 @@ def start_hub(fleet: Fleet, workdir: Path) -> tuple[subprocess.Popen[bytes], int
 
 
 def hub_phase(fleet: Fleet, hub: psutil.Process, metrics_port: int, files: dict[str, Path], encoding: str,
-              blaster: Path | None, messages: int, per_msg: int, label: str) -> tuple[float, float, float, int]:
-    """(msg/s, peak RSS MB, CPU us per message, skewed messages counted) while the hub persists ``files``."""
+              blaster: Path | None, messages: int, per_msg: int, label: str) -> tuple[float, float, Cpu, int]:
+    """(msg/s, peak RSS MB, CPU per message, skewed messages counted) while the hub persists ``files``."""
     base = hub_counters(metrics_port)
     cpu0 = sum(hub.cpu_times()[:2])
+    meter = CpuMeter(fleet)
     target = messages * per_msg
     peak = hub.memory_info().rss
     start = time.perf_counter()
@@ -270,9 +338,9 @@ def hub_phase(fleet: Fleet, hub: psutil.Process, metrics_port: int, files: dict[
             next_print += 1
             progress(f"{fleet.name} {encoding} hub {label}", done, target, start)
     seconds = time.perf_counter() - start
-    cpu_us = (sum(hub.cpu_times()[:2]) - cpu0) * 1e6 / messages
+    hub_s = sum(hub.cpu_times()[:2]) - cpu0
     finish_publishers(procs)
-    return messages / seconds, peak / 2**20, cpu_us, int(now.get("skewed", 0) - base.get("skewed", 0))
+    return messages / seconds, peak / 2**20, meter.read(messages, hub_s), int(now.get("skewed", 0) - base.get("skewed", 0))
 
 
 # ---------------------------------------------------------------------- brokers
@@ -290,7 +358,7 @@ def make_fleet(name: str, workdir: Path) -> tuple[Fleet, object]:
     db.with_name(db.name + ".hub-secret").write_text(hub_secret + "\n")
     if name == "embedded":
         background = BackgroundBroker(BrokerSettings(port=free_port(), db=db)).start()
-        return Fleet(name, background.port, db, secrets, sub_secret), background
+        return Fleet(name, background.port, db, secrets, sub_secret, hub_secret, os.getpid()), background
     kept = workdir / "kept.json"
     kept.write_text(json.dumps(secrets | {"bench-sub": sub_secret}))
     out = workdir / "mq"
@@ -300,7 +368,21 @@ def make_fleet(name: str, workdir: Path) -> tuple[Fleet, object]:
     # `user root`: as root mosquitto drops to user "mosquitto" before reading the 0600 password file
     port, proc = start_mosquitto(workdir, f"allow_anonymous false\nuser root\npassword_file {out / 'mosquitto.passwd'}\n"
                                           f"acl_file {out / 'mosquitto.acl'}\n")
-    return Fleet(name, port, db, secrets, sub_secret), proc
+    return Fleet(name, port, db, secrets, sub_secret, hub_secret, proc.pid), proc
+
+
+def stop_spy(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+
+
+def forget_hub_session(fleet: Fleet) -> None:
+    """End the stopped hub's persistent session: a clean-session login with its client id. Otherwise the
+    broker would queue the next raw phase's messages for it, and the next hub would start with them."""
+    subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.port), "-i", "hub", "-u", "hub",
+                    "-P", fleet.hub_secret, "-t", "d/+/t", "-E"], check=True, timeout=30,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], blaster: Path | None,
@@ -314,32 +396,37 @@ def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], 
                 continue
             per_device = max(1, (messages if per_msg == 1 else messages // 4) // DEVICES)
             loads.append((encoding, label, per_msg, skewed, per_device, 10 + e * 10 + p))
-    raw: dict[tuple[str, str], float] = {}
     results: list[Result] = []
     proc: subprocess.Popen[bytes] | None = None
     spy: subprocess.Popen[bytes] | None = None
     try:
-        for encoding, label, per_msg, skewed, per_device, boot in loads:  # before the hub has a session
-            files = write_load(workdir, encoding, boot, per_device, per_msg, skewed)
-            raw[encoding, label] = raw_phase(fleet, workdir, files, encoding, blaster, per_device * DEVICES, label)
-        proc, metrics_port = start_hub(fleet, workdir)
-        hub = psutil.Process(proc.pid)
-        if profile is not None:  # py-spy needs root (ptrace); it samples every thread of the hub
-            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid),
-                                    "--rate", "250", "--format", "raw", "--threads", "--gil", "-o",
-                                    str(profile.with_name(f"{profile.name}-{name}.txt"))],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # each load's raw phase right before its hub phase: the machine's speed drifts over minutes (a shared
+        # VM), and a ratio of two rates taken apart would measure the drift. The hub is not running (and has
+        # no session) during a raw phase, so mosquitto_sub is the only subscriber then.
         for encoding, label, per_msg, skewed, per_device, boot in loads:
             files = write_load(workdir, encoding, boot, per_device, per_msg, skewed)
             total = per_device * DEVICES
-            rate, rss, cpu_us, skew_count = hub_phase(fleet, hub, metrics_port, files, encoding, blaster, total, per_msg, label)
-            results.append(Result(name, encoding, label, total, total * per_msg, round(raw[encoding, label], 1),
-                                  round(rate, 1), round(rate * per_msg, 1), round(rss, 1), round(cpu_us, 1), skew_count,
-                                  os.getloadavg()[0]))
+            raw, raw_cpu = raw_phase(fleet, workdir, files, encoding, blaster, total, label)
+            files = write_load(workdir, encoding, boot, per_device, per_msg, skewed)  # fresh timestamps
+            proc, metrics_port = start_hub(fleet, workdir)
+            hub = psutil.Process(proc.pid)
+            if profile is not None:  # py-spy needs root (ptrace); it samples every thread of the hub
+                spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                                        str(proc.pid), "--rate", "250", "--format", "raw", "--threads", "--gil", "-o",
+                                        str(profile.with_name(f"{profile.name}-{name}-{encoding}-{boot}.txt"))],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            rate, rss, cpu, skew_count = hub_phase(fleet, hub, metrics_port, files, encoding, blaster, total, per_msg,
+                                                   label)
+            results.append(Result(name, encoding, label, total, total * per_msg, round(raw, 1), round(rate, 1),
+                                  round(rate * per_msg, 1), round(rss, 1), cpu.consumer_us, skew_count,
+                                  os.getloadavg()[0], raw_cpu, cpu))
+            stop_spy(spy)
+            spy = None
+            stop(proc)
+            proc = None
+            forget_hub_session(fleet)
     finally:
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(30)
+        stop_spy(spy)
         if proc is not None:
             stop(proc)
         if isinstance(broker, BackgroundBroker):
@@ -350,6 +437,15 @@ def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], 
     skew_lines = [line.strip() for line in hub_log.open(errors="replace") if "skew" in line]
     log(f"[{name}] hub log lines mentioning skew: {len(skew_lines)}" + "".join(f"\n    {x[:160]}" for x in skew_lines[:3]))
     return results
+
+
+def flat(r: Result) -> dict[str, object]:
+    """One result as a flat JSON object (run_all.py takes the median of each numeric field)."""
+    row = {k: v for k, v in asdict(r).items() if k not in ("raw_cpu", "hub_side_cpu")}
+    for prefix, cpu in (("raw", r.raw_cpu), ("hub_phase", r.hub_side_cpu)):
+        row |= {f"{prefix}_broker_us": cpu.broker_us, f"{prefix}_publishers_us": cpu.generator_us,
+                f"{prefix}_consumer_us": cpu.consumer_us}
+    return row | {"hub_of_raw": round(r.ratio, 2), "cpu_ceiling": round(r.cpu_ceiling, 2)}
 
 
 def main() -> None:
@@ -377,9 +473,18 @@ def main() -> None:
               f"{r.hub_msg_per_s:>10.0f} {r.ratio:>8.2f} {r.readings_per_s:>11.0f} {r.hub_rss_mb:>11.0f} "
               f"{r.hub_cpu_us_per_msg:>11.1f} "
               f"{r.skewed_counted:>8} {r.load_1m:>8.2f}")
+    print(f"\nCPU per message (us, user + system) by who spent it; 'ceiling' is the hub/raw the machine's cores "
+          f"allow when every phase keeps them busy: raw total / hub-phase total")
+    print(f"{'broker':<10} {'enc':<5} {'phase':<24} {'raw: broker':>11} {'publishers':>11} {'sub':>6} "
+          f"{'hub: broker':>11} {'publishers':>11} {'hub':>6} {'ceiling':>8}")
+    for r in results:
+        a, b = r.raw_cpu, r.hub_side_cpu
+        print(f"{r.broker:<10} {r.encoding:<5} {r.phase:<24} {a.broker_us:>11.1f} {a.generator_us:>11.1f} "
+              f"{a.consumer_us:>6.1f} {b.broker_us:>11.1f} {b.generator_us:>11.1f} {b.consumer_us:>6.1f} "
+              f"{r.cpu_ceiling:>8.2f}")
     print(f"uptime load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
-        print(json.dumps([asdict(r) | {"hub_of_raw": round(r.ratio, 2)} for r in results]))
+        print(json.dumps([flat(r) for r in results]))
 
 
 if __name__ == "__main__":
