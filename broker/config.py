@@ -47,6 +47,10 @@ class BrokerSettings(BaseModel):
     """Publish quota of every device (and anonymous demo client) unless the registry sets another
     (``Registry.set_quota``); the hub and operators are unlimited unless the registry says otherwise.
     Over quota, the device's socket is read more slowly; held back for ``hard_limit_s``, it is disconnected."""
+    max_inflight_out: int = Field(4096, ge=1, le=65_000)
+    """QoS 1 and 2 messages the broker has sent one client and not yet seen acknowledged; the rest of its
+    deliveries wait, in order (AMQTT_NOTES.md #16). Above the hub's batch and queue, so acknowledging
+    after each commit never starves it; far below MQTT's 65,535 packet ids."""
     max_inflight_in: int = Field(32, ge=1)
     """QoS 2 PUBLISHes one client may have awaiting PUBREL; one more closes the connection."""
     login_free_failures: int = Field(3, ge=1)

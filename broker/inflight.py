@@ -48,7 +48,7 @@ class FleetProtocolHandler(StrictReaderHandler):
 
     # the broker's per-connection fields as slots, so amqtt's ~30 attributes keep a smaller __dict__
     # (see broker/session_state.py); read with getattr(..., default) where they may be unset
-    __slots__ = ("_retries", "fleet_pending", "fleet_loop_done", "fleet_superseded", "fleet_expired")
+    __slots__ = ("_retries", "fleet_pending", "fleet_window", "fleet_loop_done", "fleet_superseded", "fleet_expired")
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)

@@ -282,9 +282,27 @@ class RoutingMixin(_Base):
                              clip(target.client_id), clip(topic), self.settings.max_queued_messages)
             return
         handler.fleet_pending = pending + 1  # type: ignore[attr-defined]
-        task = asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False))
+        task = asyncio.ensure_future(self._publish(handler, topic, data, qos, False))
         task.add_done_callback(lambda _t: _settled(handler))
         running_tasks.append(task)
+
+    async def _publish(self, handler: BrokerProtocolHandler, topic: str, data: bytes, qos: int | None,
+                       retain: bool) -> OutgoingApplicationMessage | None:
+        """One delivery; at QoS 1 and 2 within the client's in-flight window (AMQTT_NOTES.md #16).
+
+        amqtt starts every delivery at once. A subscriber slower than its publishers (a hub catching
+        up, a device on a slow link) then has every queued message in flight: past 65,535 there is no
+        packet id left (the message is lost with an error), and well before that each new id is found
+        by a linear scan of the ids in use, which held the broker's event loop, and so every client,
+        for minutes. Deliveries past the window wait for an acknowledgement instead; asyncio's
+        semaphore wakes them first come, first served, so they keep their order."""
+        if not qos:
+            return await handler.mqtt_publish(topic, data, qos, retain=retain)
+        window: asyncio.Semaphore | None = getattr(handler, "fleet_window", None)
+        if window is None:
+            window = handler.fleet_window = asyncio.Semaphore(self.settings.max_inflight_out)  # type: ignore[attr-defined]
+        async with window:
+            return await handler.mqtt_publish(topic, data, qos, retain=retain)
 
     async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
         queue = target_session.retained_messages
@@ -308,7 +326,7 @@ class RoutingMixin(_Base):
             # not awaited (amqtt waited for every PUBACK here, stalling the session); the
             # broadcast loop reaps these tasks
             self._tasks_queue.append(asyncio.ensure_future(
-                handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False)))
+                self._publish(handler, queued.topic, queued.data, queued.qos, False)))
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
         topic_filter, sub_qos = subscription
@@ -327,8 +345,8 @@ class RoutingMixin(_Base):
             if not self._matches(topic, topic_filter) or not self.access.authorize(session, Action.RECEIVE, topic):
                 continue
             qos = sub_qos if retained.qos is None else min(sub_qos, retained.qos)
-            task: asyncio.Future[OutgoingApplicationMessage] = asyncio.ensure_future(
-                handler.mqtt_publish(topic, retained.data, qos, retain=True))
+            task: asyncio.Future[OutgoingApplicationMessage | None] = asyncio.ensure_future(
+                self._publish(handler, topic, retained.data, qos, True))
             self._tasks_queue.append(task)
 
 

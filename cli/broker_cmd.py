@@ -71,6 +71,8 @@ def broker_command() -> None:
 @_setting("max_packet_bytes", click.IntRange(min=1024), "Close a connection announcing a bigger packet, unread.")
 @_setting("connect_timeout", click.FloatRange(min=0, min_open=True), "Seconds a new connection has to send CONNECT.")
 @_setting("max_inflight_in", click.IntRange(min=1), "QoS 2 messages a client may have awaiting PUBREL.")
+@_setting("max_inflight_out", click.IntRange(min=1, max=65_000),
+          "QoS 1/2 deliveries one client may have unacknowledged; the rest wait, in order.")
 @_setting("revocation_check_s", click.FloatRange(min=0, min_open=True),
           "How often the registry is read for revoked principals (their connections are closed).")
 @_setting("login_free_failures", click.IntRange(min=1), "Failed logins per device id before it backs off.")

@@ -18,7 +18,9 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 from paho_helpers import Inbox, close, subscribe
-from raw_mqtt import ack_packet, publish_packet, raw_session
+from raw_mqtt import ack_packet, connect_packet, parse_publish, publish_packet, raw_session, read_packet, subscribe_packet
+
+import broker.inflight
 
 from broker.background import BackgroundBroker
 from broker.config import BrokerSettings
@@ -324,9 +326,6 @@ def test_a_subscriber_that_stops_reading_holds_up_only_itself(embedded_broker, r
     socket (``CoalescingWriter.backed_up``), another device's command still arrives, and once the
     stalled device reads again it gets every command in order. Its PUBACK timeouts (every delivery
     times out while it reads nothing) are logged once per interval, not once per message."""
-    import broker.inflight
-    from raw_mqtt import connect_packet, parse_publish, read_packet, subscribe_packet
-
     monkeypatch.setattr(broker.inflight, "PUBACK_TIMEOUT_S", 1.0)  # time out while the test waits
     caplog.set_level(logging.WARNING, logger="fleet.broker")
 
@@ -374,3 +373,51 @@ def test_a_subscriber_that_stops_reading_holds_up_only_itself(embedded_broker, r
     stuck.close()
     close(fine)
     close(hub)
+
+
+def test_deliveries_past_the_inflight_window_wait_for_acknowledgements(db_path, registry) -> None:  # type: ignore[no-untyped-def]
+    """amqtt started every delivery at once (AMQTT_NOTES.md #16): a subscriber that acknowledges nothing
+    had all its messages in flight, with packet ids found by a linear scan of those in use (the event
+    loop stalled for minutes near 65,535) and none left beyond. With a window of 50, a device that
+    reads but does not acknowledge sees exactly 50 QoS 1 commands before a QoS 0 one sent after all of
+    them; each PUBACK lets one more through, and every command arrives once, in order."""
+    window, n = 50, 600
+    settings = BrokerSettings(port=free_port(), db=db_path, max_inflight_out=window)
+    with BackgroundBroker(settings) as embedded_broker:
+        slow_creds = add_device(registry, "slow")
+        hub = connect(embedded_broker.port, add_device(registry, "hub", Role.HUB))
+        slow = socket.create_connection(("127.0.0.1", embedded_broker.port), timeout=30 * load_factor())
+        slow.sendall(connect_packet("slow", username="slow", password=slow_creds.password, keepalive=0))
+        assert read_packet(slow)[0] == 2  # CONNACK
+        slow.sendall(subscribe_packet("d/slow/c", qos=1))
+        assert read_packet(slow)[0] == 9  # SUBACK
+        with slow:
+            sent = [hub.publish("d/slow/c", f"{i:06d}".encode(), qos=1) for i in range(n)]
+            for info in sent:  # all routed before the marker is published (paho sends QoS 0 ahead of queued QoS 1)
+                info.wait_for_publish(10 * load_factor())
+            hub.publish("d/slow/c", b"marker", qos=0).wait_for_publish(10)
+
+            before_marker: list[tuple[int, int]] = []  # (seq, packet id) read before the QoS 0 marker
+            while True:
+                kind, flags, body = read_packet(slow)
+                assert kind == 3
+                topic, packet_id, payload = parse_publish(flags, body)
+                if payload == b"marker":
+                    break
+                assert packet_id is not None
+                before_marker.append((int(payload), packet_id))
+            assert [seq for seq, _ in before_marker] == list(range(window))
+            assert len({pid for _, pid in before_marker}) == window  # distinct packet ids in flight
+
+            got = [seq for seq, _ in before_marker]
+            for _, packet_id in before_marker:
+                slow.sendall(ack_packet("puback", packet_id))
+            while len(got) < n:
+                kind, flags, body = read_packet(slow)
+                assert kind == 3
+                topic, packet_id, payload = parse_publish(flags, body)
+                assert topic == "d/slow/c" and packet_id is not None
+                got.append(int(payload))
+                slow.sendall(ack_packet("puback", packet_id))
+            assert got == list(range(n))
+        close(hub)
