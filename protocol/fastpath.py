@@ -182,27 +182,22 @@ def _from_compact_json(m: re.Match[bytes]) -> TelemetryRows | None:
     dropped = 0 if dropped is None else int(dropped)
     if not (boot <= _MAX_U32 and seq <= _MAX_U32 and ts < _TS_LIMIT and _dropped_ok(dropped, seq)):
         return None
-    metric = _JSON_METRICS.get(name)
-    if metric is None:
-        return None
-    value = float(number)
-    dt = int(dt) if dt else 0
-    if not (metric.low <= value <= metric.high and dt <= _MAX_OFFSET):
-        return None
-    readings = [(dt, metric.name, value)]
+    found: list[tuple[bytes, bytes, bytes]] | tuple[tuple[bytes, bytes, bytes]] = ((dt, name, number),)
     if more:
         found = _COMPACT_READING.findall(more)
         if len(found) + 1 > _MAX_READINGS or len(found) != more.count(b"{"):
             return None  # a value the loose pattern let through that the exact one does not take
-        for dt, name, number in found:
-            metric = _JSON_METRICS.get(name)
-            if metric is None:
-                return None
-            value = float(number)
-            dt = int(dt) if dt else 0
-            if not (metric.low <= value <= metric.high and dt <= _MAX_OFFSET):
-                return None
-            readings.append((dt, metric.name, value))
+        found.insert(0, (dt, name, number))
+    readings = []
+    for dt, name, number in found:
+        metric = _JSON_METRICS.get(name)
+        if metric is None:
+            return None
+        value = float(number)
+        offset = int(dt) if dt else 0
+        if not (metric.low <= value <= metric.high and offset <= _MAX_OFFSET):
+            return None
+        readings.append((offset, metric.name, value))
     return _new(TelemetryRows, (boot, seq, ts, readings, dropped))
 
 
