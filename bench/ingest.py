@@ -456,7 +456,7 @@ def main() -> None:
     ap.add_argument("--encodings", default="json,cbor")
     ap.add_argument("--phases", default="", help="only phases whose name holds this text (e.g. 'skewed')")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="record the hub with py-spy (raw collapsed stacks) to PROFILE-<broker>.txt")
+                    help="record each hub phase with py-spy (raw collapsed stacks) to PROFILE-<broker>-<encoding>-<boot>.txt")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of the figures (for run_all.py)")
     args = ap.parse_args()
     encodings = args.encodings.split(",")

@@ -263,8 +263,7 @@ class BatchWriter:
     def _accept_sequenced(self, msg: Inbound, device_id: str, message: TelemetryRows | Alert, result: BatchResult,
                           touched: dict[str, tuple[int, SeqTracker]], counts: Counter[str], readings: list[int],
                           skew: SkewTally) -> None:
-        """A telemetry message or an alert: stored once under its (device, incarnation, boot, seq). The hot path:
-        the common case (the next seq of a stream already in memory) is inlined."""
+        """A telemetry message or an alert: stored once under its (device, incarnation, boot, seq) (the hot path)."""
         now = msg.received_at
         presence = self.presence
         event = presence.on_message(device_id, now)
@@ -286,17 +285,7 @@ class BatchWriter:
         if skewed:  # counted, and summarized by the ingest loop: never a log line per message
             counts["skewed"] += 1
             skew.add(device_id, base / 1000.0 - now)
-        stream = (device_id, key)
-        tracker = self._streams.get(stream)
-        if tracker is not None and seq == tracker.max_seq + 1:  # SeqTracker.observe's common case, no gap
-            tracker.max_seq = seq
-            tracker.dirty = True
-            self._dirty.add(stream)
-            current = touched.get(device_id)
-            if current is None or key >= current[0]:
-                touched[device_id] = (key, tracker)
-        else:
-            self._track(device_id, key, seq, now, touched, counts)
+        self._track(device_id, key, seq, now, touched, counts)
         if message.dropped:
             self._drop(device_id, key, message.dropped, now, touched, counts)
         if not rows:

@@ -39,10 +39,9 @@ _MAX_READINGS = LIMITS.max_readings_per_batch
 _TS_LIMIT = 2**48
 _TOP_JSON = frozenset({"boot", "seq", "ts", "readings"})
 _TOP_JSON_DROPPED = _TOP_JSON | {"dropped"}
-_TOP_CBOR = frozenset({"b", "q", "t", "r"})
-_TOP_CBOR_DROPPED = _TOP_CBOR | {"d"}
 _CANONICAL_ORDER = (("b", "q", "r", "t"), ("b", "d", "q", "r", "t"))
-"""The top-level keys in canonical order (shorter first, then bytewise), without and with ``d``."""
+"""The top-level keys in canonical order (shorter first, then bytewise), without and with ``d``: the only
+key sets the fast path takes."""
 _READING_KEYS = frozenset({"metric", "value"})
 _READING_KEYS_DT = frozenset({"dt", "metric", "value"})
 
@@ -269,21 +268,19 @@ def _from_cbor(payload: bytes) -> TelemetryRows | None:
         dropped, size = 0, 9  # map head and four one-letter keys
     elif order == _CANONICAL_ORDER[1]:
         dropped = data["d"]
-        if type(dropped) is not int:
+        if not _u32(dropped):
             return None
         size = 11 + _int_size(dropped)
     else:
         return None
     boot, seq, ts, raw = data["b"], data["q"], data["t"], data["r"]
-    if not (type(boot) is int and type(seq) is int and type(ts) is int and 0 <= boot <= _MAX_U32
-            and 0 <= seq <= _MAX_U32 and 0 < ts < _TS_LIMIT and 0 <= dropped and (dropped == 0 or dropped < seq)):
+    if not (_u32(boot) and _u32(seq) and type(ts) is int and 0 < ts < _TS_LIMIT and _dropped_ok(dropped, seq)):
         return None
     if type(raw) is not list or not 1 <= len(raw) <= _MAX_READINGS:
         return None
     n = len(raw)
     # the canonical length: map head and keys (above), the integers, the readings' array head ...
-    size += ((1 if boot < 24 else _int_size(boot)) + (1 if seq < 24 else _int_size(seq)) + _int_size(ts)
-             + (1 if n < 24 else 2))
+    size += _int_size(boot) + _int_size(seq) + _int_size(ts) + _int_size(n)
     readings = []
     append = readings.append
     cache = _CBOR_READINGS
