@@ -9,15 +9,12 @@ never refuses anything: it only recognises the common, well-formed case fast.
   does (exact types, ranges, lengths, no unknown keys). Duplicate keys (which a dict hides)
   and escaped keys are caught by counting each key's quoted spelling in the raw bytes: a
   count that differs from what the parsed object holds sends the payload to the strict path.
-* CBOR: parsed with cbor2's C decoder and accepted only when the payload is exactly the
-  canonical encoding of what it decoded to. That rules out tags, indefinite lengths,
-  duplicate keys, non-shortest forms and trailing bytes; a device that encodes otherwise
-  (allowed by the protocol) takes the strict path. Checked without re-encoding (which cost
-  more than the decoding): every other encoding of the same values is longer than the
-  canonical one, except a map's key order and an indefinite-length array of 24 or more
-  items, so the payload is canonical when its length is the canonical length (summed while
-  the fields are checked), its keys come in canonical order, and (for 24+ readings) it holds
-  no indefinite-array byte; when it does, the re-encoding decides.
+* CBOR: accepted only in its canonical encoding (RFC 8949 4.2.1), which is what our encoder
+  and the examples write: the payload must match one byte pattern (keys in canonical order,
+  definite lengths, every integer in its shortest form, no tags, nothing after the map), and
+  each reading's float must be the shortest that holds its value. That rules out duplicate
+  keys and every second spelling of the same values without decoding twice or re-encoding; a
+  device that encodes otherwise (allowed by the protocol) takes the strict path.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ import re
 import struct
 from typing import NamedTuple
 
-import cbor2
 import orjson
 
 from protocol.limits import LIMITS
@@ -84,64 +80,98 @@ def _value(metric_name: str, value: object) -> float | None:
     return value if metric.low <= value <= metric.high else None  # type: ignore[operator]
 
 
-def _int_size(n: int) -> int:
-    """Bytes of the shortest CBOR encoding of integer ``n`` (head included)."""
-    if n < 0:
-        n = -1 - n
-    if n < 24:
-        return 1
-    if n < 0x100:
-        return 2
-    if n < 0x10000:
-        return 3
-    if n < 0x100000000:
-        return 5
-    return 9  # beyond 2**64 a bignum (longer): the length check fails and the re-encode decides nothing wrong
-
-
-_FLOAT_SIZES: dict[float, int] = {}
-
-
 def _float_size(value: float) -> int:
     """Bytes of the shortest CBOR float that holds ``value`` exactly (as cbor2's canonical encoder picks it)."""
-    size = _FLOAT_SIZES.get(value)
-    if size is None:
-        size = 9
-        for fmt, n in (("e", 3), ("f", 5)):
-            try:
-                if struct.unpack(fmt, struct.pack(fmt, value))[0] == value:
-                    size = n
-                    break
-            except OverflowError:
-                continue
-        if len(_FLOAT_SIZES) >= 1 << 16:
-            _FLOAT_SIZES.clear()
-        _FLOAT_SIZES[value] = size
-    return size
+    for fmt, n in (("e", 3), ("f", 5)):
+        try:
+            if struct.unpack(fmt, struct.pack(fmt, value))[0] == value:
+                return n
+        except OverflowError:
+            continue
+    return 9
 
 
-_CBOR_READINGS: dict[tuple[int, object, type], tuple[str, int] | None] = {}
-"""(metric id, value, value type) -> (metric name, encoded size of the value), None when refused: sensors
-repeat their values, so most readings are checked by one look-up (the value itself is always the
-payload's, so 0.0 and -0.0 share an entry without mixing their signs)."""
+# Canonical CBOR as byte patterns (RFC 8949 4.2.1: every integer in its shortest form). A head byte of major
+# type m: m|0..m|23 holds the number itself, m|24..m|27 announce 1, 2, 4 or 8 bytes, which canonically
+# could not have been fewer (so their leading byte, or bytes, are not all zero).
+def _canonical_int(major: int, wide: bool) -> bytes:
+    """The shortest-form encodings of major type ``major`` (0 unsigned, 1 negative); 64-bit ones when ``wide``."""
+    def head(n: int) -> bytes:
+        return b"\\x%02x" % ((major << 5) | n)
+
+    alternatives = [b"[" + head(0) + b"-" + head(23) + b"]", head(24) + rb"[\x18-\xff]", head(25) + rb"[\x01-\xff].",
+                    head(26) + rb"(?:[\x01-\xff].|\x00[\x01-\xff]).."]
+    if wide:
+        alternatives.append(head(27) + rb"(?:[\x01-\xff]...|\x00[\x01-\xff]..|\x00\x00[\x01-\xff].|\x00\x00\x00[\x01-\xff]).{4}")
+    return b"(?:" + b"|".join(alternatives) + b")"
 
 
-def _cbor_reading(metric_id: int, value: object) -> tuple[str, int] | None:
-    key = (metric_id, value, type(value))
-    try:
-        return _CBOR_READINGS[key]
-    except KeyError:
-        pass
-    except TypeError:  # an unhashable value (a list, a map): not a reading
-        return None
-    metric = metric_by_id(metric_id)
+_C_U32 = _canonical_int(0, wide=False)
+_C_TS = rb"(?:[\x01-\x17]|\x18[\x18-\xff]|\x19[\x01-\xff].|\x1a(?:[\x01-\xff].|\x00[\x01-\xff])..|\x1b\x00\x00(?:[\x01-\xff].|\x00[\x01-\xff]).{4})"
+"""A positive integer below 2**48 (a ``ts``) in its shortest form."""
+_C_VALUE = (b"(?:" + _canonical_int(0, wide=True) + b"|" + _canonical_int(1, wide=True)
+            + rb"|\xf9..|\xfa.{4}|\xfb.{8})")
+"""A reading's value: an integer, or a half, single or double float (which one is shortest is checked per value)."""
+_C_READING = rb"\x83(" + _C_U32 + rb")(" + _C_U32 + _C_VALUE + rb")"
+"""One reading [dt, metric id, value]; groups: dt, and the metric id with the value (the cache key)."""
+_C_READING_NC = rb"\x83" + _C_U32 + _C_U32 + _C_VALUE
+_CBOR_COMPACT = re.compile(
+    rb"([\xa4\xa5])\x61b(" + _C_U32 + rb")(?:\x61d(" + _C_U32 + rb"))?\x61q(" + _C_U32 + rb")\x61r([\x81-\x97]|\x98[\x18-" + b"\\x%02x" % _MAX_READINGS + rb"])"
+    + _C_READING + rb"((?:" + _C_READING_NC + rb")*)\x61t(" + _C_TS + rb")",
+    re.DOTALL)
+"""The canonical encoding of a telemetry map: keys b, (d,) q, r, t in canonical order, definite lengths, every
+integer shortest, 1 to 64 readings. Groups: map head, boot, dropped, seq, readings head, the first reading's dt
+and metric-and-value, the other readings, ts."""
+_CBOR_MORE = re.compile(_C_READING, re.DOTALL)
+_FLOAT_FORMS = {0xF9: (">e", 3), 0xFA: (">f", 5), 0xFB: (">d", 9)}
+
+
+_UINT_BODY = {2: struct.Struct(">B"), 3: struct.Struct(">H"), 5: struct.Struct(">I"), 9: struct.Struct(">Q")}
+"""The big-endian number after a 1-, 2-, 4- or 8-byte integer head, by the encoding's whole length."""
+
+
+def _uint(encoded: bytes) -> int:
+    """The value of a shortest-form CBOR unsigned integer (head byte included)."""
+    if len(encoded) == 1:
+        return encoded[0]
+    return _UINT_BODY[len(encoded)].unpack_from(encoded, 1)[0]  # type: ignore[no-any-return]
+
+
+_CBOR_READINGS: dict[bytes, tuple[str, float] | None] = {}
+"""The encoded metric id and value of a reading -> (metric name, value as a float), None when refused: sensors
+repeat their values, so most readings are checked by one look-up."""
+
+
+def _cbor_reading(encoded: bytes) -> tuple[str, float] | None:
+    """Check one reading's metric id and value (``encoded``: both, canonical integer heads already matched)."""
+    entry = _CBOR_READINGS.get(encoded, _UNSEEN)
+    if entry is not _UNSEEN:
+        return entry  # type: ignore[return-value]
+    head = encoded[0]
+    width = 1 if head < 0x18 else 1 + (1 << (head - 0x18))
+    metric = metric_by_id(_uint(encoded[:width]))
+    raw = encoded[width:]
+    value: object
+    if raw[0] in _FLOAT_FORMS:
+        fmt, size = _FLOAT_FORMS[raw[0]]
+        value = struct.unpack(fmt, raw[1:])[0]
+        canonical = _float_size(value) == size  # type: ignore[arg-type]
+    else:
+        number = (raw[0] & 0x1F) if len(raw) == 1 else _UINT_BODY[len(raw)].unpack_from(raw, 1)[0]
+        value = number if raw[0] < 0x20 else -1 - number
+        canonical = True
     entry = None
-    if metric is not None and _value(metric.name, value) is not None:
-        entry = (metric.name, _float_size(value) if type(value) is float else _int_size(value))  # type: ignore[arg-type]
+    if metric is not None and canonical:
+        checked = _value(metric.name, value)
+        if checked is not None:
+            entry = (metric.name, checked)
     if len(_CBOR_READINGS) >= 1 << 16:
         _CBOR_READINGS.clear()
-    _CBOR_READINGS[key] = entry
+    _CBOR_READINGS[encoded] = entry
     return entry
+
+
+_UNSEEN = object()
 
 
 def _dropped_ok(dropped: object, seq: int) -> bool:
@@ -256,55 +286,28 @@ def _from_json(payload: bytes) -> TelemetryRows | None:
 
 
 def _from_cbor(payload: bytes) -> TelemetryRows | None:
-    try:
-        data = cbor2.loads(payload)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, MemoryError):
+    m = _CBOR_COMPACT.fullmatch(payload)
+    if m is None:
+        return None  # not canonical (or not telemetry): the strict decoder decides
+    head, boot, dropped, seq, count, dt, reading, more, ts = m.groups()
+    if (head == b"\xa5") != (dropped is not None):
         return None
-    if type(data) is not dict:
+    boot, seq, ts = _uint(boot), _uint(seq), _uint(ts)
+    dropped = 0 if dropped is None else _uint(dropped)
+    if not _dropped_ok(dropped, seq):
         return None
-    # the key set and its canonical order in one comparison (shorter keys first, then bytewise)
-    order = tuple(data)
-    if order == _CANONICAL_ORDER[0]:
-        dropped, size = 0, 9  # map head and four one-letter keys
-    elif order == _CANONICAL_ORDER[1]:
-        dropped = data["d"]
-        if not _u32(dropped):
-            return None
-        size = 11 + _int_size(dropped)
-    else:
+    found: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes]] = ((dt, reading),)
+    if more:
+        found = _CBOR_MORE.findall(more)
+        found.insert(0, (dt, reading))
+    if len(found) != (count[0] - 0x80 if len(count) == 1 else count[1]):
         return None
-    boot, seq, ts, raw = data["b"], data["q"], data["t"], data["r"]
-    if not (_u32(boot) and _u32(seq) and type(ts) is int and 0 < ts < _TS_LIMIT and _dropped_ok(dropped, seq)):
-        return None
-    if type(raw) is not list or not 1 <= len(raw) <= _MAX_READINGS:
-        return None
-    n = len(raw)
-    # the canonical length: map head and keys (above), the integers, the readings' array head ...
-    size += _int_size(boot) + _int_size(seq) + _int_size(ts) + _int_size(n)
     readings = []
-    append = readings.append
     cache = _CBOR_READINGS
-    for r in raw:
-        if type(r) is not list or len(r) != 3:
+    for dt, reading in found:
+        entry = cache.get(reading) or _cbor_reading(reading)
+        offset = _uint(dt)
+        if entry is None or offset > _MAX_OFFSET:
             return None
-        dt, metric_id, value = r
-        if type(dt) is not int or not 0 <= dt <= _MAX_OFFSET or type(metric_id) is not int:
-            return None
-        try:
-            entry = cache[(metric_id, value, type(value))]
-        except (KeyError, TypeError):
-            entry = _cbor_reading(metric_id, value)
-        if entry is None:
-            return None
-        # ... and each reading: a 3-item array head, dt, metric id, the value as it came (int or float)
-        size += 1 + (1 if dt < 24 else _int_size(dt)) + (1 if metric_id < 24 else _int_size(metric_id)) + entry[1]
-        append((dt, entry[0], value if type(value) is float else float(value)))  # type: ignore[arg-type]
-    if size != len(payload):
-        return None
-    if n >= 24 and 0x9F in payload:  # an indefinite-length array of 24+ items is as long as the definite one
-        try:
-            if cbor2.dumps(data, canonical=True) != payload:
-                return None
-        except (cbor2.CBORError, ValueError, TypeError):
-            return None
+        readings.append((offset, entry[0], entry[1]))
     return _new(TelemetryRows, (boot, seq, ts, readings, dropped))

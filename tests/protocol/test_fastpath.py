@@ -228,3 +228,74 @@ def test_compact_json_with_more_readings_than_allowed_is_refused() -> None:
     ok = payload.replace(b"[" + b",".join([reading] * 65), b"[" + b",".join([reading] * 64))
     rows = assert_agrees(ok)
     assert rows is not None and len(rows.readings) == 64
+
+
+# every integer width CBOR has, at its edges: each is canonical in exactly one form
+EDGES = st.sampled_from([0, 1, 23, 24, 255, 256, 0xFFFF, 0x10000, 2**32 - 1, 2**32, 2**48 - 1, 2**48, 2**64 - 1])
+WIDTHS = st.one_of(EDGES, st.integers(0, 2**64 - 1))
+
+
+@st.composite
+def cbor_values(draw: st.DrawFn) -> int | float:
+    """A reading value as a device may send it: an integer of any width and sign, or a half, single or double."""
+    kind = draw(st.sampled_from(["uint", "negint", "half", "single", "double"]))
+    if kind == "uint":
+        return draw(WIDTHS)
+    if kind == "negint":
+        return -1 - draw(WIDTHS)
+    width = {"half": 16, "single": 32, "double": 64}[kind]
+    return draw(st.floats(width=width, allow_nan=True, allow_infinity=True))  # type: ignore[arg-type]
+
+
+@BOUNDED
+@given(boot=WIDTHS, seq=WIDTHS, ts=WIDTHS, dropped=st.none() | WIDTHS, data=st.data(),
+       readings=st.lists(st.tuples(WIDTHS, st.integers(0, 300), cbor_values()), min_size=0, max_size=66))
+def test_canonical_cbor_of_every_integer_width_and_float_size_agrees(
+        boot: int, seq: int, ts: int, dropped: int | None, readings: list[tuple[int, int, int | float]],
+        data: st.DataObject) -> None:
+    """The byte pattern takes a payload exactly when it is canonical and valid, whatever widths its numbers need."""
+    body: dict[str, Any] = {"b": boot, "q": seq, "t": ts, "r": [list(r) for r in readings]}
+    if dropped is not None:
+        body["d"] = dropped
+    payload = cbor2.dumps(body, canonical=True)
+    assert_agrees(payload)
+    assert_canonical_rule(payload)
+    if len(payload) > 1:  # one byte changed anywhere: still never a different verdict from the strict path
+        damaged = bytearray(payload)
+        damaged[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
+        assert_agrees(bytes(damaged))
+        assert_canonical_rule(bytes(damaged))
+
+
+def _cbor(**fields: Any) -> bytes:
+    return cbor2.dumps({"b": 1, "q": 2, "t": TS, "r": [[0, 1, 21.5]]} | fields, canonical=True)
+
+
+@pytest.mark.parametrize("payload", [
+    _cbor(b=2**32 - 1, q=2**32 - 1),  # u32 fields in their widest form
+    _cbor(t=2**48 - 1), _cbor(t=2**32), _cbor(t=5),  # ts in 8, 8 and 1 bytes (a device without a clock)
+    _cbor(r=[[3_600_000, 4, 2**40]]),  # energy as a 64-bit integer, dt in 4 bytes
+    _cbor(r=[[0, 5, -1_000_000]]),  # power as a negative integer (major type 1, 4 bytes)
+    _cbor(r=[[10, 1, 10.0]]),  # 0x0a bytes inside: the pattern matches any byte
+    _cbor(r=[[0, 1, 0.1]]),  # needs a double
+    _cbor(r=[[0, 1, 0.5 + 2**-20]]),  # needs a single
+    _cbor(r=[[i, 1, 21.5] for i in range(64)]),
+    _cbor(d=0), _cbor(d=1),
+])
+def test_canonical_cbor_in_every_form_takes_the_fast_path(payload: bytes) -> None:
+    assert assert_agrees(payload) is not None
+
+
+@pytest.mark.parametrize("payload", [
+    _cbor(r=[[0, 1, 21.5]]).replace(b"\xf9\x4d\x60", b"\xfa\x41\xac\x00\x00"),  # 21.5 as a single: valid, not canonical
+    _cbor(r=[[0, 1, 21.5]]).replace(b"\xf9\x4d\x60", b"\xfb\x40\x35\x80\x00\x00\x00\x00\x00"),  # ... as a double
+    _cbor(r=[[0, 1, 21.5]] * 65),  # more readings than a message may hold
+    _cbor(r=[[0, 1, 21.5]]).replace(b"\x81\x83", b"\x82\x83"),  # the head counts two readings, one follows
+    _cbor(d=2),  # dropped must be below seq
+    _cbor(r=[[0, 99, 21.5]]),  # no such metric
+    _cbor(r=[[3_600_001, 1, 21.5]]),  # dt beyond the limit
+    _cbor(t=2**48),  # ts beyond the limit
+    _cbor(q=2**32),  # seq beyond u32
+])
+def test_cbor_the_byte_pattern_does_not_take_goes_to_the_strict_decoder(payload: bytes) -> None:
+    assert decode_telemetry_rows(payload) is None
