@@ -125,6 +125,8 @@ class Result:
     """Where the machine's CPU went in the raw phase, per message."""
     hub_side_cpu: Cpu
     """The same in the hub phase (``consumer_us`` is the hub)."""
+    messages_per_commit: float
+    """The hub's mean batch: a small one means per-batch work (commit, watermarks) is paid often."""
 
     @property
     def ratio(self) -> float:
@@ -287,10 +289,11 @@ def raw_phase(fleet: Fleet, workdir: Path, files: dict[str, Path], encoding: str
 
 
 def hub_counters(metrics_port: int) -> dict[str, float]:
-    """The hub's counters from its /metrics page (readings, skewed)."""
+    """The hub's counters from its /metrics page (readings, skewed, and commits: batches committed)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     found = dict(re.findall(r"^fleet_hub_(readings|skewed)_total (\S+)$", text, re.M))
+    found.update(re.findall(r"^fleet_hub_batch_commit_seconds_(count) (\S+)$", text, re.M))
     return {k: float(v) for k, v in found.items()}
 
 
@@ -313,8 +316,9 @@ def start_hub(fleet: Fleet, workdir: Path) -> tuple[subprocess.Popen[bytes], int
 
 
 def hub_phase(fleet: Fleet, hub: psutil.Process, metrics_port: int, files: dict[str, Path], encoding: str,
-              blaster: Path | None, messages: int, per_msg: int, label: str) -> tuple[float, float, Cpu, int]:
-    """(msg/s, peak RSS MB, CPU per message, skewed messages counted) while the hub persists ``files``."""
+              blaster: Path | None, messages: int, per_msg: int, label: str) -> tuple[float, float, Cpu, int, float]:
+    """(msg/s, peak RSS MB, CPU per message, skewed messages counted, messages per commit) while the hub
+    persists ``files``."""
     base = hub_counters(metrics_port)
     cpu0 = sum(hub.cpu_times()[:2])
     meter = CpuMeter(fleet)
@@ -340,7 +344,9 @@ def hub_phase(fleet: Fleet, hub: psutil.Process, metrics_port: int, files: dict[
     seconds = time.perf_counter() - start
     hub_s = sum(hub.cpu_times()[:2]) - cpu0
     finish_publishers(procs)
-    return messages / seconds, peak / 2**20, meter.read(messages, hub_s), int(now.get("skewed", 0) - base.get("skewed", 0))
+    commits = now.get("count", 0) - base.get("count", 0)
+    return (messages / seconds, peak / 2**20, meter.read(messages, hub_s), int(now.get("skewed", 0) - base.get("skewed", 0)),
+            messages / commits if commits else 0.0)
 
 
 # ---------------------------------------------------------------------- brokers
@@ -415,11 +421,11 @@ def bench_broker(name: str, workdir: Path, messages: int, encodings: list[str], 
                                         str(proc.pid), "--rate", "250", "--format", "raw", "--threads", "--gil", "-o",
                                         str(profile.with_name(f"{profile.name}-{name}-{encoding}-{boot}.txt"))],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            rate, rss, cpu, skew_count = hub_phase(fleet, hub, metrics_port, files, encoding, blaster, total, per_msg,
+            rate, rss, cpu, skew_count, per_commit = hub_phase(fleet, hub, metrics_port, files, encoding, blaster, total, per_msg,
                                                    label)
             results.append(Result(name, encoding, label, total, total * per_msg, round(raw, 1), round(rate, 1),
                                   round(rate * per_msg, 1), round(rss, 1), cpu.consumer_us, skew_count,
-                                  os.getloadavg()[0], raw_cpu, cpu))
+                                  os.getloadavg()[0], raw_cpu, cpu, round(per_commit, 1)))
             stop_spy(spy)
             spy = None
             stop(proc)
@@ -467,12 +473,12 @@ def main() -> None:
         for name in args.brokers.split(","):
             results.extend(bench_broker(name, Path(tmp), args.messages, encodings, blaster, args.profile, args.phases))
     print(f"\n{'broker':<10} {'enc':<5} {'phase':<24} {'messages':>9} {'raw msg/s':>10} {'hub msg/s':>10} "
-          f"{'hub/raw':>8} {'readings/s':>11} {'hub RSS MB':>11} {'CPU us/msg':>11} {'skewed':>8} {'load 1m':>8}")
+          f"{'hub/raw':>8} {'readings/s':>11} {'hub RSS MB':>11} {'CPU us/msg':>11} {'skewed':>8} {'msg/commit':>10} {'load 1m':>8}")
     for r in results:
         print(f"{r.broker:<10} {r.encoding:<5} {r.phase:<24} {r.messages:>9} {r.raw_msg_per_s:>10.0f} "
               f"{r.hub_msg_per_s:>10.0f} {r.ratio:>8.2f} {r.readings_per_s:>11.0f} {r.hub_rss_mb:>11.0f} "
               f"{r.hub_cpu_us_per_msg:>11.1f} "
-              f"{r.skewed_counted:>8} {r.load_1m:>8.2f}")
+              f"{r.skewed_counted:>8} {r.messages_per_commit:>10.0f} {r.load_1m:>8.2f}")
     print(f"\nCPU per message (us, user + system) by who spent it; 'ceiling' is the hub/raw the machine's cores "
           f"allow when every phase keeps them busy: raw total / hub-phase total")
     print(f"{'broker':<10} {'enc':<5} {'phase':<24} {'raw: broker':>11} {'publishers':>11} {'sub':>6} "
