@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.config import HubSettings
-from hub.gaps import SeqTracker
+from hub.gaps import Gap, SeqTracker
 from hub.inbound import Accepted, Inbound, Rejected, classify
 from hub.incarnations import device_boot, incarnation_of, stream_boot
 from hub.presence import PresenceEvent, PresenceTracker
@@ -88,6 +88,7 @@ _RECEIVED = {cls: "received:" + cls.value for cls in MessageClass}
 _PERSISTED = {cls: "persisted:" + cls.value for cls in MessageClass}
 """The counters of messages received and stored, per class (each key built once, not per message)."""
 _PERSISTED_T, _PERSISTED_A = _PERSISTED[MessageClass.TELEMETRY], _PERSISTED[MessageClass.ALERT]
+_RECEIVED_T = _RECEIVED[MessageClass.TELEMETRY]
 
 
 @dataclass
@@ -148,23 +149,39 @@ class BatchWriter:
         with self.store.transaction():
             if reload:
                 self.reset()
+            # each device's telemetry is gathered and stored per device (the hot path's per-message work is then
+            # a few look-ups); anything else from that device first stores what it sent before, so each device's
+            # messages are still dealt with in the order they came
+            telemetry: dict[str, list[tuple[Inbound, TelemetryRows]]] = {}
             for msg, verdict in zip(batch, verdicts):
                 if verdict is None:
                     continue
-                if type(verdict) is Accepted and active is not None and verdict.device_id not in active:
-                    verdict = Rejected(verdict.device_id, Reason.UNKNOWN_DEVICE,
-                                       f"{verdict.device_id!r} is not an active device in the registry")
+                device_id = verdict.device_id
+                if type(verdict) is Accepted:
+                    if active is not None and device_id not in active:
+                        verdict = Rejected(device_id, Reason.UNKNOWN_DEVICE,
+                                           f"{device_id!r} is not an active device in the registry")
+                    elif type(verdict.message) is TelemetryRows:
+                        group = telemetry.get(device_id)
+                        if group is None:
+                            telemetry[device_id] = [(msg, verdict.message)]
+                        else:
+                            group.append((msg, verdict.message))
+                        continue
+                if device_id in telemetry:
+                    self._accept_telemetry(device_id, telemetry.pop(device_id), result, touched, counts, readings, skew)
                 if type(verdict) is Rejected:
                     counts["received:invalid"] += 1
                     if self._dead_letter(msg, verdict, active, touched, counts):
                         dead[verdict.reason.value] += 1
                     continue
                 counts[_RECEIVED[verdict.cls]] += 1
-                if type(verdict.message) is TelemetryRows or type(verdict.message) is Alert:
-                    self._accept_sequenced(msg, verdict.device_id, verdict.message, result, touched, counts, readings,
-                                           skew)
+                if type(verdict.message) is Alert:
+                    self._accept_alert(msg, verdict.device_id, verdict.message, result, touched, counts, skew)
                 else:
                     self._accept(msg, verdict, result, births, counts)
+            for device_id, group in telemetry.items():
+                self._accept_telemetry(device_id, group, result, touched, counts, readings, skew)
             for key in self._dirty:
                 self.store.save_stream(key[0], key[1], self._streams[key])
             self.presence.flush()
@@ -260,43 +277,84 @@ class BatchWriter:
         self.store.insert_reply(device_id, message.id, message.state.value, message.detail, dict(message.result), now)
         result.replies.append((device_id, message))
 
-    def _accept_sequenced(self, msg: Inbound, device_id: str, message: TelemetryRows | Alert, result: BatchResult,
+    def _accept_telemetry(self, device_id: str, group: list[tuple[Inbound, TelemetryRows]], result: BatchResult,
                           touched: dict[str, tuple[int, SeqTracker]], counts: Counter[str], readings: list[int],
                           skew: SkewTally) -> None:
-        """A telemetry message or an alert: stored once under its (device, incarnation, boot, seq) (the hot path)."""
-        now = msg.received_at
+        """A device's telemetry messages of one batch, in the order they came: each stored once under its
+        (device, incarnation, boot, seq). The hot path: presence, the stream and the counters once per device."""
         presence = self.presence
-        event = presence.on_message(device_id, now)
-        if event:
-            result.presence.append(event)
-        key = stream_boot(presence.incarnation(device_id), message.boot)
-        base, skewed = self._wall_clock(device_id, message, now)
-        seq = message.seq
-        rows = type(message) is TelemetryRows
-        kind = "t" if rows else "a"
-        if not self.store.insert_message(device_id, key, seq, kind, base, now, skewed):
-            counts["duplicate"] += 1
-            log.debug("duplicate device_id=%s boot=%s seq=%s mid=%s", device_id, message.boot, seq, msg.mid)
+        for now in (group[0][0].received_at, group[-1][0].received_at):  # first: any wake-up; last: last_seen
+            event = presence.on_message(device_id, now)
+            if event:
+                result.presence.append(event)
+        incarnation = presence.incarnation(device_id)  # only a status changes it, and none is in the group
+        insert, stage, telemetry = self.store.insert_message, self.store.stage_readings, result.telemetry
+        boot = key = -1
+        tracker: SeqTracker | None = None
+        stored = skewed_n = n_readings = 0
+        for msg, message in group:
+            if message.boot != boot:
+                if tracker is not None:
+                    self._observed(device_id, key, tracker, touched)
+                    tracker = None
+                boot = message.boot
+                key = stream_boot(incarnation, boot)
+            now = msg.received_at
+            base, skewed = self._wall_clock(device_id, message, now)
+            seq = message.seq
+            if not insert(device_id, key, seq, "t", base, now, skewed):
+                counts["duplicate"] += 1
+                log.debug("duplicate device_id=%s boot=%s seq=%s mid=%s", device_id, boot, seq, msg.mid)
+                if message.dropped:
+                    self._drop(device_id, key, message.dropped, now, touched, counts)
+                continue
+            stored += 1
+            if skewed:  # counted, and summarized by the ingest loop: never a log line per message
+                skewed_n += 1
+                skew.add(device_id, base / 1000.0 - now)
+            if tracker is None:
+                tracker = self._stream(device_id, key)
+            gaps = tracker.observe(seq, now)
+            if gaps:
+                self._save_gaps(device_id, key, gaps, now, counts)
             if message.dropped:
                 self._drop(device_id, key, message.dropped, now, touched, counts)
-            return
-        counts["stored"] += 1
-        counts[_PERSISTED_T if rows else _PERSISTED_A] += 1
-        if skewed:  # counted, and summarized by the ingest loop: never a log line per message
-            counts["skewed"] += 1
-            skew.add(device_id, base / 1000.0 - now)
-        self._track(device_id, key, seq, now, touched, counts)
-        if message.dropped:
-            self._drop(device_id, key, message.dropped, now, touched, counts)
-        if not rows:
-            assert isinstance(message, Alert)
+            values = message.readings
+            stage(device_id, key, seq, base, values, now)
+            telemetry.append((device_id, key, seq, base, values, now, skewed))
+            n_readings += len(values)
+        if tracker is not None:
+            self._observed(device_id, key, tracker, touched)
+        counts[_RECEIVED_T] += len(group)
+        counts["stored"] += stored
+        counts[_PERSISTED_T] += stored
+        counts["skewed"] += skewed_n
+        readings[0] += n_readings
+
+    def _accept_alert(self, msg: Inbound, device_id: str, message: Alert, result: BatchResult,
+                      touched: dict[str, tuple[int, SeqTracker]], counts: Counter[str], skew: SkewTally) -> None:
+        """An alert: stored once under its (device, incarnation, boot, seq), like telemetry."""
+        now = msg.received_at
+        event = self.presence.on_message(device_id, now)
+        if event:
+            result.presence.append(event)
+        key = stream_boot(self.presence.incarnation(device_id), message.boot)
+        base, skewed = self._wall_clock(device_id, message, now)
+        seq = message.seq
+        if not self.store.insert_message(device_id, key, seq, "a", base, now, skewed):
+            counts["duplicate"] += 1
+            log.debug("duplicate device_id=%s boot=%s seq=%s mid=%s", device_id, message.boot, seq, msg.mid)
+        else:
+            counts["stored"] += 1
+            counts[_PERSISTED_A] += 1
+            if skewed:
+                counts["skewed"] += 1
+                skew.add(device_id, base / 1000.0 - now)
+            self._track(device_id, key, seq, now, touched, counts)
             self.store.insert_alert(device_id, key, seq, base / 1000.0, message.code, message.severity.value,
                                     message.message, now)
-            return
-        values = message.readings
-        self.store.stage_readings(device_id, key, seq, base, values, now)
-        result.telemetry.append((device_id, key, seq, base, values, now, skewed))
-        readings[0] += len(values)
+        if message.dropped:
+            self._drop(device_id, key, message.dropped, now, touched, counts)
 
     def _wall_clock(self, device_id: str, message: TelemetryRows | Alert, now: float) -> tuple[int, bool]:
         """The message's time in ms since the epoch (uptime stamps turned into wall-clock time when the
@@ -337,20 +395,31 @@ class BatchWriter:
         self._dirty.add((device_id, boot))
         self._remember(device_id, boot, tracker, touched)
 
-    def _track(self, device_id: str, boot: int, seq: int, now: float, touched: dict[str, tuple[int, SeqTracker]],
-               counts: Counter[str]) -> None:
-        key = (device_id, boot)
+    def _stream(self, device_id: str, boot: int) -> SeqTracker:
+        """The tracker of stream (device_id, boot), a new one when nothing of it is stored yet."""
         tracker = self._tracker(device_id, boot)
         if tracker is None:
-            tracker = SeqTracker.empty()
-            self._streams[key] = tracker
-        for gap in tracker.observe(seq, now):
+            tracker = self._streams[(device_id, boot)] = SeqTracker.empty()
+        return tracker
+
+    def _track(self, device_id: str, boot: int, seq: int, now: float, touched: dict[str, tuple[int, SeqTracker]],
+               counts: Counter[str]) -> None:
+        tracker = self._stream(device_id, boot)
+        self._save_gaps(device_id, boot, tracker.observe(seq, now), now, counts)
+        self._observed(device_id, boot, tracker, touched)
+
+    def _save_gaps(self, device_id: str, boot: int, gaps: list[Gap], now: float, counts: Counter[str]) -> None:
+        """Store the gaps a seq opened or changed; a new one is counted and logged."""
+        for gap in gaps:
             if gap.id is None:
                 counts["gap"] += 1
                 log.warning("gap device_id=%s boot=%s incarnation=%s from_seq=%s to_seq=%s missing=%s",
                             device_id, device_boot(boot), incarnation_of(boot), gap.from_seq, gap.to_seq, gap.missing)
             self.store.save_gap(device_id, boot, gap, now)
-        self._dirty.add(key)
+
+    def _observed(self, device_id: str, boot: int, tracker: SeqTracker, touched: dict[str, tuple[int, SeqTracker]]) -> None:
+        """The stream took new seqs: saved at the commit, and its watermark offered."""
+        self._dirty.add((device_id, boot))
         self._remember(device_id, boot, tracker, touched)
 
     @staticmethod
