@@ -48,8 +48,10 @@ READ_CHUNK = 65536
 
 _PUBACK = struct.Struct("!BBH")
 
-PublishSink = Callable[[bytes, bytes, int, int, bool], None]
-"""Takes (topic bytes, payload, packet id, qos, retain) of one PUBLISH, on paho's network thread."""
+Publish = tuple[bytes, bytes, int, int, bool]
+"""(topic bytes, payload, packet id, qos, retain) of one PUBLISH."""
+PublishSink = Callable[[list[Publish]], None]
+"""Takes the PUBLISH packets of one socket read, in order, on paho's network thread."""
 
 
 class IngestClient(mqtt.Client):
@@ -65,8 +67,8 @@ class IngestClient(mqtt.Client):
     every message goes to ``on_message``.
 
     With a :attr:`publish_sink`, every complete QoS 0/1 PUBLISH already in the read buffer is
-    cut out of it right here and handed to the sink, without paho's per-packet reads, packet
-    dict, ``MQTTMessage`` and callback dispatch. Anything else (another packet type, a packet
+    cut out of it right here and the sink gets them as one list, without paho's per-packet
+    reads, packet dict, ``MQTTMessage`` and callback dispatch. Anything else (another packet type, a packet
     split across reads, QoS 2, MQTT 5) goes through paho's own ``_packet_read``, which
     then calls ``on_message`` as usual.
     """
@@ -93,7 +95,8 @@ class IngestClient(mqtt.Client):
         if sink is None or self._in_packet["command"] != 0 or self._protocol == mqtt.MQTTv5:
             return super()._packet_read()
         buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
-        handled = 0
+        publishes: list[Publish] = []
+        append = publishes.append
         while pos < end:
             cmd = buf[pos]
             if cmd & 0xF0 != 0x30 or cmd & 0x06 > 0x02:  # PUBLISH at QoS 0 or 1 only
@@ -116,12 +119,12 @@ class IngestClient(mqtt.Client):
             mid = ((buf[topic_end] << 8) | buf[topic_end + 1]) if qos and topic_end + 2 <= stop else 0
             if topic_end + (2 if qos else 0) > stop:
                 break  # malformed: paho reports it
-            sink(buf[i + 2:topic_end], buf[topic_end + (2 if qos else 0):stop], mid, qos, bool(cmd & 1))
-            handled += 1
+            append((buf[i + 2:topic_end], buf[topic_end + (2 if qos else 0):stop], mid, qos, bool(cmd & 1)))
             pos = stop
         self._rpos = pos
-        if not handled:
+        if not publishes:
             return super()._packet_read()
+        sink(publishes)
         now = mqtt.time_func()
         with self._msgtime_mutex:  # what paho records per packet, for its keepalive
             self._last_msg_in = now

@@ -84,7 +84,7 @@ def test_publishes_split_anywhere_arrive_whole_and_in_order(seed: int) -> None:
     client = IngestClient(mqtt.CallbackAPIVersion.VERSION2, client_id="hub-test", protocol=mqtt.MQTTv311,
                           manual_ack=True)
     fast: list[int] = []
-    client.publish_sink = lambda *m: (received.append(m), fast.append(1))
+    client.publish_sink = lambda reads: (received.extend(reads), fast.extend(1 for _ in reads))
     client.on_message = lambda c, u, m: received.append((m._topic, m.payload, m.mid, m.qos, bool(m.retain)))
     client.connect("127.0.0.1", port, keepalive=60)
     client.loop_start()
