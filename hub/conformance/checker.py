@@ -446,6 +446,11 @@ class DeviceChecker:
         self.add(sc.result(Outcome.FAIL if problems else Outcome.PASS, "; ".join(problems) or
                            "malformed commands dropped without a reply, the unknown one rejected, the device "
                            "stayed connected"))
+        if marker is None:
+            # e.g. a device that crashes on a malformed command: the broker redelivers it on every reconnect, so
+            # the device crash-loops and every later scenario would only wait out its timeouts
+            raise Abort("the device stopped answering commands after the malformed ones"
+                        + (" and reconnected meanwhile (a crash loop on a redelivered command?)" if statuses else ""))
 
     def check_withheld_watermark(self) -> None:
         """Section 5.2/5.3: while no watermark comes the device keeps its messages and never re-sends them on a

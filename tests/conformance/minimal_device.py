@@ -101,6 +101,7 @@ class Fault(Enum):
     TIMED_RESEND = "re-sends unconfirmed messages on a timer"
     IGNORE_REBIRTH = "answers rebirth but does not re-announce"
     CRASH_ON_MALFORMED = "drops its connection on a command it cannot decode"
+    HANG_ON_MALFORMED = "stops handling commands after one it cannot decode (stays connected)"
     WRONG_ENCODING = "asks for CBOR but understands only JSON"
     NO_KEEP = "drops a message as soon as the broker acknowledges it"
     RESEND_ALL_ON_HOLE = "re-sends its whole buffer on a watermark with a hole"
@@ -154,6 +155,7 @@ class MinimalDevice:
         self.powered_up = time.monotonic()
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.connected = False
+        self.hung = False  # Fault.HANG_ON_MALFORMED struck
         self.resend_due: float | None = None
         self.session_present = False
         self.next_sample = 0.0
@@ -347,8 +349,11 @@ class MinimalDevice:
     def _on_command(self, payload: bytes) -> None:
         """Checklist 6."""
         forms = ("json",) if Fault.WRONG_ENCODING in self.cfg.faults else ("json", "cbor")
+        if self.hung:
+            return
         cmd = decode("command", payload, forms)
         if cmd is None or not valid_command(cmd):
+            self.hung = Fault.HANG_ON_MALFORMED in self.cfg.faults
             if Fault.CRASH_ON_MALFORMED in self.cfg.faults:
                 sock = self.client.socket()
                 if isinstance(sock, socket.socket):

@@ -60,6 +60,7 @@ BROKEN = [
     (Fault.NEVER_GIVE_UP, "give-up", "json"),
     (Fault.SILENT, "heartbeat", "json"),
     (Fault.CRASH_ON_MALFORMED, "malformed-command", "json"),
+    (Fault.HANG_ON_MALFORMED, "malformed-command", "json"),
     (Fault.WRONG_ENCODING, "encoding", "cbor"),
 ]
 BROKEN_KW = {Fault.SILENT: {"interval_s": 1, "sample_s": 2.0}}
@@ -74,6 +75,19 @@ def test_a_device_that_breaks_a_rule_fails_on_that_rule(minimal_device: Callable
     assert report.outcome_of(expected) is Outcome.FAIL
     assert report.exit_code() == 1
     assert report.outcome_of("birth") is Outcome.PASS  # the verdict is about the broken rule, not everything
+
+
+def test_a_device_that_stops_answering_commands_ends_the_run_with_the_rest_skipped(
+        minimal_device: Callable[..., MinimalDevice], checker_settings: Callable[..., CheckSettings]) -> None:
+    """A device that crash-loops on a redelivered malformed command, or hangs, would make every later scenario
+    wait out its timeouts: the run ends at the malformed-command check and says why."""
+    minimal_device(faults=frozenset({Fault.HANG_ON_MALFORMED}))
+    report = check(checker_settings("mini-1", timeout_s=8.0))
+    assert report.outcome_of("malformed-command") is Outcome.FAIL
+    later = ("withheld-watermark", "hole-watermark", "give-up", "session-loss")
+    assert [report.outcome_of(c) for c in later] == [Outcome.SKIP] * len(later)
+    skipped = next(r for r in report.results if r.check == "session-loss")
+    assert "stopped answering commands after the malformed ones" in skipped.summary
 
 
 @pytest.mark.parametrize("enc", ["json", "cbor"])
