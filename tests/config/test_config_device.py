@@ -136,6 +136,8 @@ def test_readings_outside_the_declared_range_are_flagged_and_kept(db_path: Path,
 
     # all three stored (on a loaded machine they may come in separate batches): flagged, never dropped
     assert wait_for(lambda: values() == [21.5, 22.0, 90.0], timeout=10), values()
+    # the flag is written by the configuration service's thread after the commit, a moment later
+    assert wait_for(lambda: stored(db_path).range_flags(DEV), timeout=10)
     [(_, metric, count, last, _)] = stored(db_path).range_flags(DEV)
     assert (metric, count, last) == ("temperature", 1, 90.0)
     result = CliRunner().invoke(cli, ["--db", str(db_path), "config", "show", DEV, "--json"], catch_exceptions=False)
