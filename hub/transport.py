@@ -97,30 +97,48 @@ class IngestClient(mqtt.Client):
         buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
         publishes: list[Publish] = []
         append = publishes.append
-        while pos < end:
-            cmd = buf[pos]
-            if cmd & 0xF0 != 0x30 or cmd & 0x06 > 0x02:  # PUBLISH at QoS 0 or 1 only
-                break
-            i, length, shift = pos + 1, 0, 0
-            while i < end and shift <= 21:  # remaining length: up to 4 bytes, 7 bits each
-                byte = buf[i]
-                i += 1
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
+        for refill in (True, False):
+            cut = pos == end  # the buffer ends before the next packet does
+            while pos < end:
+                cmd = buf[pos]
+                if cmd & 0xF0 != 0x30 or cmd & 0x06 > 0x02:  # PUBLISH at QoS 0 or 1 only
                     break
-            else:
-                break  # cut off by the end of the buffer (or malformed): paho reads it
-            stop = i + length
-            if stop > end or length < 2:
+                i, length, shift = pos + 1, 0, 0
+                while i < end and shift <= 21:  # remaining length: up to 4 bytes, 7 bits each
+                    byte = buf[i]
+                    i += 1
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                else:
+                    cut = i == end  # else malformed: paho reads it and reports it
+                    break
+                stop = i + length
+                if stop > end:
+                    cut = True
+                    break
+                if length < 2:
+                    break
+                topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                qos = (cmd >> 1) & 3
+                mid = ((buf[topic_end] << 8) | buf[topic_end + 1]) if qos and topic_end + 2 <= stop else 0
+                if topic_end + (2 if qos else 0) > stop:
+                    break  # malformed: paho reports it
+                append((buf[i + 2:topic_end], buf[topic_end + (2 if qos else 0):stop], mid, qos, bool(cmd & 1)))
+                pos = stop
+            if not (refill and cut):
                 break
-            topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
-            qos = (cmd >> 1) & 3
-            mid = ((buf[topic_end] << 8) | buf[topic_end + 1]) if qos and topic_end + 2 <= stop else 0
-            if topic_end + (2 if qos else 0) > stop:
-                break  # malformed: paho reports it
-            append((buf[i + 2:topic_end], buf[topic_end + (2 if qos else 0):stop], mid, qos, bool(cmd & 1)))
-            pos = stop
+            # empty, or cut inside a packet: read what the socket holds onto the rest, instead of leaving that
+            # packet to paho's piecewise reads (on a small read, most of them were)
+            try:
+                data = super()._sock_recv(READ_CHUNK)
+            except OSError:  # BlockingIOError (nothing yet) included; paho's own read reports anything else
+                break
+            if not data:
+                break  # the connection closed: paho's read sees it too
+            buf = self._rbuf = buf[pos:] + data
+            pos, end = 0, len(buf)
         self._rpos = pos
         if not publishes:
             return super()._packet_read()
