@@ -68,9 +68,10 @@ class IngestClient(mqtt.Client):
 
     With a :attr:`publish_sink`, every complete QoS 0/1 PUBLISH already in the read buffer is
     cut out of it right here and the sink gets them as one list, without paho's per-packet
-    reads, packet dict, ``MQTTMessage`` and callback dispatch. Anything else (another packet type, a packet
-    split across reads, QoS 2, MQTT 5) goes through paho's own ``_packet_read``, which
-    then calls ``on_message`` as usual.
+    reads, packet dict, ``MQTTMessage`` and callback dispatch. An empty buffer, or one that
+    ends inside a packet, is topped up with one more read first. Anything else (another
+    packet type, a packet the socket has not finished sending, QoS 2, MQTT 5) goes through
+    paho's own ``_packet_read``, which then calls ``on_message`` as usual.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
