@@ -35,6 +35,9 @@ from protocol.topics import MessageClass, subscription_for, topic_for
 log = logging.getLogger("fleet.hub.ingest")
 
 _new = tuple.__new__
+_TOPIC_CACHED = 128
+"""Longest topic kept decoded (a device topic is far shorter; anything longer is decoded each time, so the
+cache stays small whatever a client publishes to)."""
 
 WRITE_RETRY_S = 1.0
 """Pause between attempts to commit a batch the database refused (disk full, read-only file)."""
@@ -140,9 +143,10 @@ class Ingest:
                     topic = topic_bytes.decode()
                 except UnicodeDecodeError:
                     topic = topic_bytes.decode("utf-8", "replace")  # dead-lettered as bad_topic
-                if len(topics) >= 1 << 16:
-                    topics.clear()
-                topics[topic_bytes] = topic
+                if len(topic_bytes) <= _TOPIC_CACHED:
+                    if len(topics) >= 1 << 16:
+                        topics.clear()
+                    topics[topic_bytes] = topic
             # tuple.__new__: a named tuple without its class's Python-level __new__ (one per message)
             items.append(_new(Inbound, (topic, payload, mid, qos, retain, now, generation)))
         if not items:
@@ -273,12 +277,14 @@ class Ingest:
 
     def gauges(self) -> dict[str, float | int]:
         """Live figures for the heartbeat and the metrics: queue depth, ingest lag, failed writes."""
-        return {"queue_depth": self._queued - self._taken, "lag_s": self.lag_s(), "write_failures": self.write_failures}
+        taken = self._taken  # first: paho's thread only ever adds to _queued, so the difference is never negative
+        return {"queue_depth": self._queued - taken, "lag_s": self.lag_s(), "write_failures": self.write_failures}
 
     def lag_s(self) -> float:
         """How long the oldest message waiting for the writer has waited at most (0 when none waits): it
         arrived after the newest one the writer took."""
-        if self._queued == self._taken:
+        taken = self._taken
+        if self._queued == taken:
             return 0.0
         return max(0.0, time.time() - self._taken_at)
 
