@@ -32,7 +32,11 @@ def test_metrics_count_what_the_hub_did(embedded_broker, registry, db_path):
         def persisted() -> float:
             return scrape(hub.metrics_port).get(("fleet_hub_messages_persisted_total", (("class", "t"),)), 0)
 
-        assert wait_for(lambda: persisted() == 10, timeout=10)
+        def received() -> float:
+            return scrape(hub.metrics_port).get(("fleet_hub_messages_received_total", (("class", "t"),)), 0)
+
+        # the duplicate, sent last, may be committed in a later batch than the ten
+        assert wait_for(lambda: persisted() == 10 and received() == 11, timeout=10)
         m = scrape(hub.metrics_port)
         assert m[("fleet_hub_messages_received_total", (("class", "t"),))] == 11
         assert m[("fleet_hub_deadletters_total", (("reason", "undecodable"),))] == 1
