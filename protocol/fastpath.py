@@ -35,9 +35,6 @@ _MAX_READINGS = LIMITS.max_readings_per_batch
 _TS_LIMIT = 2**48
 _TOP_JSON = frozenset({"boot", "seq", "ts", "readings"})
 _TOP_JSON_DROPPED = _TOP_JSON | {"dropped"}
-_CANONICAL_ORDER = (("b", "q", "r", "t"), ("b", "d", "q", "r", "t"))
-"""The top-level keys in canonical order (shorter first, then bytewise), without and with ``d``: the only
-key sets the fast path takes."""
 _READING_KEYS = frozenset({"metric", "value"})
 _READING_KEYS_DT = frozenset({"dt", "metric", "value"})
 
@@ -131,22 +128,22 @@ _UINT_BODY = {2: struct.Struct(">B"), 3: struct.Struct(">H"), 5: struct.Struct("
 
 
 def _uint(encoded: bytes) -> int:
-    """The value of a shortest-form CBOR unsigned integer (head byte included)."""
+    """The number a shortest-form CBOR integer head and body hold (head byte included, major type masked off:
+    the magnitude of a negative integer is ``-1 - n``)."""
     if len(encoded) == 1:
-        return encoded[0]
+        return encoded[0] & 0x1F
     return _UINT_BODY[len(encoded)].unpack_from(encoded, 1)[0]  # type: ignore[no-any-return]
 
 
 _CBOR_READINGS: dict[bytes, tuple[str, float] | None] = {}
 """The encoded metric id and value of a reading -> (metric name, value as a float), None when refused: sensors
 repeat their values, so most readings are checked by one look-up."""
+_UNSEEN = object()
 
 
 def _cbor_reading(encoded: bytes) -> tuple[str, float] | None:
-    """Check one reading's metric id and value (``encoded``: both, canonical integer heads already matched)."""
-    entry = _CBOR_READINGS.get(encoded, _UNSEEN)
-    if entry is not _UNSEEN:
-        return entry  # type: ignore[return-value]
+    """Check one reading's metric id and value (``encoded``: both, canonical integer heads already matched)
+    and remember the verdict in ``_CBOR_READINGS``."""
     head = encoded[0]
     width = 1 if head < 0x18 else 1 + (1 << (head - 0x18))
     metric = metric_by_id(_uint(encoded[:width]))
@@ -157,7 +154,7 @@ def _cbor_reading(encoded: bytes) -> tuple[str, float] | None:
         value = struct.unpack(fmt, raw[1:])[0]
         canonical = _float_size(value) == size  # type: ignore[arg-type]
     else:
-        number = (raw[0] & 0x1F) if len(raw) == 1 else _UINT_BODY[len(raw)].unpack_from(raw, 1)[0]
+        number = _uint(raw)
         value = number if raw[0] < 0x20 else -1 - number
         canonical = True
     entry = None
@@ -169,9 +166,6 @@ def _cbor_reading(encoded: bytes) -> tuple[str, float] | None:
         _CBOR_READINGS.clear()
     _CBOR_READINGS[encoded] = entry
     return entry
-
-
-_UNSEEN = object()
 
 
 def _dropped_ok(dropped: object, seq: int) -> bool:
@@ -300,12 +294,14 @@ def _from_cbor(payload: bytes) -> TelemetryRows | None:
     if more:
         found = _CBOR_MORE.findall(more)
         found.insert(0, (dt, reading))
-    if len(found) != (count[0] - 0x80 if len(count) == 1 else count[1]):
+    if len(found) != _uint(count):  # the readings array's head
         return None
     readings = []
     cache = _CBOR_READINGS
     for dt, reading in found:
-        entry = cache.get(reading) or _cbor_reading(reading)
+        entry = cache.get(reading, _UNSEEN)
+        if entry is _UNSEEN:
+            entry = _cbor_reading(reading)
         offset = _uint(dt)
         if entry is None or offset > _MAX_OFFSET:
             return None
