@@ -17,7 +17,7 @@ from hub.storage.connection import Connection, transaction
 from hub.storage.dialect import is_pg
 from hub.storage.rollups import Fold, fold
 from hub.storage.runs import CLEAN, Run, build_runs
-from hub.storage.schema import ROLLUP_COLUMNS, ROLLUP_UPSERT, RUN_COLUMNS, RUN_UPSERT, rollup_rows
+from hub.storage.schema import ROLLUP_COLUMNS, ROLLUP_UPSERT, ROLLUP_UPSERT_PG, RUN_COLUMNS, RUN_UPSERT, rollup_rows
 from hub.storage.values import pack, unpack
 from protocol.limits import LIMITS
 
@@ -272,7 +272,8 @@ class IngestStore:
                 "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def _upsert_rollups(self, acc: Fold) -> None:
-        self._upsert(ROLLUP_UPSERT, "rollups", ROLLUP_COLUMNS, sorted(rollup_rows(acc)))
+        self._upsert(ROLLUP_UPSERT_PG if self._pg else ROLLUP_UPSERT, "rollups", ROLLUP_COLUMNS,
+                     sorted(rollup_rows(acc, self._pack)))
 
     def _upsert(self, upsert: str, table: str, columns: tuple[str, ...], rows: list[Any]) -> None:
         """``upsert`` (INSERT ... VALUES (?, ...) ON CONFLICT ...) for each row; on PostgreSQL one COPY and one

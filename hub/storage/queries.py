@@ -73,10 +73,11 @@ ROLLUP_COLUMNS = ("device_id", "metric", "period", "start", "count", "min", "max
 """The columns of an aggregate row as the CLI and the exporter see them (times in Unix seconds)."""
 
 
-def _rollup_row(device_id: str, metric: str, period: int, start: int, count: int, low: float, high: float,
-                total: float, last: float, last_dt: int) -> dict[str, Any]:
+def _rollup_row(device_id: str, metric: str, period: int, start: int, count: int, low: int | float, high: int | float,
+                total: float, last: int | float, last_dt: int) -> dict[str, Any]:
     return {"device_id": device_id, "metric": metric, "period": period, "start": start / 1000.0, "count": count,
-            "min": low, "max": high, "mean": total / count, "last": last, "last_ts": (start + last_dt) / 1000.0}
+            "min": unpack(low), "max": unpack(high), "mean": total / count, "last": unpack(last),
+            "last_ts": (start + last_dt) / 1000.0}
 
 
 def rollups(conn: Connection, device_id: str, period: Period, metric: str | None = None,

@@ -34,6 +34,7 @@ Versions
     9   ``message_runs`` replaces ``message_keys``: the exactly-once key as runs of contiguous seqs
         per (device, boot), each message's receive time and clock lag packed in 4 bytes
         (:mod:`hub.storage.runs`); the ``readings`` and ``messages`` views read it.
+    10  ``rollups.low``, ``high`` and ``last`` are packed like ``samples.value`` (no declared type).
 
 A migration runs inside one ``BEGIN IMMEDIATE`` transaction together with the new
 ``user_version``: several processes may open the file at once, and exactly one of them upgrades
@@ -340,24 +341,56 @@ V3_ROLLUPS = """CREATE TABLE rollups (
     PRIMARY KEY (series, period, start)
 ) WITHOUT ROWID"""
 """period in seconds; start in ms like ``samples.ts``; last_dt: ms from start to the last value (3 bytes,
-not 6); mean = total / count. Values stay REAL: an aggregate row covers many readings, and packing
-them would cost the writer three conversions per row for about half a byte per reading."""
+not 6); mean = total / count. Version 10 (:data:`V10_ROLLUPS`) packs low, high and last."""
+
+V10_ROLLUPS = """CREATE TABLE rollups (
+    series INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    low NOT NULL,
+    high NOT NULL,
+    total REAL NOT NULL,
+    last NOT NULL,
+    last_dt INTEGER NOT NULL,
+    PRIMARY KEY (series, period, start)
+) WITHOUT ROWID"""
+"""low, high and last hold readings' values as they come, so they are packed like ``samples.value``
+(:mod:`hub.storage.values`: 1 to 4 bytes instead of 8, no declared type so SQLite converts nothing);
+total is a sum, rarely a short decimal, and stays REAL. bench/storage.py: 2.2 -> 1.6 bytes per reading."""
 
 ROLLUP_COLUMNS = ("series", "period", "start", "count", "low", "high", "total", "last", "last_dt")
+
+def _packed(col: str) -> str:
+    return SQL_UNPACK.format(col=col)
+
 
 ROLLUP_UPSERT = (
     "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
-    " count = rollups.count + excluded.count, low = MIN(rollups.low, excluded.low),"
-    " high = MAX(rollups.high, excluded.high), total = rollups.total + excluded.total,"
+    " count = rollups.count + excluded.count,"
+    f" low = CASE WHEN {_packed('excluded.low')} < {_packed('rollups.low')} THEN excluded.low ELSE rollups.low END,"
+    f" high = CASE WHEN {_packed('excluded.high')} > {_packed('rollups.high')} THEN excluded.high ELSE rollups.high END,"
+    " total = rollups.total + excluded.total,"
     " last = CASE WHEN excluded.last_dt >= rollups.last_dt THEN excluded.last ELSE rollups.last END,"
     " last_dt = MAX(rollups.last_dt, excluded.last_dt)")
-"""Merge a batch's aggregate into the stored one (columns qualified: PostgreSQL finds bare names ambiguous)."""
+"""Merge a batch's aggregate into the stored one. low and high are compared as values: packed integers
+(m * 8 + k) do not sort like the values they hold, and a file upgraded to version 10 mixes them with REALs."""
+
+ROLLUP_UPSERT_PG = (
+    "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
+    " count = rollups.count + excluded.count, low = LEAST(rollups.low, excluded.low),"
+    " high = GREATEST(rollups.high, excluded.high), total = rollups.total + excluded.total,"
+    " last = CASE WHEN excluded.last_dt >= rollups.last_dt THEN excluded.last ELSE rollups.last END,"
+    " last_dt = GREATEST(rollups.last_dt, excluded.last_dt)")
+"""The same on PostgreSQL, whose values are plain doubles (columns qualified: it finds bare names ambiguous)."""
 
 
-def rollup_rows(acc: Fold) -> list[tuple[int, int, int, int, float, float, float, float, int]]:
-    """Folded aggregates as ``rollups`` rows (the last value's time relative to the period start)."""
-    return [(series, period, start, count, low, high, total, last, last_ts - start)
+def rollup_rows(acc: Fold, value: Callable[[float], int | float] = float) -> list[tuple[Any, ...]]:
+    """Folded aggregates as ``rollups`` rows (the last value's time relative to the period start); ``value``
+    stores low, high and last (:func:`hub.storage.values.pack` on version 10 and later)."""
+    return [(series, period, start, count, value(low), value(high), total, value(last), last_ts - start)
             for (series, period, start), (count, low, high, total, last, last_ts) in acc.items()]
 
 
@@ -628,10 +661,22 @@ def _to_v9_message_runs(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(ddl)
 
 
+def _to_v10_packed_rollups(conn: sqlite3.Connection, path: Path) -> None:
+    """Version 9 -> 10: rollups keep low, high and last packed (:data:`V10_ROLLUPS`); the stored ones are packed
+    on the way (the same values: :func:`hub.storage.values.unpack` gives back each double)."""
+    conn.execute(V10_ROLLUPS.replace("CREATE TABLE rollups", "CREATE TABLE rollups_v10"))
+    conn.create_function("fleet_pack", 1, pack, deterministic=True)
+    conn.execute("INSERT INTO rollups_v10 SELECT series, period, start, count, fleet_pack(low), fleet_pack(high), total,"
+                 " fleet_pack(last), last_dt FROM rollups")
+    conn.create_function("fleet_pack", 1, None)
+    conn.execute("DROP TABLE rollups")
+    conn.execute("ALTER TABLE rollups_v10 RENAME TO rollups")
+
+
 Migration = Callable[[sqlite3.Connection, Path], None]
 
 MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3, _to_v4_contract, _to_v5, _to_v6_quotas,
-                                     _to_v7_config, _to_v8_alarms, _to_v9_message_runs)
+                                     _to_v7_config, _to_v8_alarms, _to_v9_message_runs, _to_v10_packed_rollups)
 """``MIGRATIONS[n - 1]`` brings a file from version ``n - 1`` to version ``n``."""
 
 CURRENT_VERSION = len(MIGRATIONS)
@@ -735,6 +780,7 @@ PG_TWINS: dict[Migration, tuple[str, ...]] = {
     _to_v9_message_runs: (
         ddl_to_postgres(MESSAGE_RUNS), "DROP VIEW readings", "DROP VIEW messages", "DROP TABLE message_keys",
         *PG_V9_VIEWS, "CREATE SEQUENCE IF NOT EXISTS ingest_writes"),
+    _to_v10_packed_rollups: (),  # PostgreSQL keeps values as plain doubles: nothing to pack
 }
 """The PostgreSQL DDL of each SQLite migration (keyed by the migration, so renumbering keeps them paired)."""
 

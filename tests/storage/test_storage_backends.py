@@ -59,6 +59,22 @@ def test_exactly_once_key_and_batches(db_path: Path) -> None:
     conn.close()
 
 
+def test_aggregates_merge_by_value_across_batches(db_path: Path) -> None:
+    # SQLite keeps min, max and last packed (m * 8 + k), which do not sort like their values: -1.5 packs to
+    # -119 and -0.25 to -198, 150.0 to 1200 and 100.125 to 801003. Each batch's aggregate is merged by value.
+    conn = open_database(db_path)
+    store = IngestStore(conn)
+    t0 = 1_700_000_040  # all in one minute
+    values = (21.5, 3.25, -0.25, -1.5, 150.0, 100.125, 7.0)
+    for seq, value in enumerate(values, start=1):
+        with store.transaction():
+            store.insert_readings([("d1", 1, seq, 0, "temp", value, t0 + seq, 1.0, 0)])
+    (minute,) = queries.rollups(conn, "d1", Period.MINUTE)
+    assert (minute["count"], minute["min"], minute["max"], minute["last"]) == (7, -1.5, 150.0, 7.0)
+    assert minute["mean"] == sum(values) / 7
+    conn.close()
+
+
 def test_a_failed_transaction_leaves_nothing(db_path: Path) -> None:
     conn = open_database(db_path)
     store = IngestStore(conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from cli.main import cli
 from hub.queries import readings, rollups
 from hub.store import HubStore
 from hub.storage.rollups import Period, fold
+from hub.storage.schema import V3_ROLLUPS
+from hub.storage.values import unpack
 from hub.storage import open_database
 from hub.storage.queries import table_counts
 from protocol.codec import encode
@@ -52,6 +55,44 @@ def test_aggregates_per_minute_and_hour_across_batches(db_path: Path) -> None:
     assert minutes[0]["mean"] == (20.5 + 22.25 + 25.0) / 3
     hours = rollups(db_path, "agg-1", Period.HOUR)
     assert {(r["metric"], r["count"]) for r in hours} == {("temperature", 4), ("humidity", 1)}
+
+
+def test_min_max_and_last_are_stored_packed(tmp_path: Path) -> None:
+    db = tmp_path / "fleet.db"
+    write(db, "pk-1", [(HOUR0 + 1, "temperature", 21.53), (HOUR0 + 2, "temperature", 0.1 + 0.2)])
+    conn = sqlite3.connect(db)
+    stored = conn.execute("SELECT typeof(low), typeof(high), typeof(last), typeof(total) FROM rollups"
+                          " WHERE period = 60").fetchone()
+    conn.close()
+    assert stored == ("real", "integer", "real", "real")  # 0.30000000000000004 is no short decimal: kept as it is
+    (minute,) = rollups(db, "pk-1", Period.MINUTE)
+    assert (minute["min"], minute["max"], minute["last"]) == (0.1 + 0.2, 21.53, 0.1 + 0.2)
+
+
+def test_version_9_aggregates_are_packed_by_the_upgrade(tmp_path: Path) -> None:
+    db = tmp_path / "fleet.db"
+    write(db, "up-1", [(HOUR0 + 1, "temperature", 19.75), (HOUR0 + 2, "temperature", 23.5)])
+    before = rollups(db, "up-1", Period.MINUTE) + rollups(db, "up-1", Period.HOUR)
+    # back to version 9: the same rows in its rollups table, whose value columns are REAL
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT * FROM rollups").fetchall()
+    conn.execute("DROP TABLE rollups")
+    conn.execute(V3_ROLLUPS)
+    conn.executemany("INSERT INTO rollups VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        (*r[:4], unpack(r[4]), unpack(r[5]), r[6], unpack(r[7]), r[8]) for r in rows])
+    assert {r[0] for r in conn.execute("SELECT typeof(low) FROM rollups")} == {"real"}
+    conn.execute("PRAGMA user_version = 9")
+    conn.commit()
+    conn.close()
+    open_database(db).close()  # upgrades
+    assert rollups(db, "up-1", Period.MINUTE) + rollups(db, "up-1", Period.HOUR) == before
+    conn = sqlite3.connect(db)
+    assert {r[0] for r in conn.execute("SELECT typeof(low) || typeof(high) || typeof(last) FROM rollups")} == {
+        "integerintegerinteger"}
+    conn.close()
+    write(db, "up-1", [(HOUR0 + 3, "temperature", 12.0)], first_seq=3)  # and later batches merge into them
+    (minute,) = rollups(db, "up-1", Period.MINUTE)
+    assert (minute["count"], minute["min"], minute["max"], minute["last"]) == (3, 12.0, 23.5, 12.0)
 
 
 def test_retention_deletes_readings_and_keeps_their_aggregates(db_path: Path) -> None:
