@@ -189,38 +189,52 @@ def decode_telemetry_rows(payload: bytes) -> TelemetryRows | None:
 # Any other valid spelling takes the general path below. "-0" is left out: JSON's integer -0 is the
 # value 0.0, float("-0") is -0.0.
 _U = rb"(0|[1-9][0-9]{0,9})"
-_NUMBER = rb"(-?[1-9][0-9]{0,15}(?:\.[0-9]{1,17})?|-?0\.[0-9]{1,17}|0)"
+_NUMBER = rb"(-?[1-9][0-9]{0,15}(?:\.[0-9]{1,17})?|-?0\.[0-9]{1,20}|0)"
+"""A number as Python's repr and our encoder write it without an exponent: up to 17 significant digits, and below 1
+up to three zeros after the point before them (repr switches to an exponent below 1e-4)."""
 _READING = rb'\{(?:"dt":' + _U + rb',)?"metric":"([a-z0-9_]{1,32})","value":' + _NUMBER + rb"\}"
 _READING_NC = rb'\{(?:"dt":(?:0|[1-9][0-9]{0,9}),)?"metric":"[a-z0-9_]{1,32}","value":-?[0-9.]{1,34}\}'
 _COMPACT = re.compile(rb'\{"boot":' + _U + rb',"seq":' + _U + rb',"ts":([1-9][0-9]{0,14}),"readings":\[' + _READING
                       + rb"((?:," + _READING_NC + rb')*)\](?:,"dropped":' + _U + rb")?\}")
 """Groups: boot, seq, ts; the first reading's dt, metric and value; the other readings; dropped."""
 _COMPACT_READING = re.compile(rb"," + _READING)
-_JSON_METRICS = {m.name.encode(): m for m in METRICS}
+_JSON_LIMITS = {m.name.encode(): (m.name, m.low, m.high) for m in METRICS}
+"""A metric's name as it appears in the payload -> (name, lowest, highest value): plain tuple items, no attribute
+look-ups per reading."""
 
 
 def _from_compact_json(m: re.Match[bytes]) -> TelemetryRows | None:
     boot, seq, ts, dt, name, number, more, dropped = m.groups()
     boot, seq, ts = int(boot), int(seq), int(ts)
-    dropped = 0 if dropped is None else int(dropped)
-    if not (boot <= _MAX_U32 and seq <= _MAX_U32 and ts < _TS_LIMIT and _dropped_ok(dropped, seq)):
+    if boot > _MAX_U32 or seq > _MAX_U32 or ts >= _TS_LIMIT:
         return None
-    found: list[tuple[bytes, bytes, bytes]] | tuple[tuple[bytes, bytes, bytes]] = ((dt, name, number),)
+    if dropped is None:
+        dropped = 0
+    else:
+        dropped = int(dropped)
+        if dropped and dropped >= seq:  # _dropped_ok inline (seq is a u32, so a dropped below it is one)
+            return None
+    limits = _JSON_LIMITS.get(name)
+    if limits is None:
+        return None
+    value = float(number)
+    offset = int(dt) if dt else 0
+    if not (limits[1] <= value <= limits[2] and offset <= _MAX_OFFSET):
+        return None
+    readings = [(offset, limits[0], value)]
     if more:
         found = _COMPACT_READING.findall(more)
         if len(found) + 1 > _MAX_READINGS or len(found) != more.count(b"{"):
             return None  # a value the loose pattern let through that the exact one does not take
-        found.insert(0, (dt, name, number))
-    readings = []
-    for dt, name, number in found:
-        metric = _JSON_METRICS.get(name)
-        if metric is None:
-            return None
-        value = float(number)
-        offset = int(dt) if dt else 0
-        if not (metric.low <= value <= metric.high and offset <= _MAX_OFFSET):
-            return None
-        readings.append((offset, metric.name, value))
+        for dt, name, number in found:
+            limits = _JSON_LIMITS.get(name)
+            if limits is None:
+                return None
+            value = float(number)
+            offset = int(dt) if dt else 0
+            if not (limits[1] <= value <= limits[2] and offset <= _MAX_OFFSET):
+                return None
+            readings.append((offset, limits[0], value))
     return _new(TelemetryRows, (boot, seq, ts, readings, dropped))
 
 

@@ -125,6 +125,8 @@ def one(**fields: Any) -> dict[str, Any]:
     json.dumps(one(extra=1)).encode(),
     json.dumps(one(dropped=2)).encode(),  # dropped must be below seq
     json.dumps(one(dropped=-1)).encode(),
+    b'{"boot":1,"seq":2,"ts":1700000000000,"readings":[{"metric":"temperature","value":21.5}],"dropped":2}',  # compact
+    b'{"boot":1,"seq":2,"ts":1700000000000,"readings":[{"metric":"temperature","value":21.5}],"dropped":4294967296}',
     b'{"boot":1,"seq":2,"ts":1700000000000,"dropped":0,"dropped":1,"readings":[{"metric":"temperature","value":2}]}',
     b'{"boot":1,"seq":2,"ts":1700000000000,"readings":[{"metric":"temperature","value":NaN}]}',
     b'{"boot":1,"seq":2,"ts":1700000000000,"readings":[{"metric":"temperature","value":1e999}]}',
@@ -195,6 +197,16 @@ def test_the_compact_layout_reads_numbers_as_json_does(number: bytes, expected: 
         return
     assert rows is not None
     assert repr(rows.readings[0][2]) == repr(expected)  # the sign of zero included
+
+
+@pytest.mark.parametrize("value", [0.036752034951348385, 0.00012345678901234567, -0.0001, 123.45678901234568])
+def test_every_value_our_encoder_writes_takes_the_fast_path_in_any_reading(value: float) -> None:
+    """repr gives up to 17 significant digits, and below 1 up to three zeros before them (found by hypothesis:
+    a second reading of 0.036752034951348385, 18 digits after the point, went to the strict decoder)."""
+    for values in ([value, 21.5], [21.5, value]):  # as the first reading, and as a later one
+        msg = Telemetry(boot=1, seq=2, ts=TS, readings=[Reading(metric="temperature", value=v) for v in values])
+        rows = assert_agrees(encode(msg, "json"))
+        assert rows is not None and [r[2] for r in rows.readings] == values
 
 
 @pytest.mark.parametrize("number", [b"-0", b"01", b"1e1", b"1.", b".5", b"+1", b"1.5e400", b"--1", b"1.2.3"])
