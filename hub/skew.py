@@ -24,11 +24,12 @@ class SkewTally:
     by_device: dict[str, tuple[int, float]] = field(default_factory=dict)
     """device id -> (messages, offset in seconds with the largest magnitude; device minus hub)."""
 
-    def add(self, device_id: str, offset_s: float) -> None:
-        """Count one skewed message of ``device_id`` whose clock is ``offset_s`` ahead (negative: behind)."""
-        self.messages += 1
+    def add(self, device_id: str, offset_s: float, messages: int = 1) -> None:
+        """Count ``messages`` skewed messages of ``device_id`` whose clock was at most ``offset_s`` ahead (negative:
+        behind)."""
+        self.messages += messages
         n, worst = self.by_device.get(device_id, (0, 0.0))
-        self.by_device[device_id] = (n + 1, offset_s if abs(offset_s) > abs(worst) else worst)
+        self.by_device[device_id] = (n + messages, offset_s if abs(offset_s) > abs(worst) else worst)
 
     def merge(self, other: SkewTally) -> None:
         """Add the counts of ``other`` (a committed batch) to this tally."""

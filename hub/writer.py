@@ -292,6 +292,7 @@ class BatchWriter:
         boot = key = -1
         tracker: SeqTracker | None = None
         stored = skewed_n = n_readings = 0
+        ahead = behind = 0.0  # the largest clock offsets of the skewed messages, each way
         for msg, message in group:
             if message.boot != boot:
                 if tracker is not None:
@@ -311,7 +312,11 @@ class BatchWriter:
             stored += 1
             if skewed:  # counted, and summarized by the ingest loop: never a log line per message
                 skewed_n += 1
-                skew.add(device_id, base / 1000.0 - now)
+                offset = base / 1000.0 - now
+                if offset > ahead:
+                    ahead = offset
+                elif offset < behind:
+                    behind = offset
             if tracker is None:
                 tracker = self._stream(device_id, key)
             gaps = tracker.observe(seq, now)
@@ -325,6 +330,8 @@ class BatchWriter:
             n_readings += len(values)
         if tracker is not None:
             self._observed(device_id, key, tracker, touched)
+        if skewed_n:
+            skew.add(device_id, ahead if ahead >= -behind else behind, skewed_n)
         counts[_RECEIVED_T] += len(group)
         counts["stored"] += stored
         counts[_PERSISTED_T] += stored
