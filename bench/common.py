@@ -6,7 +6,6 @@ Benchmarks print figures; they are not tests. Everything binds 127.0.0.1 and sto
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import socket
 import statistics
@@ -22,18 +21,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from broker.server import free_port  # noqa: E402
+from cli.runtime import raise_nofile  # noqa: E402,F401  (the benches' subprocesses lift their limit as `fleet` does)
 
 FLEET = [sys.executable, "-c", "from cli.main import main; main()"]
 
 # The embedded broker alone in its own process, set up as `fleet broker` runs it (collector tuned,
 # open-files limit lifted); a bench reads its RSS and CPU from /proc without a CLI around it.
 _EMBEDDED = """
-import asyncio, resource, sys
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+import asyncio, sys
 from broker.server import EmbeddedBroker
 from broker.config import BrokerSettings
-from cli.runtime import tune_gc
+from cli.runtime import raise_nofile, tune_gc
+raise_nofile()
 async def main():
     b = EmbeddedBroker(BrokerSettings(port=int(sys.argv[1]), db=sys.argv[2], allow_anonymous=sys.argv[3] == "anon"))
     await b.start()
@@ -52,12 +51,6 @@ def start_embedded_process(db: Path, anonymous: bool = False) -> tuple[int, subp
     assert proc.stdout is not None
     proc.stdout.readline()
     return port, proc
-
-
-def raise_nofile() -> None:
-    """Lift the open-files limit to the hard limit (thousands of sockets per process)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:

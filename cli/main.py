@@ -20,7 +20,7 @@ from cli.dashboard_cmd import dashboard_command, status_command
 from cli.errors import CliError, ExitCode, to_cli_error
 from cli.export_cmd import export_command
 from cli.firmware_cmd import firmware_group, rollout_group
-from cli.runtime import setup_logging, tune_gc
+from cli.runtime import raise_nofile, setup_logging, tune_gc
 from cli.sim_cmd import sim_command
 from cli.send_cmd import commands_group, send_command
 from cli.up_cmd import up_command
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: errors become one line on stderr and a non-zero exit."""
     args = sys.argv[1:] if argv is None else argv
     tune_gc()  # this process is a `fleet` program; `fleet broker` may hold 10,000 connections
+    raise_nofile()  # ... each on its own socket
     try:
         default_map = load_default_map(config_path(args))
         cli.main(args=args, prog_name="fleet", default_map=default_map)

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -75,6 +76,23 @@ def tune_gc() -> None:
     not by the commands themselves, which tests also run inside a pytest process."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+NOFILE_CAP = 1 << 20
+"""The most open files asked for when the hard limit is unlimited (Linux refuses more than its nr_open)."""
+
+
+def raise_nofile() -> None:
+    """Lift this process's soft open-files limit to its hard one: a broker or a simulator holds one socket per
+    device, and many systems start programs with a soft limit of 1024 (systemd does) under a hard limit hundreds
+    of times higher, which the program is meant to ask for itself. Nothing changes when that is refused."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = NOFILE_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass  # a container may cap it lower than it says: keep the soft limit we have
 
 
 def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import gc
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+# the hand-built MQTT packets of tests/broker/raw_mqtt.py serve every suite (security, cli): shared, not copied
+sys.path.insert(0, str(Path(__file__).resolve().parent / "broker"))
 
 import pytest
 import pytest_timeout
