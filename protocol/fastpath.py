@@ -214,27 +214,22 @@ def _from_compact_json(m: re.Match[bytes]) -> TelemetryRows | None:
         dropped = int(dropped)
         if dropped and dropped >= seq:  # _dropped_ok inline (seq is a u32, so a dropped below it is one)
             return None
-    limits = _JSON_LIMITS.get(name)
-    if limits is None:
-        return None
-    value = float(number)
-    offset = int(dt) if dt else 0
-    if not (limits[1] <= value <= limits[2] and offset <= _MAX_OFFSET):
-        return None
-    readings = [(offset, limits[0], value)]
+    found: list[tuple[bytes, bytes, bytes]] | tuple[tuple[bytes, bytes, bytes]] = ((dt, name, number),)
     if more:
         found = _COMPACT_READING.findall(more)
         if len(found) + 1 > _MAX_READINGS or len(found) != more.count(b"{"):
             return None  # a value the loose pattern let through that the exact one does not take
-        for dt, name, number in found:
-            limits = _JSON_LIMITS.get(name)
-            if limits is None:
-                return None
-            value = float(number)
-            offset = int(dt) if dt else 0
-            if not (limits[1] <= value <= limits[2] and offset <= _MAX_OFFSET):
-                return None
-            readings.append((offset, limits[0], value))
+        found.insert(0, (dt, name, number))
+    readings = []
+    for dt, name, number in found:
+        limits = _JSON_LIMITS.get(name)
+        if limits is None:
+            return None
+        value = float(number)
+        offset = int(dt) if dt else 0
+        if not (limits[1] <= value <= limits[2] and offset <= _MAX_OFFSET):
+            return None
+        readings.append((offset, limits[0], value))
     return _new(TelemetryRows, (boot, seq, ts, readings, dropped))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -17,7 +16,7 @@ from broker.background import BackgroundBroker
 from broker.config import BrokerSettings
 from broker.registry import Registry
 from broker.server import free_port
-from support import add_device, connect, wait_for
+from support import add_device, connect, end_process, port_open, wait_for
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -52,11 +51,6 @@ def test_logins_refusals_and_connections_are_exported(db_path: Path, registry: R
     assert scrape(metrics_port) == {}  # the endpoint closes with the broker
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_fleet_broker_takes_flags_over_env_over_toml(tmp_path: Path, registry: Registry, db_path: Path) -> None:
     """TOML sets login-free-failures 50, FLEET_BROKER_LOGIN_FREE_FAILURES=1 wins over it (a second wrong
     login is throttled); FLEET_BROKER_METRICS_PORT names one port, --metrics-port another, and the flag wins."""
@@ -70,9 +64,9 @@ def test_fleet_broker_takes_flags_over_env_over_toml(tmp_path: Path, registry: R
                              "broker", "--port", str(port), "--metrics-port", str(flag_metrics)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert wait_for(lambda: _listening(port) and bool(scrape(flag_metrics)), timeout=30), \
+        assert wait_for(lambda: port_open(port) and bool(scrape(flag_metrics)), timeout=30), \
             proc.stderr.read().decode() if proc.poll() is not None and proc.stderr else "broker not up"
-        assert not _listening(env_metrics)
+        assert not port_open(env_metrics)
         # a refused login is answered after its back-off, so one guesser in sequence never meets one:
         # guesses at the same time do (one id is checked at a time), but only when the free failures are 1
         def guess(_: int) -> int:
@@ -84,12 +78,7 @@ def test_fleet_broker_takes_flags_over_env_over_toml(tmp_path: Path, registry: R
         assert wait_for(lambda: scrape(flag_metrics).get("fleet_broker_logins_throttled_total", 0) >= 1), \
             scrape(flag_metrics)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        end_process(proc, 15)
 
 
 def test_every_broker_setting_has_a_flag() -> None:

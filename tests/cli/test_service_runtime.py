@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import resource
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from raw_mqtt import raw_connect
 from broker.server import free_port
 from cli.main import cli, main
 from cli.runtime import GC_THRESHOLDS, NOFILE_CAP
-from support import wait_for
+from support import end_process, port_open, wait_for
 
 DEFAULTS = (700, 10, 10)
 
@@ -84,7 +83,7 @@ def test_fleet_broker_started_with_a_soft_limit_of_128_takes_300_devices(tmp_pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_low_soft_limit)
     socks = []
     try:
-        assert wait_for(lambda: _listening(port), timeout=30), "broker not up"
+        assert wait_for(lambda: port_open(port), timeout=30), "broker not up"
         for i in range(300):
             sock, rc = raw_connect(port, f"nofile-{i}", timeout=15)
             socks.append(sock)
@@ -92,17 +91,4 @@ def test_fleet_broker_started_with_a_soft_limit_of_128_takes_300_devices(tmp_pat
     finally:
         for sock in socks:
             sock.close()
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+        end_process(proc, 15)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +13,9 @@ from pathlib import Path
 import pytest
 
 from broker.server import free_port
-from support import wait_for
+from support import port_open, wait_for
 
 FLEET = str(Path(sys.executable).with_name("fleet"))
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def start_up(folder: Path, port: int, devices: int = 8) -> subprocess.Popen[bytes]:

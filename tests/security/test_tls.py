@@ -23,7 +23,7 @@ from broker.server import free_port
 from protocol.codec import encode
 from protocol.models import Reading, Telemetry
 from security_helpers import stored_seqs
-from support import Creds, add_device, wait_for
+from support import Creds, add_device, end_process, wait_for
 
 OPENSSL = shutil.which("openssl")
 
@@ -122,9 +122,4 @@ def test_hub_over_mqtts_stores_a_device_that_speaks_tls(tls_broker: BackgroundBr
             client.disconnect()
             client.loop_stop()
     finally:
-        hub.terminate()
-        try:
-            hub.wait(10)
-        except subprocess.TimeoutExpired:
-            hub.kill()
-            hub.wait(5)
+        end_process(hub)
