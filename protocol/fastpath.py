@@ -203,6 +203,18 @@ _JSON_LIMITS = {m.name.encode(): (m.name, m.low, m.high) for m in METRICS}
 look-ups per reading."""
 
 
+def _compact_reading(dt: bytes, name: bytes, number: bytes) -> tuple[int, str, float] | None:
+    """One reading of the compact layout as ``(dt, metric, value)``, None when the strict decoder must judge it."""
+    limits = _JSON_LIMITS.get(name)
+    if limits is None:
+        return None
+    value = float(number)
+    offset = int(dt) if dt else 0
+    if not (limits[1] <= value <= limits[2] and offset <= _MAX_OFFSET):
+        return None
+    return (offset, limits[0], value)
+
+
 def _from_compact_json(m: re.Match[bytes]) -> TelemetryRows | None:
     boot, seq, ts, dt, name, number, more, dropped = m.groups()
     boot, seq, ts = int(boot), int(seq), int(ts)
@@ -214,22 +226,19 @@ def _from_compact_json(m: re.Match[bytes]) -> TelemetryRows | None:
         dropped = int(dropped)
         if dropped and dropped >= seq:  # _dropped_ok inline (seq is a u32, so a dropped below it is one)
             return None
-    found: list[tuple[bytes, bytes, bytes]] | tuple[tuple[bytes, bytes, bytes]] = ((dt, name, number),)
+    first = _compact_reading(dt, name, number)
+    if first is None:
+        return None
+    readings = [first]
     if more:
         found = _COMPACT_READING.findall(more)
         if len(found) + 1 > _MAX_READINGS or len(found) != more.count(b"{"):
             return None  # a value the loose pattern let through that the exact one does not take
-        found.insert(0, (dt, name, number))
-    readings = []
-    for dt, name, number in found:
-        limits = _JSON_LIMITS.get(name)
-        if limits is None:
-            return None
-        value = float(number)
-        offset = int(dt) if dt else 0
-        if not (limits[1] <= value <= limits[2] and offset <= _MAX_OFFSET):
-            return None
-        readings.append((offset, limits[0], value))
+        for dt, name, number in found:
+            reading = _compact_reading(dt, name, number)
+            if reading is None:
+                return None
+            readings.append(reading)
     return _new(TelemetryRows, (boot, seq, ts, readings, dropped))
 
 

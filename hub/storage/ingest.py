@@ -8,6 +8,7 @@ Used by exactly one thread (the writer), on its own connection, inside
 from __future__ import annotations
 
 import json
+from itertools import chain
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,12 @@ def _as_is(value: float) -> float:
 
 _UNKNOWN = object()
 """A stream whose newest run has not been looked up yet."""
+
+_SAMPLE_COLUMNS = "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES "
+_INSERT_SAMPLE = _SAMPLE_COLUMNS + "(?, ?, ?, ?, ?, ?)"
+SAMPLES_PER_INSERT = 100
+"""Samples one INSERT statement carries on SQLite (600 parameters, under every SQLite's limit of 999)."""
+_INSERT_SAMPLES = _SAMPLE_COLUMNS + ", ".join(["(?, ?, ?, ?, ?, ?)"] * SAMPLES_PER_INSERT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +275,13 @@ class IngestStore:
             self.conn.copy_insert(  # type: ignore[union-attr]
                 "samples", ("series", "ts", "boot", "seq", "idx", "value"), rows, "ON CONFLICT DO NOTHING")
         else:
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            # 100 rows per statement: executemany steps, resets and hands the GIL back and forth once per row
+            # (callgrind, 20,000 rows in batches of 500: 10.5 k instructions a row -> 7.5 k)
+            whole = len(rows) - len(rows) % SAMPLES_PER_INSERT
+            for start in range(0, whole, SAMPLES_PER_INSERT):
+                self.conn.execute(_INSERT_SAMPLES, list(chain.from_iterable(rows[start:start + SAMPLES_PER_INSERT])))
+            if whole < len(rows):
+                self.conn.executemany(_INSERT_SAMPLE, rows[whole:])
 
     def _upsert_rollups(self, acc: Fold) -> None:
         self._upsert(ROLLUP_UPSERT_PG if self._pg else ROLLUP_UPSERT, "rollups", ROLLUP_COLUMNS,

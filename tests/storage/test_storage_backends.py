@@ -59,6 +59,29 @@ def test_exactly_once_key_and_batches(db_path: Path) -> None:
     conn.close()
 
 
+def test_staged_samples_of_many_statements_are_each_stored_once(db_path: Path) -> None:
+    """SQLite stores 100 samples per INSERT: a batch of 260 takes two whole statements and a remainder."""
+    conn = open_database(db_path)
+    store = IngestStore(conn)
+    t0 = 1_700_000_000_000
+
+    def stage(seqs: range) -> None:
+        for seq in seqs:
+            store.stage_readings("d1", 1, seq, t0 + seq * 1000, [(dt, "temp", seq + dt / 100) for dt in range(13)],
+                                 1_700_000_000.5)
+
+    with store.transaction():
+        stage(range(1, 21))  # 260 samples
+    with store.transaction():
+        stage(range(9, 31))  # 12 messages' samples again (the writer never stages them twice, the key holds), 10 new
+    got = queries.readings(conn, "d1")
+    assert len(got) == 30 * 13 == queries.table_counts(conn)["samples"]
+    assert [(r["seq"], r["idx"], r["value"]) for r in got[:14]] == [
+        *((1, dt, 1 + dt / 100) for dt in range(13)), (2, 0, 2.0)]
+    assert sorted({r["seq"] for r in got}) == list(range(1, 31))
+    conn.close()
+
+
 def test_aggregates_merge_by_value_across_batches(db_path: Path) -> None:
     # SQLite keeps min, max and last packed (m * 8 + k), which do not sort like their values: -1.5 packs to
     # -119 and -0.25 to -198, 150.0 to 1200 and 100.125 to 801003. Each batch's aggregate is merged by value.
