@@ -89,6 +89,8 @@ _PERSISTED = {cls: "persisted:" + cls.value for cls in MessageClass}
 """The counters of messages received and stored, per class (each key built once, not per message)."""
 _PERSISTED_T, _PERSISTED_A = _PERSISTED[MessageClass.TELEMETRY], _PERSISTED[MessageClass.ALERT]
 _RECEIVED_T = _RECEIVED[MessageClass.TELEMETRY]
+_UPTIME_BELOW = LIMITS.uptime_ts_below
+"""Read once: an attribute of a pydantic model costs 40 ns, four times a plain one (per message)."""
 
 
 @dataclass
@@ -112,6 +114,7 @@ class BatchWriter:
     def __init__(self, store: HubStore, settings: HubSettings) -> None:
         self.store = store
         self.settings = settings
+        self._skew_threshold_s = settings.skew_threshold_s  # per message: read from the model once (_UPTIME_BELOW)
         self.stats = HubStats()
         self.skew = SkewTally()
         """Skewed messages since the last summary line (the ingest loop logs and resets it)."""
@@ -367,12 +370,12 @@ class BatchWriter:
         """The message's time in ms since the epoch (uptime stamps turned into wall-clock time when the
         boot's ``boot_ts`` is known), and whether it is skewed (firmware_protocol.md 4.4)."""
         ts = message.ts
-        if ts < LIMITS.uptime_ts_below:
+        if ts < _UPTIME_BELOW:
             anchor = self.presence.boot_ts(device_id, message.boot)
             if anchor is None:
                 return ts, True  # corrected when a birth brings boot_ts
             ts += anchor
-        return ts, abs(ts / 1000.0 - now) > self.settings.skew_threshold_s
+        return ts, abs(ts / 1000.0 - now) > self._skew_threshold_s
 
     def _tracker(self, device_id: str, boot: int) -> SeqTracker | None:
         """The tracker of stream (device_id, boot) from memory or the database; None when nothing is stored."""
