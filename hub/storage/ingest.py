@@ -174,10 +174,13 @@ class IngestStore:
             tail = self._load_run(device, boot, None)
             self._tails[stream] = tail
         if tail is None or seq > tail.last:
+            queued = tail is not None and tail.state != CLEAN  # a run this transaction changed is in _pending
             if tail is None or seq != tail.last + 1 or not tail.extend(code, flag, received, lag):
                 tail = Run(device, boot, seq, seq, code, flag, received, lag)
                 self._tails[stream] = tail
-            self._pending[(device, boot, tail.first)] = tail
+                queued = False
+            if not queued:
+                self._pending[(device, boot, tail.first)] = tail
         elif seq >= tail.first:
             return False
         elif not self._insert_late(device, boot, seq, code, flag, received, lag):

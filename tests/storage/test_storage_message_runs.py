@@ -6,6 +6,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from hub.store import HubStore
 from hub.storage.runs import MAX_MESSAGES, Run, build_runs, message_meta
 
@@ -131,3 +135,44 @@ def test_uptime_stamps_corrected_in_the_runs(db_path: Path) -> None:
     store.close()
     got = messages(db_path)
     assert [(m[2], m[4], m[6]) for m in got] == [(s, boot_ts + 3_600_000 + s * 1000, 0) for s in range(1, 4)]
+
+
+@st.composite
+def arrivals(draw: st.DrawFn) -> list[list[tuple[int, bool, int]]]:
+    """Seqs 1..n mostly in order (as devices send them), some swapped (late arrivals), some sent again, cut into
+    batches anywhere; each with a skew flag and a delay in seconds, mostly unremarkable."""
+    n = draw(st.integers(1, 150))
+    seqs = list(range(1, n + 1))
+    for i, j in draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=8)):
+        seqs[i], seqs[j] = seqs[j], seqs[i]
+    for i, at in draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n)), max_size=8)):
+        seqs.insert(at, seqs[i])
+    how = st.sampled_from([(False, 0)] * 8 + [(True, 0), (False, 70)])  # a flag or a 70 s delay breaks a run
+    marked = [(seq, *draw(how)) for seq in seqs]
+    cuts = sorted(set(draw(st.lists(st.integers(1, len(marked)), max_size=8))) | {len(marked)})
+    return [marked[a:b] for a, b in zip([0, *cuts], cuts) if b > a]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(batches=arrivals())
+def test_any_order_of_seqs_is_stored_exactly_once_across_batches(tmp_path_factory: pytest.TempPathFactory,
+                                                                 batches: list[list[tuple[int, bool, int]]]) -> None:
+    """Each seq is taken the first time only, every taken one is stored with its own metadata (runs grown in one
+    batch and again in the next, holes filled late, runs broken by the skew flag or their 65.5 s span), and a
+    store opened afresh finds them all again."""
+    db = tmp_path_factory.mktemp("runs") / "fleet.db"
+    store = HubStore(db)
+    taken: dict[int, tuple[int, int]] = {}  # seq -> (received ms, skewed)
+    for batch in batches:
+        with store.transaction():
+            for seq, skewed, late_s in batch:
+                received = T0 + seq * 1000 + late_s * 1000
+                first = store.insert_message("dev-1", 1, seq, "t", received - 40, received / 1000, skewed)
+                assert first == (seq not in taken), (seq, taken.keys())
+                taken.setdefault(seq, (received, int(skewed)))
+    store.close()
+    stored = {seq: (round(received_at * 1000), skewed) for _d, _b, seq, _k, _ts, received_at, skewed in messages(db)}
+    assert stored == taken
+    again = HubStore(db)
+    assert put(again, sorted(taken)) == [False] * len(taken)
+    again.close()
