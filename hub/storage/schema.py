@@ -357,11 +357,13 @@ V10_ROLLUPS = """CREATE TABLE rollups (
 ) WITHOUT ROWID"""
 """low, high and last hold readings' values as they come, so they are packed like ``samples.value``
 (:mod:`hub.storage.values`: 1 to 4 bytes instead of 8, no declared type so SQLite converts nothing);
-total is a sum, rarely a short decimal, and stays REAL. bench/storage.py: 2.2 -> 1.6 bytes per reading."""
+total is a sum, rarely a short decimal, and stays REAL. bench/storage.py: 2.2 -> 1.7 bytes per reading."""
 
 ROLLUP_COLUMNS = ("series", "period", "start", "count", "low", "high", "total", "last", "last_dt")
 
-def _packed(col: str) -> str:
+
+def _value_of(col: str) -> str:
+    """SQL for the reading value a packed column holds."""
     return SQL_UNPACK.format(col=col)
 
 
@@ -369,8 +371,8 @@ ROLLUP_UPSERT = (
     "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
     " count = rollups.count + excluded.count,"
-    f" low = CASE WHEN {_packed('excluded.low')} < {_packed('rollups.low')} THEN excluded.low ELSE rollups.low END,"
-    f" high = CASE WHEN {_packed('excluded.high')} > {_packed('rollups.high')} THEN excluded.high ELSE rollups.high END,"
+    f" low = CASE WHEN {_value_of('excluded.low')} < {_value_of('rollups.low')} THEN excluded.low ELSE rollups.low END,"
+    f" high = CASE WHEN {_value_of('excluded.high')} > {_value_of('rollups.high')} THEN excluded.high ELSE rollups.high END,"
     " total = rollups.total + excluded.total,"
     " last = CASE WHEN excluded.last_dt >= rollups.last_dt THEN excluded.last ELSE rollups.last END,"
     " last_dt = MAX(rollups.last_dt, excluded.last_dt)")
