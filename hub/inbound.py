@@ -73,9 +73,9 @@ def classify(msg: Inbound) -> Accepted | Rejected | None:
     elif cls is _STATUS and not msg.payload:
         return None  # an empty retained payload clears the status: nothing to store
     try:
-        message = decode(topic.cls, msg.payload)  # the strict decoder: the verdict and its reason
+        message = decode(cls, msg.payload)  # the strict decoder: the verdict and its reason
     except ProtocolError as exc:
-        if topic.cls in _SEQUENCED and exc.reason in _CONTENT_REASONS:
+        if cls in _SEQUENCED and exc.reason in _CONTENT_REASONS:
             place = sequence_of(msg.payload)
             if place is not None:
                 return Rejected(topic.device_id, exc.reason, exc.detail, *place)
@@ -83,4 +83,4 @@ def classify(msg: Inbound) -> Accepted | Rejected | None:
     if isinstance(message, Telemetry):
         message = TelemetryRows(message.boot, message.seq, message.ts,
                                 [(r.dt, r.metric, r.value) for r in message.readings], message.dropped)
-    return Accepted(topic.device_id, topic.cls, message)  # type: ignore[arg-type]
+    return Accepted(topic.device_id, cls, message)  # type: ignore[arg-type]

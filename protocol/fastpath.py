@@ -220,12 +220,9 @@ def _from_compact_json(m: re.Match[bytes]) -> TelemetryRows | None:
     boot, seq, ts = int(boot), int(seq), int(ts)
     if boot > _MAX_U32 or seq > _MAX_U32 or ts >= _TS_LIMIT:
         return None
-    if dropped is None:
-        dropped = 0
-    else:
-        dropped = int(dropped)
-        if dropped and dropped >= seq:  # _dropped_ok inline (seq is a u32, so a dropped below it is one)
-            return None
+    dropped = 0 if dropped is None else int(dropped)
+    if dropped and not _dropped_ok(dropped, seq):  # rare: most messages declare nothing
+        return None
     first = _compact_reading(dt, name, number)
     if first is None:
         return None

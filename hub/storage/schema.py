@@ -367,26 +367,22 @@ def _value_of(col: str) -> str:
     return SQL_UNPACK.format(col=col)
 
 
-ROLLUP_UPSERT = (
+_ROLLUP_MERGE = (
     "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
-    " count = rollups.count + excluded.count,"
-    f" low = CASE WHEN {_value_of('excluded.low')} < {_value_of('rollups.low')} THEN excluded.low ELSE rollups.low END,"
-    f" high = CASE WHEN {_value_of('excluded.high')} > {_value_of('rollups.high')} THEN excluded.high ELSE rollups.high END,"
-    " total = rollups.total + excluded.total,"
+    " count = rollups.count + excluded.count, low = {low}, high = {high}, total = rollups.total + excluded.total,"
     " last = CASE WHEN excluded.last_dt >= rollups.last_dt THEN excluded.last ELSE rollups.last END,"
     " last_dt = MAX(rollups.last_dt, excluded.last_dt)")
-"""Merge a batch's aggregate into the stored one. low and high are compared as values: packed integers
-(m * 8 + k) do not sort like the values they hold, and a file upgraded to version 10 mixes them with REALs."""
+"""Merge a batch's aggregate into the stored one (columns qualified: PostgreSQL finds bare names ambiguous)."""
 
-ROLLUP_UPSERT_PG = (
-    "INSERT INTO rollups (series, period, start, count, low, high, total, last, last_dt)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, period, start) DO UPDATE SET"
-    " count = rollups.count + excluded.count, low = LEAST(rollups.low, excluded.low),"
-    " high = GREATEST(rollups.high, excluded.high), total = rollups.total + excluded.total,"
-    " last = CASE WHEN excluded.last_dt >= rollups.last_dt THEN excluded.last ELSE rollups.last END,"
-    " last_dt = GREATEST(rollups.last_dt, excluded.last_dt)")
-"""The same on PostgreSQL, whose values are plain doubles (columns qualified: it finds bare names ambiguous)."""
+ROLLUP_UPSERT = _ROLLUP_MERGE.format(
+    low=f"CASE WHEN {_value_of('excluded.low')} < {_value_of('rollups.low')} THEN excluded.low ELSE rollups.low END",
+    high=f"CASE WHEN {_value_of('excluded.high')} > {_value_of('rollups.high')} THEN excluded.high ELSE rollups.high END")
+"""SQLite: low and high are compared as values: packed integers (m * 8 + k) do not sort like the values they
+hold, and a file upgraded to version 10 mixes them with REALs."""
+
+ROLLUP_UPSERT_PG = _ROLLUP_MERGE.format(low="MIN(rollups.low, excluded.low)", high="MAX(rollups.high, excluded.high)")
+"""PostgreSQL keeps plain doubles (its COPY path translates MIN/MAX of two values to LEAST/GREATEST)."""
 
 
 def rollup_rows(acc: Fold, value: Callable[[float], int | float] = float) -> list[tuple[Any, ...]]:
