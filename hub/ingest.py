@@ -29,7 +29,6 @@ from hub.store import HubStore
 from hub.transport import IngestClient, Publish, hub_session
 from hub.watermark_holds import WatermarkHolds
 from hub.writer import BatchResult, BatchWriter
-from protocol.codec import encode
 from protocol.topics import MessageClass, subscription_for, topic_for
 
 log = logging.getLogger("fleet.hub.ingest")
@@ -272,8 +271,7 @@ class Ingest:
             if self.holds.held(device_id):
                 continue  # `fleet device-check` plays the hub's watermark for it; the current one goes out on release
             # in the device's own form (firmware_protocol.md 5.1): a CBOR-only firmware needs no JSON parser
-            payload = encode(mark, result.encodings.get(device_id, "json"))
-            self.client.publish(topic_for(device_id, MessageClass.WATERMARK), payload, qos=1, retain=True)
+            self.client.publish(topic_for(device_id, MessageClass.WATERMARK), mark.payload, qos=1, retain=True)
 
     def gauges(self) -> dict[str, float | int]:
         """Live figures for the heartbeat and the metrics: queue depth, ingest lag, failed writes."""

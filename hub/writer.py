@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from hub.config import HubSettings
 from hub.gaps import Gap, SeqTracker
@@ -30,7 +30,8 @@ from hub.store import HubStore
 from protocol.errors import Reason
 from protocol.fastpath import TelemetryRows
 from protocol.limits import LIMITS
-from protocol.models import Alert, CommandReply, Status, StatusState, Watermark
+from protocol.codec import encode_watermark
+from protocol.models import Alert, CommandReply, Status, StatusState
 from protocol.topics import MessageClass
 
 log = logging.getLogger("fleet.hub.writer")
@@ -93,13 +94,19 @@ _UPTIME_BELOW = LIMITS.uptime_ts_below
 """Read once: an attribute of a pydantic model costs 40 ns, four times a plain one (per message)."""
 
 
+class OutgoingWatermark(NamedTuple):
+    """A watermark ready to publish: its seq (for log lines) and its payload."""
+
+    seq: int
+    payload: bytes
+
+
 @dataclass
 class BatchResult:
     """What a committed batch changed, for acks, watermarks and hooks."""
 
-    watermarks: dict[str, Watermark] = field(default_factory=dict)
-    encodings: dict[str, str] = field(default_factory=dict)
-    """The form (json or cbor) each device of ``watermarks`` asked for in its latest birth."""
+    watermarks: dict[str, OutgoingWatermark] = field(default_factory=dict)
+    """Each device's watermark to publish, already in the form (json or cbor) its latest birth asked for."""
     replies: list[tuple[str, CommandReply]] = field(default_factory=list)
     presence: list[PresenceEvent] = field(default_factory=list)
     telemetry: list[StoredTelemetry] = field(default_factory=list)
@@ -247,9 +254,9 @@ class BatchWriter:
         if not force and self._published.get(device_id) == mark:
             return
         self._published[device_id] = mark
-        result.watermarks[device_id] = Watermark(boot=device_boot(key), seq=tracker.watermark, next=nxt, max=top,
-                                                 ts=now_ms)
-        result.encodings[device_id] = self.presence.encoding(device_id)
+        # built straight to bytes: one per device and commit, which is one per message when devices send rarely
+        result.watermarks[device_id] = OutgoingWatermark(tracker.watermark, encode_watermark(
+            device_boot(key), tracker.watermark, nxt, top, now_ms, self.presence.encoding(device_id)))
 
     # ------------------------------------------------------------------ messages
 

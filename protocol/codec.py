@@ -111,6 +111,50 @@ def encode(message: WireMessage, encoding: Encoding | str = Encoding.JSON, *, va
     return cbor2.dumps(_to_compact(message), canonical=True)
 
 
+def encode_watermark(boot: int, seq: int, nxt: int, top: int, ts: int, encoding: Encoding | str) -> bytes:
+    """The bytes ``encode(Watermark(boot=boot, seq=seq, next=nxt, max=top, ts=ts), encoding)``
+    gives, without building and dumping a model.
+
+    The hub publishes a watermark per device and commit; when each device of a fleet sends rarely that is
+    one per message, and the model plus its dump cost 4 µs (JSON) to 10 µs (CBOR) of the writer's time.
+    The fields come from the hub's own seq trackers, which keep the model's rules
+    (``tests/protocol/test_codec.py`` holds the two forms equal).
+    """
+    if encoding == "json":  # Encoding is a StrEnum: a member compares equal to its value
+        text = f'{{"boot":{boot},"seq":{seq}'
+        if nxt:
+            text += f',"next":{nxt}'
+        if top:
+            text += f',"max":{top}'
+        if ts:
+            text += f',"ts":{ts}'
+        return (text + "}").encode()
+    # canonical CBOR by hand (cbor2 takes 3 µs for these five integers): keys in canonical order b, m, n, q, t,
+    # defaults left out as exclude_defaults does, every integer in its shortest form
+    parts = [b"\x61b", _cbor_uint(boot)]
+    if top:
+        parts += (b"\x61m", _cbor_uint(top))
+    if nxt:
+        parts += (b"\x61n", _cbor_uint(nxt))
+    parts += (b"\x61q", _cbor_uint(seq))
+    if ts:
+        parts += (b"\x61t", _cbor_uint(ts))
+    return bytes((0xA0 + len(parts) // 2,)) + b"".join(parts)
+
+
+def _cbor_uint(n: int) -> bytes:
+    """A non-negative integer below 2**64 in its shortest CBOR form (RFC 8949 4.2.1)."""
+    if n < 24:
+        return bytes((n,))
+    if n < 0x100:
+        return bytes((0x18, n))
+    if n < 0x10000:
+        return b"\x19" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\x1a" + n.to_bytes(4, "big")
+    return b"\x1b" + n.to_bytes(8, "big")
+
+
 def _to_compact(message: BaseModel) -> dict[str, Any]:
     model = type(message)
     keys = SHORT_KEYS[model]

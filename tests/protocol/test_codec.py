@@ -21,12 +21,13 @@ from protocol import (
     Reason,
     Status,
     Telemetry,
+    Watermark,
     decode,
     encode,
     parse_topic,
     topic_for,
 )
-from protocol.codec import MODEL_FOR, detect_encoding
+from protocol.codec import MODEL_FOR, Encoding, detect_encoding, encode_watermark
 from protocol.topics import valid_device_id
 from protocol_strategies import cbor_scalars, json_scalars, messages, structures
 
@@ -273,3 +274,40 @@ def test_command_args_must_be_finite_because_json_cannot_carry_inf() -> None:
         Command(id="c1", name="set_config", args={"gain": math.inf}, expires=1_700_000_000_000)
     payload = cbor2.dumps({"i": "c1", "n": "set_config", "a": {"gain": math.nan}, "x": 1_700_000_000_000})
     assert reason_of(MessageClass.COMMAND, payload) is Reason.SCHEMA
+
+
+_U32 = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def watermark_fields(draw: st.DrawFn) -> tuple[int, int, int, int, int]:
+    """(boot, seq, next, max, ts) as the hub's trackers make them: next and max both 0, or seq + 1 < next <= max."""
+    seq = draw(st.integers(0, 2**32 - 3))
+    nxt = top = 0
+    if draw(st.booleans()):
+        nxt = draw(st.integers(seq + 2, 2**32 - 1))
+        top = draw(st.integers(nxt, 2**32 - 1))
+    ts = draw(st.one_of(st.just(0), st.integers(1, 2**48 - 1)))
+    return draw(_U32), seq, nxt, top, ts
+
+
+@given(watermark_fields(), st.sampled_from(["json", "cbor", Encoding.JSON, Encoding.CBOR]))
+def test_the_hubs_watermark_bytes_are_the_models(fields: tuple[int, int, int, int, int], encoding: str) -> None:
+    boot, seq, nxt, top, ts = fields
+    model = Watermark(boot=boot, seq=seq, next=nxt, max=top, ts=ts)
+    payload = encode_watermark(boot, seq, nxt, top, ts, encoding)
+    assert payload == encode(model, encoding)
+    assert decode(MessageClass.WATERMARK, payload) == model
+
+
+_WIDTH_EDGES = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 3]
+"""Where a CBOR integer changes width (1, 2, 3 and 5 bytes), each side."""
+
+
+@pytest.mark.parametrize("encoding", ["json", "cbor"])
+@pytest.mark.parametrize("value", _WIDTH_EDGES)
+def test_watermark_bytes_at_every_integer_width(value: int, encoding: str) -> None:
+    for boot, seq, nxt, top, ts in [(value, 7, 0, 0, 0), (1, value, 0, 0, value), (1, value, value + 2, value + 2, 0),
+                                    (value, 0, 2**32 - 2, 2**32 - 1, 2**32), (2, value, 0, 0, 2**48 - 1)]:
+        model = Watermark(boot=boot, seq=seq, next=nxt, max=top, ts=ts)
+        assert encode_watermark(boot, seq, nxt, top, ts, encoding) == encode(model, encoding), model
