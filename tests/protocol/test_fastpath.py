@@ -311,3 +311,35 @@ def test_canonical_cbor_in_every_form_takes_the_fast_path(payload: bytes) -> Non
 ])
 def test_cbor_the_byte_pattern_does_not_take_goes_to_the_strict_decoder(payload: bytes) -> None:
     assert decode_telemetry_rows(payload) is None
+
+
+@pytest.mark.parametrize("reading, taken", [
+    (b'{"metric":"temperature","value":21.5}', True), (b'{"dt":250,"metric":"humidity","value":48}', True),
+    (b'{"metric":"temperature","value":1000}', False),  # out of range: the strict decoder refuses it
+    (b'{"metric":"no_such_metric","value":1}', False), (b'{"metric":"temperature","value":1e1}', False),
+    (b'{"value":21.5,"metric":"temperature"}', False), (b'{"dt":99999999999,"metric":"temperature","value":1}', False),
+])
+def test_a_single_reading_is_judged_the_same_each_time_it_repeats(reading: bytes, taken: bool) -> None:
+    """One reading's verdict is remembered by its text (devices repeat their values); the second, third ... message
+    with the same reading must get exactly what the first got, and what the strict decoder says."""
+    for seq in (1, 2, 3):
+        payload = b'{"boot":1,"seq":%d,"ts":%d,"readings":[%s]}' % (seq, TS + seq, reading)
+        rows = assert_agrees(payload)
+        if taken:
+            assert rows is not None and rows.seq == seq and rows.ts == TS + seq
+        else:  # refused here, or taken by the general path with the strict decoder's values (assert_agrees)
+            try:
+                decode(MessageClass.TELEMETRY, payload)
+            except ProtocolError:
+                assert rows is None
+
+
+def test_remembered_readings_stay_bounded() -> None:
+    from protocol import fastpath
+
+    for i in range(fastpath._JSON_READINGS_MAX + 10):
+        value = 20 + i / 1000
+        rows = decode_telemetry_rows(b'{"boot":1,"seq":1,"ts":%d,"readings":[{"metric":"temperature","value":%r}]}'
+                                     % (TS, value))
+        assert rows is not None and rows.readings == [(0, "temperature", value)]
+    assert 0 < len(fastpath._JSON_READINGS) <= fastpath._JSON_READINGS_MAX
