@@ -19,12 +19,15 @@ No SQL here except the two expressions of :func:`sql_message_meta`; the table be
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+import struct
 from dataclasses import dataclass, field
 
 MAX_MESSAGES = 64
 """Messages per run row at most (its offsets blob stays under 256 bytes, rewritten cheaply)."""
 _SPAN = 1 << 16
 _BIAS = 1 << 15
+_OFFSETS = struct.Struct(">HH")
+"""One message's entry: receive-time offset and biased lag offset, big-endian."""
 
 CLEAN, NEW, DIRTY = 0, 1, 2
 """Where a run stands against the database: as stored, not stored yet, changed since stored."""
@@ -47,21 +50,14 @@ class Run:
     offsets: bytearray = field(default_factory=bytearray)
     state: int = NEW
 
-    def entry(self, kind: int, skewed: int, received: int, lag: int) -> bytes | None:
-        """The 4 bytes of a message with this metadata in this run, or None when it cannot join it."""
+    def extend(self, kind: int, skewed: int, received: int, lag: int) -> bool:
+        """Add message ``last + 1`` when it fits; True when it did."""
         dr = received - self.received
         dl = lag - self.lag + _BIAS
         if (kind != self.kind or skewed != self.skewed or not 0 <= dr < _SPAN or not 0 <= dl < _SPAN
                 or self.last - self.first + 1 >= MAX_MESSAGES):
-            return None
-        return bytes((dr >> 8, dr & 255, dl >> 8, dl & 255))
-
-    def extend(self, kind: int, skewed: int, received: int, lag: int) -> bool:
-        """Add message ``last + 1`` when it fits; True when it did."""
-        entry = self.entry(kind, skewed, received, lag)
-        if entry is None:
             return False
-        self.offsets += entry
+        self.offsets += _OFFSETS.pack(dr, dl)
         self.last += 1
         if self.state == CLEAN:
             self.state = DIRTY
@@ -81,17 +77,12 @@ class Run:
         """Append ``other`` (which starts at ``last + 1``) when every message of it fits; True when it did."""
         if other.first != self.last + 1 or other.last - self.first + 1 > MAX_MESSAGES:
             return False
-        entries = []
+        size, last, state = len(self.offsets), self.last, self.state
         for _seq, kind, skewed, received, lag in other.messages():
-            entry = self.entry(kind, skewed, received, lag)
-            if entry is None:
+            if not self.extend(kind, skewed, received, lag):  # all or nothing: undo what went in
+                del self.offsets[size:]
+                self.last, self.state = last, state
                 return False
-            entries.append(entry)
-        for entry in entries:
-            self.offsets += entry
-        self.last = other.last
-        if self.state == CLEAN:
-            self.state = DIRTY
         return True
 
     def row(self) -> tuple[int, int, int, int, int, int, int, int, bytes]:

@@ -86,6 +86,26 @@ def test_each_message_keeps_its_own_receive_time_lag_kind_and_skew(db_path: Path
     assert runs(db_path) == [(1, 2), (3, 4), (5, 6), (7, 7)]
 
 
+def test_a_late_message_does_not_merge_runs_when_only_part_of_the_next_one_fits(db_path: Path) -> None:
+    """Merging is all or nothing: here the next run's later messages came more than 65.5 s after the first run's
+    first one (their receive-time offsets do not fit), so the runs stay apart and each message keeps its times."""
+    store = HubStore(db_path)
+    assert put(store, [1, 2, 3], step_ms=1000) == [True] * 3
+    assert put(store, list(range(5, 18)), step_ms=5000) == [True] * 13  # received T0 + 25 s ... T0 + 85 s
+    assert put(store, [4], step_ms=1000) == [True]
+    assert put(store, [4, 13, 14, 17]) == [False] * 4
+    store.close()
+    assert runs(db_path) == [(1, 4), (5, 17)]
+    conn = sqlite3.connect(db_path)
+    try:  # 4 bytes per message after a run's first: nothing of the refused merge is left in the first run
+        assert conn.execute("SELECT length(offsets), 4 * (last_seq - first_seq) FROM message_runs"
+                            " WHERE first_seq = 1").fetchone() == (12, 12)
+    finally:
+        conn.close()
+    received = {seq: at for _, _, seq, _, _, at, _ in messages(db_path)}
+    assert received == {s: (T0 + s * (1000 if s < 5 else 5000)) / 1000 for s in range(1, 18)}
+
+
 def test_a_run_holds_at_most_max_messages() -> None:
     built = build_runs(1, 1, [(s, 0, 0, T0 + s, 5) for s in range(1, 2 * MAX_MESSAGES + 2)])
     assert [(r.first, r.last) for r in built] == [(1, MAX_MESSAGES), (MAX_MESSAGES + 1, 2 * MAX_MESSAGES),
