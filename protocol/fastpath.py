@@ -245,6 +245,9 @@ _ONE_READING = re.compile(rb'\{"boot":' + _U + rb',"seq":' + _U + rb',"ts":([1-9
                           rb'(?:,"dropped":' + _U + rb")?\}")
 """The compact layout with one reading, its text as one group (boot, seq, ts, the reading, dropped): the reading is
 judged by :func:`_json_reading` once per distinct text."""
+_ONE_READING_MAX = 197
+"""The longest payload :data:`_ONE_READING` can take (every number at its widest, a 32-character metric name, a
+``dropped``); longer ones, which hold more readings, skip it."""
 _READING_ALONE = re.compile(_READING)
 _JSON_READINGS: dict[bytes, tuple[int, str, float] | None] = {}
 """A single reading's text -> ``(dt, metric, value)``, None when the exact pattern or the metric's range refuses it:
@@ -264,7 +267,7 @@ def _json_reading(text: bytes) -> tuple[int, str, float] | None:
 
 
 def _from_json(payload: bytes) -> TelemetryRows | None:
-    m = _ONE_READING.fullmatch(payload)
+    m = _ONE_READING.fullmatch(payload) if len(payload) <= _ONE_READING_MAX else None
     if m is not None:
         boot, seq, ts, text, dropped = m.groups()
         entry = _JSON_READINGS.get(text, _UNSEEN)

@@ -27,6 +27,10 @@ def _as_is(value: float) -> float:
 
 
 _UNKNOWN = object()
+
+StoredTelemetry = tuple[str, int, int, int, Sequence[tuple[int, str, float]], float, bool]
+"""One stored telemetry message: ``(device_id, boot, seq, base_ms, readings as (dt ms, metric, value), received_at,
+skewed)``; ``boot`` is the stream key (:mod:`hub.incarnations`)."""
 """A stream whose newest run has not been looked up yet."""
 
 _SAMPLE_COLUMNS = "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES "
@@ -301,28 +305,29 @@ class IngestStore:
         else:
             self.conn.executemany(upsert, rows)
 
-    def stage_readings(self, device_id: str, boot: int, seq: int, base_ms: int,
-                       readings: Sequence[tuple[int, str, float]], received_at: float) -> None:
-        """One message's readings, ``(dt ms, metric, value)`` after its time ``base_ms``, stored when the
-        transaction commits: one executemany of samples, one upsert per touched minute, hour and latest value.
+    def stage_readings(self, telemetry: Iterable[StoredTelemetry]) -> None:
+        """Stored messages' readings, ``(dt ms, metric, value)`` after each message's time ``base_ms``, stored when
+        the transaction commits: one executemany of samples, one upsert per touched minute, hour and latest value.
 
-        The writer's per-reading work happens here, once, on plain tuples.
+        The writer's per-reading work happens here, once, on plain tuples; it hands over a device's messages of a
+        batch in one call.
         """
         series = self._series
         staged = self._staged
         packed = self._pack
         folding = self._folding
         latest = self._latest
-        for idx, (dt, metric, value) in enumerate(readings):
-            key = series.get((device_id, metric))
-            if key is None:
-                key = self.series_key(device_id, metric)
-            ts = base_ms + dt
-            staged.append((key, ts, boot, seq, idx, packed(value)))
-            folding.append((key, ts, value))
-            prev = latest.get(key)
-            if prev is None or ts >= prev[0]:
-                latest[key] = (ts, value, device_id, metric, received_at)
+        for device_id, boot, seq, base_ms, readings, received_at, _skewed in telemetry:
+            for idx, (dt, metric, value) in enumerate(readings):
+                key = series.get((device_id, metric))
+                if key is None:
+                    key = self.series_key(device_id, metric)
+                ts = base_ms + dt
+                staged.append((key, ts, boot, seq, idx, packed(value)))
+                folding.append((key, ts, value))
+                prev = latest.get(key)
+                if prev is None or ts >= prev[0]:
+                    latest[key] = (ts, value, device_id, metric, received_at)
 
     def _flush_readings(self) -> None:
         if not self._staged:

@@ -343,3 +343,13 @@ def test_remembered_readings_stay_bounded() -> None:
                                      % (TS, value))
         assert rows is not None and rows.readings == [(0, "temperature", value)]
     assert 0 < len(fastpath._JSON_READINGS) <= fastpath._JSON_READINGS_MAX
+
+
+def test_the_widest_single_reading_payload_is_within_the_length_that_tries_its_pattern() -> None:
+    from protocol import fastpath
+
+    widest = (b'{"boot":4294967295,"seq":4294967295,"ts":999999999999999,"readings":[{"dt":4294967295,"metric":"'
+              + b"a" * 32 + b'","value":-1234567890123456.12345678901234567}],"dropped":4294967295}')
+    assert fastpath._ONE_READING.fullmatch(widest) is not None
+    assert len(widest) == fastpath._ONE_READING_MAX
+    assert fastpath._ONE_READING.fullmatch(widest[:-1] + b"0}") is None  # one more character is not this layout

@@ -66,9 +66,8 @@ def test_staged_samples_of_many_statements_are_each_stored_once(db_path: Path) -
     t0 = 1_700_000_000_000
 
     def stage(seqs: range) -> None:
-        for seq in seqs:
-            store.stage_readings("d1", 1, seq, t0 + seq * 1000, [(dt, "temp", seq + dt / 100) for dt in range(13)],
-                                 1_700_000_000.5)
+        store.stage_readings([("d1", 1, seq, t0 + seq * 1000, [(dt, "temp", seq + dt / 100) for dt in range(13)],
+                               1_700_000_000.5, False) for seq in seqs])
 
     with store.transaction():
         stage(range(1, 21))  # 260 samples
