@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-import struct
+import sys
+from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,24 @@ def hub_session(client: mqtt.Client, settings: HubSettings, password: str | None
 READ_CHUNK = 65536
 """Bytes asked of the socket per read: many PUBLISH packets per system call."""
 
-_PUBACK = struct.Struct("!BBH")
+def pubacks(mids: list[int]) -> bytes:
+    """The PUBACK packets (0x40, 0x02, packet id big-endian) of ``mids``, back to back.
+
+    Built by slice assignment, in C: the packet ids as one big-endian 16-bit array, interleaved with the
+    two fixed bytes (a ``struct.pack`` per id cost three times as much, once per message).
+    """
+    n = len(mids)
+    ids = array("H", mids)
+    if sys.byteorder == "little":
+        ids.byteswap()
+    raw = ids.tobytes()
+    out = bytearray(4 * n)
+    out[0::4] = b"\x40" * n
+    out[1::4] = b"\x02" * n
+    out[2::4] = raw[0::2]
+    out[3::4] = raw[1::2]
+    return bytes(out)
+
 
 Publish = tuple[bytes, bytes, int, int, bool]
 """(topic bytes, payload, packet id, qos, retain) of one PUBLISH."""
@@ -171,4 +189,4 @@ class IngestClient(mqtt.Client):
     def ack_many(self, mids: list[int]) -> None:
         """Acknowledge QoS 1 messages by packet id in one queued write (``manual_ack`` clients)."""
         if mids:
-            self._packet_queue(mqtt.PUBACK, b"".join([_PUBACK.pack(0x40, 2, mid) for mid in mids]), 0, 0)
+            self._packet_queue(mqtt.PUBACK, pubacks(mids), 0, 0)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 import socket
+import struct
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from hub.transport import IngestClient
+from hub.transport import IngestClient, pubacks
 from support import wait_for
 
 
@@ -99,3 +102,8 @@ def test_publishes_split_anywhere_arrive_whole_and_in_order(seed: int) -> None:
         client.disconnect()
         client.loop_stop()
         server.close()
+
+
+@given(st.lists(st.integers(1, 65535), max_size=600))
+def test_pubacks_are_one_packet_per_id_in_order(mids: list[int]) -> None:
+    assert pubacks(mids) == b"".join(struct.pack("!BBH", 0x40, 2, mid) for mid in mids)
