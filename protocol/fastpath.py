@@ -16,7 +16,9 @@ never refuses anything: it only recognises the common, well-formed case fast.
   definite lengths, every integer in its shortest form, no tags, nothing after the map), and
   each reading's float must be the shortest that holds its value. That rules out duplicate
   keys and every second spelling of the same values without decoding twice or re-encoding; a
-  device that encodes otherwise (allowed by the protocol) takes the strict path.
+  device that encodes otherwise (allowed by the protocol) takes the strict path. A message of
+  one reading has its own pattern, whose reading (dt, metric, value) is judged once per distinct
+  bytes and remembered.
 """
 
 from __future__ import annotations
@@ -337,7 +339,45 @@ def _from_json(payload: bytes) -> TelemetryRows | None:
     return _new(TelemetryRows, (boot, seq, ts, readings, dropped))
 
 
+_CBOR_ONE = re.compile(
+    rb"([\xa4\xa5])\x61b(" + _C_U32 + rb")(?:\x61d(" + _C_U32 + rb"))?\x61q(" + _C_U32 + rb")\x61r\x81("
+    + _C_READING_NC + rb")\x61t(" + _C_TS + rb")", re.DOTALL)
+"""The canonical telemetry map with one reading, the reading (dt, metric id, value) as one group: groups map head,
+boot, dropped, seq, the reading, ts."""
+_CBOR_ONE_READINGS: dict[bytes, tuple[int, str, float] | None] = {}
+"""A single reading's bytes -> ``(dt, metric, value)``, None when refused (judged once, like ``_CBOR_READINGS``)."""
+
+
+def _cbor_one_reading(encoded: bytes) -> tuple[int, str, float] | None:
+    """Judge one whole reading ``[dt, metric id, value]`` (its integer heads already canonical) and remember it."""
+    head = encoded[1]
+    width = 1 if head < 0x18 else 1 + (1 << (head - 0x18))
+    offset = _uint(encoded[1:1 + width])
+    reading = encoded[1 + width:]
+    entry = _CBOR_READINGS.get(reading, _UNSEEN)
+    if entry is _UNSEEN:
+        entry = _cbor_reading(reading)
+    found = None if entry is None or offset > _MAX_OFFSET else (offset, entry[0], entry[1])
+    if len(_CBOR_ONE_READINGS) >= 1 << 16:
+        _CBOR_ONE_READINGS.clear()
+    _CBOR_ONE_READINGS[encoded] = found
+    return found
+
+
 def _from_cbor(payload: bytes) -> TelemetryRows | None:
+    m = _CBOR_ONE.fullmatch(payload)
+    if m is not None:
+        head, boot, dropped, seq, reading, ts = m.groups()
+        entry = _CBOR_ONE_READINGS.get(reading, _UNSEEN)
+        if entry is _UNSEEN:
+            entry = _cbor_one_reading(reading)
+        if entry is None or (head == b"\xa5") != (dropped is not None):
+            return None
+        seq = _uint(seq)
+        dropped = 0 if dropped is None else _uint(dropped)
+        if dropped and not _dropped_ok(dropped, seq):
+            return None
+        return _new(TelemetryRows, (_uint(boot), seq, _uint(ts), [entry], dropped))
     m = _CBOR_COMPACT.fullmatch(payload)
     if m is None:
         return None  # not canonical (or not telemetry): the strict decoder decides

@@ -308,6 +308,9 @@ def test_canonical_cbor_in_every_form_takes_the_fast_path(payload: bytes) -> Non
     _cbor(r=[[3_600_001, 1, 21.5]]),  # dt beyond the limit
     _cbor(t=2**48),  # ts beyond the limit
     _cbor(q=2**32),  # seq beyond u32
+    b"\xa5" + _cbor()[1:],  # the map head counts five keys, four follow (no dropped)
+    b"\xa4" + _cbor(d=1)[1:],  # ... counts four, five follow
+    b"\xa5" + _cbor(r=[[0, 1, 21.5], [5, 1, 22.0]])[1:],  # the same with two readings
 ])
 def test_cbor_the_byte_pattern_does_not_take_goes_to_the_strict_decoder(payload: bytes) -> None:
     assert decode_telemetry_rows(payload) is None
@@ -332,6 +335,18 @@ def test_a_single_reading_is_judged_the_same_each_time_it_repeats(reading: bytes
                 decode(MessageClass.TELEMETRY, payload)
             except ProtocolError:
                 assert rows is None
+
+
+@pytest.mark.parametrize("reading, taken", [
+    ([0, 1, 21.5], True), ([250, 2, 48], True), ([3_600_000, 1, -3.25], True),
+    ([0, 1, 1000.0], False), ([0, 99, 1.0], False), ([3_600_001, 1, 21.5], False),
+])
+def test_a_single_cbor_reading_is_judged_the_same_each_time_it_repeats(reading: list[Any], taken: bool) -> None:
+    for seq in (1, 2, 3):
+        rows = assert_agrees(_cbor(q=seq, t=TS + seq, r=[reading]))
+        assert (rows is not None) == taken
+        if rows is not None:
+            assert rows.seq == seq and rows.ts == TS + seq and rows.readings[0][0] == reading[0]
 
 
 def test_remembered_readings_stay_bounded() -> None:
