@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import sys
 from array import array
 from collections.abc import Callable
@@ -46,6 +47,10 @@ def hub_session(client: mqtt.Client, settings: HubSettings, password: str | None
 
 READ_CHUNK = 65536
 """Bytes asked of the socket per read: many PUBLISH packets per system call."""
+
+_HEAD = struct.Struct("!BBH")
+"""A PUBLISH's first byte, a one-byte remaining length and the topic's length (the fast path's packet)."""
+
 
 def pubacks(mids: list[int]) -> bytes:
     """The PUBACK packets (0x40, 0x02, packet id big-endian) of ``mids``, back to back.
@@ -116,9 +121,24 @@ class IngestClient(mqtt.Client):
         buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
         publishes: list[Publish] = []
         append = publishes.append
+        head = _HEAD.unpack_from
         for refill in (True, False):
             cut = pos == end  # the buffer ends before the next packet does
             while pos < end:
+                if pos + 4 <= end:  # the common packet first: QoS 1, remaining length in one byte (under 128)
+                    cmd, length, topic_len = head(buf, pos)
+                    if cmd & 0xF6 == 0x32 and length < 0x80:
+                        stop = pos + 2 + length
+                        if stop > end:
+                            cut = True
+                            break
+                        topic_end = pos + 4 + topic_len
+                        if topic_end + 2 > stop:
+                            break  # malformed: paho reports it
+                        append((buf[pos + 4:topic_end], buf[topic_end + 2:stop], (buf[topic_end] << 8) | buf[topic_end + 1],
+                                1, (cmd & 1) == 1))
+                        pos = stop
+                        continue
                 cmd = buf[pos]
                 if cmd & 0xF0 != 0x30 or cmd & 0x06 > 0x02:  # PUBLISH at QoS 0 or 1 only
                     break

@@ -26,9 +26,9 @@ def remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-def publish(topic: bytes, payload: bytes, mid: int, qos: int, retain: bool = False) -> bytes:
+def publish(topic: bytes, payload: bytes, mid: int, qos: int, retain: bool = False, dup: bool = False) -> bytes:
     body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"") + payload
-    return bytes([0x30 | (qos << 1) | int(retain)]) + remaining_length(len(body)) + body
+    return bytes([0x30 | (0x08 if dup else 0) | (qos << 1) | int(retain)]) + remaining_length(len(body)) + body
 
 
 def read_packet(conn: socket.socket) -> bytes:
@@ -54,7 +54,9 @@ def test_publishes_split_anywhere_arrive_whole_and_in_order(seed: int) -> None:
         qos = 0 if i % 7 == 0 else 1
         payload = bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 20, 127, 128, 300, 3000])))
         expected.append((f"d/dev-{i % 5}/t".encode(), payload, i if qos else 0, qos, i % 11 == 0))
-    stream = b"".join(publish(*e) for e in expected[:200]) + b"\xd0\x00" + b"".join(publish(*e) for e in expected[200:])
+    # a redelivery (DUP set) now and then: the same message as far as the hub is concerned
+    stream = (b"".join(publish(*e, dup=i % 13 == 0) for i, e in enumerate(expected[:200])) + b"\xd0\x00"
+              + b"".join(publish(*e, dup=i % 13 == 0) for i, e in enumerate(expected[200:])))
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     pubacks: list[bytes] = []
