@@ -74,6 +74,8 @@ class Ingest:
         """Batch commits the database refused (each retry counts)."""
         self.store_failing: str | None = None
         """The last database error while a batch cannot be committed; None when writes work."""
+        self.last_commit_at = 0.0
+        """Wall-clock time of the last committed batch (0 before the first): how stale the database is."""
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.generation = 0
@@ -238,6 +240,7 @@ class Ingest:
                 # a worker group: other workers wrote since our last batch; seq trackers and presence reload
                 # inside this batch's write transaction (gaps judged on every worker's messages)
                 result = self.writer.write(batch, reload=bool(self.settings.worker_group))
+                self.last_commit_at = time.time()
                 self.commit_seconds.observe(time.perf_counter() - started)
                 break
             except (sqlite3.Error, OSError) as exc:  # a full disk, a lock: keep the batch, unacked, and retry
@@ -276,7 +279,8 @@ class Ingest:
     def gauges(self) -> dict[str, float | int]:
         """Live figures for the heartbeat and the metrics: queue depth, ingest lag, failed writes."""
         taken = self._taken  # first: paho's thread only ever adds to _queued, so the difference is never negative
-        return {"queue_depth": self._queued - taken, "lag_s": self.lag_s(), "write_failures": self.write_failures}
+        return {"queue_depth": self._queued - taken, "lag_s": self.lag_s(), "write_failures": self.write_failures,
+                "last_commit_at": self.last_commit_at}
 
     def lag_s(self) -> float:
         """How long the oldest message waiting for the writer has waited at most (0 when none waits): it

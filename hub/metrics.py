@@ -92,6 +92,9 @@ class HubCollector(Collector):
         yield GaugeMetricFamily("fleet_hub_queue_depth", "Messages waiting for the writer", value=s.get("queue_depth", 0))
         yield GaugeMetricFamily("fleet_hub_ingest_lag_seconds", "Age of the oldest message waiting for the writer",
                                 value=s.get("lag_s", 0.0))
+        yield GaugeMetricFamily("fleet_hub_last_commit_timestamp_seconds",
+                                "Unix time of the last committed batch (0 before the first): alert when it stops moving "
+                                "while devices send", value=s.get("last_commit_at", 0.0))
         yield GaugeMetricFamily("fleet_devices_online", "Devices the hub counts as online", value=s.get("online", 0))
         yield GaugeMetricFamily("fleet_devices_sleeping", "Sleepy devices between two wakes (firmware_protocol.md 4.5)",
                                 value=s.get("sleeping", 0))

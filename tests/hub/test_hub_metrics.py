@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,6 +25,7 @@ def test_metrics_count_what_the_hub_did(embedded_broker, registry, db_path):
     try:
         assert hub.metrics_port
         client = connect(embedded_broker.port, dev)
+        sent_at = time.time()
         publish_seqs(client, "m-1", range(1, 11))
         publish(client, "m-1", MessageClass.TELEMETRY, b"\xff garbage").wait_for_publish(5)
         publish_seqs(client, "m-1", [5])  # a duplicate
@@ -44,5 +46,6 @@ def test_metrics_count_what_the_hub_did(embedded_broker, registry, db_path):
         assert m[("fleet_hub_readings_total", ())] == 10
         assert m[("fleet_hub_batch_commit_seconds_count", ())] >= 1
         assert ("fleet_hub_queue_depth", ()) in m and ("fleet_devices_online", ()) in m
+        assert sent_at <= m[("fleet_hub_last_commit_timestamp_seconds", ())] <= time.time()
     finally:
         hub.stop()
