@@ -65,7 +65,10 @@ class SeqTracker:
         return not any(seq in g for g in self.gaps)
 
     def observe(self, seq: int, now: float) -> list[Gap]:
-        """Record a newly dealt-with ``seq``; returns the gaps this changed (new ones have ``id`` None)."""
+        """Record a newly dealt-with ``seq``; returns the gaps this changed (new ones have ``id`` None).
+
+        The writer handles the next seq (``max_seq + 1``: move the top, mark dirty) inline for each telemetry
+        message (:meth:`hub.writer.BatchWriter._accept_telemetry`); keep the two alike."""
         changed: list[Gap] = []
         if seq == self.max_seq + 1:
             self.max_seq = seq

@@ -333,9 +333,13 @@ class BatchWriter:
                     behind = offset
             if tracker is None:
                 tracker = self._stream(device_id, key)
-            gaps = tracker.observe(seq, now)
-            if gaps:
-                self._save_gaps(device_id, key, gaps, now, counts)
+            if seq == tracker.max_seq + 1:  # SeqTracker.observe's common case, inline (once per message)
+                tracker.max_seq = seq
+                tracker.dirty = True
+            else:
+                gaps = tracker.observe(seq, now)
+                if gaps:
+                    self._save_gaps(device_id, key, gaps, now, counts)
             if message.dropped:
                 self._drop(device_id, key, message.dropped, now, touched, counts)
             values = message.readings
