@@ -28,10 +28,10 @@ from hub.presence import PresenceEvent, PresenceTracker
 from hub.skew import SkewTally
 from hub.store import HubStore
 from hub.storage.ingest import StoredTelemetry
+from protocol.codec import encode_watermark
 from protocol.errors import Reason
 from protocol.fastpath import TelemetryRows
 from protocol.limits import LIMITS
-from protocol.codec import encode_watermark
 from protocol.models import Alert, CommandReply, Status, StatusState
 from protocol.topics import MessageClass
 
@@ -73,8 +73,6 @@ class HubStats:
             "retention_chunks": self.retention_chunks,
             "received": dict(self.received), "persisted": dict(self.persisted),
         }
-
-
 
 
 def reading_rows(telemetry: Iterable[StoredTelemetry]) -> Iterator[tuple[Any, ...]]:
