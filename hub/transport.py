@@ -135,8 +135,8 @@ class IngestClient(mqtt.Client):
                         topic_end = pos + 4 + topic_len
                         if topic_end + 2 > stop:
                             break  # malformed: paho reports it
-                        append((buf[pos + 4:topic_end], buf[topic_end + 2:stop], (buf[topic_end] << 8) | buf[topic_end + 1],
-                                1, (cmd & 1) == 1))
+                        mid = (buf[topic_end] << 8) | buf[topic_end + 1]
+                        append((buf[pos + 4:topic_end], buf[topic_end + 2:stop], mid, 1, (cmd & 1) == 1))
                         pos = stop
                         continue
                 cmd = buf[pos]

@@ -7,10 +7,11 @@ never refuses anything: it only recognises the common, well-formed case fast.
 
 * JSON in the compact layout our encoder and the examples write: read by one regular expression; a
   single reading's text is judged once and remembered, as CBOR readings are. Any other spelling:
-  parsed with orjson (4-5 times the standard library's speed on these payloads), then every field is checked as the strict model
-  does (exact types, ranges, lengths, no unknown keys). Duplicate keys (which a dict hides)
-  and escaped keys are caught by counting each key's quoted spelling in the raw bytes: a
-  count that differs from what the parsed object holds sends the payload to the strict path.
+  parsed with orjson (4-5 times the standard library's speed on these payloads), then every
+  field is checked as the strict model does (exact types, ranges, lengths, no unknown keys).
+  Duplicate keys (which a dict hides) and escaped keys are caught by counting each key's quoted
+  spelling in the raw bytes: a count that differs from what the parsed object holds sends the
+  payload to the strict path.
 * CBOR: accepted only in its canonical encoding (RFC 8949 4.2.1), which is what our encoder
   and the examples write: the payload must match one byte pattern (keys in canonical order,
   definite lengths, every integer in its shortest form, no tags, nothing after the map), and
@@ -244,8 +245,8 @@ def _from_compact_json(m: re.Match[bytes]) -> TelemetryRows | None:
     return _new(TelemetryRows, (boot, seq, ts, readings, dropped))
 
 
-_ONE_READING = re.compile(rb'\{"boot":' + _U + rb',"seq":' + _U + rb',"ts":([1-9][0-9]{0,14}),"readings":\[(\{[^][{}]{1,104}\})\]'
-                          rb'(?:,"dropped":' + _U + rb")?\}")
+_ONE_READING = re.compile(rb'\{"boot":' + _U + rb',"seq":' + _U + rb',"ts":([1-9][0-9]{0,14}),"readings":'
+                          rb'\[(\{[^][{}]{1,104}\})\](?:,"dropped":' + _U + rb")?\}")
 """The compact layout with one reading, its text as one group (boot, seq, ts, the reading, dropped): the reading is
 judged by :func:`_json_reading` once per distinct text."""
 _ONE_READING_MAX = 197
