@@ -134,8 +134,17 @@ def main() -> None:
     ap.add_argument("--no-query", action="store_true", help="Only the bytes per reading (skip the 10 M database).")
     ap.add_argument("--keep", type=Path, default=None, help="Build the databases in this folder and keep them.")
     args = ap.parse_args()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="fleet-bench-storage-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        measure(args, args.keep)
+        return
+    # the 10 M database is 400 MB: gone with the run unless --keep asks for it
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-storage-") as tmp:
+        measure(args, Path(tmp))
+
+
+def measure(args: argparse.Namespace, folder: Path) -> None:
+    """Build the databases in ``folder``, print the figures on stderr and one JSON line on stdout."""
     figures: dict[str, object] = {"load_before": load()}
 
     for label, per_message in (("single", 1), ("batch20", 20)):  # one sample of each metric, or ~20 readings
