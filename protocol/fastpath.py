@@ -374,11 +374,17 @@ def _from_cbor(payload: bytes) -> TelemetryRows | None:
             entry = _cbor_one_reading(reading)
         if entry is None or (head == b"\xa5") != (dropped is not None):
             return None
-        seq = _uint(seq)
+        # _uint inline for the three fields every message has (unsigned: a one-byte head is the number itself)
+        n = len(boot)
+        boot = boot[0] if n == 1 else _UINT_BODY[n].unpack_from(boot, 1)[0]
+        n = len(seq)
+        seq = seq[0] if n == 1 else _UINT_BODY[n].unpack_from(seq, 1)[0]
+        n = len(ts)
+        ts = ts[0] if n == 1 else _UINT_BODY[n].unpack_from(ts, 1)[0]
         dropped = 0 if dropped is None else _uint(dropped)
         if dropped and not _dropped_ok(dropped, seq):
             return None
-        return _new(TelemetryRows, (_uint(boot), seq, _uint(ts), [entry], dropped))
+        return _new(TelemetryRows, (boot, seq, ts, [entry], dropped))
     m = _CBOR_COMPACT.fullmatch(payload)
     if m is None:
         return None  # not canonical (or not telemetry): the strict decoder decides

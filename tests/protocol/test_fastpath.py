@@ -368,3 +368,11 @@ def test_the_widest_single_reading_payload_is_within_the_length_that_tries_its_p
     assert fastpath._ONE_READING.fullmatch(widest) is not None
     assert len(widest) == fastpath._ONE_READING_MAX
     assert fastpath._ONE_READING.fullmatch(widest[:-1] + b"0}") is None  # one more character is not this layout
+
+
+@pytest.mark.parametrize("value", [0, 1, 16, 23, 24, 255, 256, 65535, 65536, 2**32 - 1])
+def test_a_single_reading_cbor_message_reads_boot_seq_and_ts_of_every_width(value: int) -> None:
+    for fields in ({"b": value}, {"q": max(value, 1)}, {"t": max(value, 1)}, {"t": 2**48 - 1}):
+        rows = assert_agrees(_cbor(**fields))
+        assert rows is not None
+        assert (rows.boot, rows.seq, rows.ts) == (fields.get("b", 1), fields.get("q", 2), fields.get("t", TS))
