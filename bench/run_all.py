@@ -44,8 +44,10 @@ def run_script(args: list[str], timeout: float) -> list[Any]:
     return out
 
 
-def median_rows(runs: list[list[dict[str, Any]]], key: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Group rows of several runs by ``key`` and take the median of every numeric field."""
+def median_rows(runs: list[list[dict[str, Any]]], key: tuple[str, ...],
+                each: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Group rows of several runs by ``key`` and take the median of every numeric field; the fields named in
+    ``each`` also keep every run's value, in run order, as ``<field>_each`` (a median hides the spread)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     order: list[tuple[Any, ...]] = []
     for rows in runs:
@@ -62,6 +64,8 @@ def median_rows(runs: list[list[dict[str, Any]]], key: tuple[str, ...]) -> list[
             values = [r.get(field) for r in rows if isinstance(r.get(field), (int, float)) and not isinstance(r.get(field), bool)]
             if field not in key and values and len(values) == len(rows):
                 merged[field] = round(statistics.median(values), 2)
+        for field in each:
+            merged[f"{field}_each"] = ", ".join(fmt(r.get(field)) for r in rows)
         merged["runs"] = len(rows)
         out.append(merged)
     return out
@@ -94,7 +98,8 @@ def main() -> None:
     storage_cmd = ["storage.py", "--readings", "1000000" if q else "10000000"]
     scale_cmd = ["sim_scale.py", "--sizes", "1000" if q else "1000,5000,10000", "--connect-bound", "120", "--hold", "5"]
 
-    ingest = median_rows([run_script(ingest_cmd, 1800)[-1] for _ in range(args.runs)], ("broker", "encoding", "phase"))
+    ingest = median_rows([run_script(ingest_cmd, 1800)[-1] for _ in range(args.runs)], ("broker", "encoding", "phase"),
+                         each=("hub_of_raw",))
     commands = median_rows([run_script(commands_cmd, 1800)[-1] for _ in range(args.runs)], ("broker",))
     overload = median_rows([run_script(overload_cmd, 600) for _ in range(max(1, args.runs // 2))], ("broker",))
     storage = run_script(storage_cmd, 3600)[-1:]
@@ -121,6 +126,7 @@ def main() -> None:
         f"`python bench/{' '.join(ingest_cmd)}`\n",
         md_table(ingest, [("broker", "broker"), ("encoding", "payload"), ("phase", "phase"),
                           ("raw_msg_per_s", "raw msg/s"), ("hub_msg_per_s", "hub msg/s"), ("hub_of_raw", "hub ÷ raw"),
+                          ("hub_of_raw_each", "hub ÷ raw, each run"),
                           ("readings_per_s", "readings/s"), ("hub_rss_mb", "hub RSS MB"),
                           ("hub_cpu_us_per_msg", "hub CPU µs/msg"), ("raw_consumer_us", "mosquitto_sub CPU µs/msg"),
                           ("cpu_ceiling", "CPU ceiling"), ("load_1m", "load 1m"), ("runs", "runs")]),
