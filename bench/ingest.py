@@ -346,7 +346,9 @@ def hub_phase(fleet: Fleet, hub: psutil.Process, metrics_port: int, files: dict[
             progress(f"{fleet.name} {encoding} hub {label}", done, target, start)
     # until the commit that stored the last reading, by the hub's own clock: the polling above would add up to
     # one interval plus a scrape (20-30 ms, 1 % of a phase) that the raw phase, polled every 5 ms, does not pay
-    seconds = now["last_commit"] - start_wall if now.get("last_commit", 0) > start_wall else time.perf_counter() - start
+    # (read once more: the scrape that saw the last reading may have come between that commit and its timestamp)
+    last_commit = hub_counters(metrics_port).get("last_commit", 0.0)
+    seconds = last_commit - start_wall if last_commit > start_wall else time.perf_counter() - start
     hub_s = sum(hub.cpu_times()[:2]) - cpu0
     finish_publishers(procs)
     commits = now.get("count", 0) - base.get("count", 0)
