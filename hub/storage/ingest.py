@@ -27,11 +27,11 @@ def _as_is(value: float) -> float:
 
 
 _UNKNOWN = object()
+"""A stream whose newest run has not been looked up yet."""
 
 StoredTelemetry = tuple[str, int, int, int, Sequence[tuple[int, str, float]], float, bool]
 """One stored telemetry message: ``(device_id, boot, seq, base_ms, readings as (dt ms, metric, value), received_at,
 skewed)``; ``boot`` is the stream key (:mod:`hub.incarnations`)."""
-"""A stream whose newest run has not been looked up yet."""
 
 _SAMPLE_COLUMNS = "INSERT OR IGNORE INTO samples (series, ts, boot, seq, idx, value) VALUES "
 _INSERT_SAMPLE = _SAMPLE_COLUMNS + "(?, ?, ?, ?, ?, ?)"

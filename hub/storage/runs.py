@@ -18,8 +18,8 @@ No SQL here except the two expressions of :func:`sql_message_meta`; the table be
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 MAX_MESSAGES = 64
