@@ -141,6 +141,11 @@ def _uint(encoded: bytes) -> int:
     return _UINT_BODY[len(encoded)].unpack_from(encoded, 1)[0]  # type: ignore[no-any-return]
 
 
+def _int_width(head: int) -> int:
+    """Bytes of an unsigned CBOR integer, head included, from its head byte (0x00-0x17 alone, 0x18-0x1b: 1-8 more)."""
+    return 1 if head < 0x18 else 1 + (1 << (head - 0x18))
+
+
 _CBOR_READINGS: dict[bytes, tuple[str, float] | None] = {}
 """The encoded metric id and value of a reading -> (metric name, value as a float), None when refused: sensors
 repeat their values, so most readings are checked by one look-up."""
@@ -150,8 +155,7 @@ _UNSEEN = object()
 def _cbor_reading(encoded: bytes) -> tuple[str, float] | None:
     """Check one reading's metric id and value (``encoded``: both, canonical integer heads already matched)
     and remember the verdict in ``_CBOR_READINGS``."""
-    head = encoded[0]
-    width = 1 if head < 0x18 else 1 + (1 << (head - 0x18))
+    width = _int_width(encoded[0])
     metric = metric_by_id(_uint(encoded[:width]))
     raw = encoded[width:]
     value: object
@@ -221,14 +225,21 @@ def _compact_reading(dt: bytes, name: bytes, number: bytes) -> tuple[int, str, f
     return (offset, limits[0], value)
 
 
+def _json_rows(boot: bytes, seq: bytes, ts: bytes, readings: list[tuple[int, str, float]],
+               dropped: bytes | None) -> TelemetryRows | None:
+    """The message of the compact layout's key fields (digits as matched) and its checked readings; None when a
+    field is out of range."""
+    b, q, t = int(boot), int(seq), int(ts)
+    if b > _MAX_U32 or q > _MAX_U32 or t >= _TS_LIMIT:
+        return None
+    d = 0 if dropped is None else int(dropped)
+    if d and not _dropped_ok(d, q):  # rare: most messages declare nothing
+        return None
+    return _new(TelemetryRows, (b, q, t, readings, d))
+
+
 def _from_compact_json(m: re.Match[bytes]) -> TelemetryRows | None:
     boot, seq, ts, dt, name, number, more, dropped = m.groups()
-    boot, seq, ts = int(boot), int(seq), int(ts)
-    if boot > _MAX_U32 or seq > _MAX_U32 or ts >= _TS_LIMIT:
-        return None
-    dropped = 0 if dropped is None else int(dropped)
-    if dropped and not _dropped_ok(dropped, seq):  # rare: most messages declare nothing
-        return None
     first = _compact_reading(dt, name, number)
     if first is None:
         return None
@@ -242,7 +253,7 @@ def _from_compact_json(m: re.Match[bytes]) -> TelemetryRows | None:
             if reading is None:
                 return None
             readings.append(reading)
-    return _new(TelemetryRows, (boot, seq, ts, readings, dropped))
+    return _json_rows(boot, seq, ts, readings, dropped)
 
 
 _ONE_READING = re.compile(rb'\{"boot":' + _U + rb',"seq":' + _U + rb',"ts":([1-9][0-9]{0,14}),"readings":'
@@ -278,13 +289,7 @@ def _from_json(payload: bytes) -> TelemetryRows | None:
         if entry is _UNSEEN:
             entry = _json_reading(text)
         if entry is not None:
-            boot, seq, ts = int(boot), int(seq), int(ts)
-            if boot > _MAX_U32 or seq > _MAX_U32 or ts >= _TS_LIMIT:
-                return None
-            dropped = 0 if dropped is None else int(dropped)
-            if dropped and not _dropped_ok(dropped, seq):
-                return None
-            return _new(TelemetryRows, (boot, seq, ts, [entry], dropped))
+            return _json_rows(boot, seq, ts, [entry], dropped)
         # not the exact reading pattern, or out of range: the general paths below judge it
     m = _COMPACT.fullmatch(payload)
     if m is not None:
@@ -351,8 +356,7 @@ _CBOR_ONE_READINGS: dict[bytes, tuple[int, str, float] | None] = {}
 
 def _cbor_one_reading(encoded: bytes) -> tuple[int, str, float] | None:
     """Judge one whole reading ``[dt, metric id, value]`` (its integer heads already canonical) and remember it."""
-    head = encoded[1]
-    width = 1 if head < 0x18 else 1 + (1 << (head - 0x18))
+    width = _int_width(encoded[1])
     offset = _uint(encoded[1:1 + width])
     reading = encoded[1 + width:]
     entry = _CBOR_READINGS.get(reading, _UNSEEN)
@@ -372,29 +376,11 @@ def _from_cbor(payload: bytes) -> TelemetryRows | None:
         entry = _CBOR_ONE_READINGS.get(reading, _UNSEEN)
         if entry is _UNSEEN:
             entry = _cbor_one_reading(reading)
-        if entry is None or (head == b"\xa5") != (dropped is not None):
-            return None
-        # _uint inline for the three fields every message has (unsigned: a one-byte head is the number itself)
-        n = len(boot)
-        boot = boot[0] if n == 1 else _UINT_BODY[n].unpack_from(boot, 1)[0]
-        n = len(seq)
-        seq = seq[0] if n == 1 else _UINT_BODY[n].unpack_from(seq, 1)[0]
-        n = len(ts)
-        ts = ts[0] if n == 1 else _UINT_BODY[n].unpack_from(ts, 1)[0]
-        dropped = 0 if dropped is None else _uint(dropped)
-        if dropped and not _dropped_ok(dropped, seq):
-            return None
-        return _new(TelemetryRows, (boot, seq, ts, [entry], dropped))
+        return None if entry is None else _cbor_rows(head, boot, dropped, seq, ts, [entry])
     m = _CBOR_COMPACT.fullmatch(payload)
     if m is None:
         return None  # not canonical (or not telemetry): the strict decoder decides
     head, boot, dropped, seq, count, dt, reading, more, ts = m.groups()
-    if (head == b"\xa5") != (dropped is not None):
-        return None
-    boot, seq, ts = _uint(boot), _uint(seq), _uint(ts)
-    dropped = 0 if dropped is None else _uint(dropped)
-    if not _dropped_ok(dropped, seq):
-        return None
     found: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes]] = ((dt, reading),)
     if more:
         found = _CBOR_MORE.findall(more)
@@ -411,4 +397,23 @@ def _from_cbor(payload: bytes) -> TelemetryRows | None:
         if entry is None or offset > _MAX_OFFSET:
             return None
         readings.append((offset, entry[0], entry[1]))
-    return _new(TelemetryRows, (boot, seq, ts, readings, dropped))
+    return _cbor_rows(head, boot, dropped, seq, ts, readings)
+
+
+def _cbor_rows(head: bytes, boot: bytes, dropped: bytes | None, seq: bytes, ts: bytes,
+               readings: list[tuple[int, str, float]]) -> TelemetryRows | None:
+    """The message of a canonical map's head and key fields (integer encodings as matched) and its checked readings;
+    None when the head's key count and the keys disagree, or ``dropped`` is not below ``seq``."""
+    if (head == b"\xa5") != (dropped is not None):
+        return None
+    # _uint inline for the three fields every message has (unsigned: a one-byte head is the number itself)
+    n = len(boot)
+    b = boot[0] if n == 1 else _UINT_BODY[n].unpack_from(boot, 1)[0]
+    n = len(seq)
+    q = seq[0] if n == 1 else _UINT_BODY[n].unpack_from(seq, 1)[0]
+    n = len(ts)
+    t = ts[0] if n == 1 else _UINT_BODY[n].unpack_from(ts, 1)[0]
+    d = 0 if dropped is None else _uint(dropped)
+    if d and not _dropped_ok(d, q):
+        return None
+    return _new(TelemetryRows, (b, q, t, readings, d))
