@@ -19,7 +19,7 @@ from hub.config import HubSettings
 from hub.device_config import check_command
 from hub.errors import HubError
 from hub.storage import CommandRecord, CommandStore, PresenceStore
-from hub.transport import hub_session
+from hub.transport import PollingClient, hub_session
 from hub.watermark_holds import WatermarkHolds
 from hub.writer import BatchResult
 from protocol.ops import OPS_PREFIX, parse_ops_topic
@@ -92,7 +92,7 @@ class CommandService:
 
     def _make_client(self) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-cmd",
+        client = PollingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-cmd",
                              clean_session=False, protocol=mqtt.MQTTv311)
         hub_session(client, s, self.password)
         # in a worker group each operator request reaches exactly one worker, which creates and owns the command

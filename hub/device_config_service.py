@@ -33,7 +33,7 @@ from hub.config import HubSettings
 from hub.device_config import key_name, parse_description, plan
 from hub.errors import HubError
 from hub.storage import ConfigStore, StorageError, open_database
-from hub.transport import hub_session
+from hub.transport import PollingClient, hub_session
 from hub.writer import BatchResult, reading_rows
 from protocol.codec import decode, encode
 from protocol.config import ConfigReport, Description, description_hash
@@ -116,7 +116,7 @@ class ConfigService:
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         # a persistent session: reports sent while the hub is down wait for it in the broker
-        client = hub_session(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-cfg",
+        client = hub_session(PollingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-cfg",
                                          clean_session=False, protocol=mqtt.MQTTv311), s, self.password)
 
         def on_connect(c: mqtt.Client, u: object, f: object, rc: mqtt.ReasonCode, p: object) -> None:

@@ -29,7 +29,7 @@ from hub.config import HubSettings
 from hub.errors import HubError
 from hub.rollout import ChunkJob, RolloutEngine, RolloutSettings, TokenBucket
 from hub.storage import FirmwareStore, PresenceStore, StatusStore, StorageError, open_database
-from hub.transport import hub_session
+from hub.transport import PollingClient, hub_session
 from protocol.codec import decode, encode
 from protocol.errors import ProtocolError
 from protocol.firmware import MAX_CHUNK_CBOR, FirmwareReport, FirmwareRequest
@@ -104,7 +104,7 @@ class FirmwareService:
         # a worker group's session outlives its owner: what arrives between a SIGKILL and the takeover
         # waits in it for the next owner, who connects with the same client id
         client_id = self.owner.session if self.owner else f"{s.mqtt_client_id}-fw"
-        client = hub_session(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+        client = hub_session(PollingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                          clean_session=self.owner is None, protocol=mqtt.MQTTv311), s, self.password)
         client.max_inflight_messages_set(100)
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from hub.config import parse_broker_url
 from hub.errors import HubError
 from hub.overview import OverviewLoader
+from hub.transport import PollingClient
 
 
 class Health(BaseModel):
@@ -41,8 +42,8 @@ def probe_broker(url: str, username: str | None = None, password: str | None = N
         addr = parse_broker_url(url)
     except HubError as exc:
         return False, str(exc)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=client_id or f"{username or 'probe'}-status-{secrets.token_hex(3)}", clean_session=True)
+    client = PollingClient(mqtt.CallbackAPIVersion.VERSION2,
+                           client_id=client_id or f"{username or 'probe'}-status-{secrets.token_hex(3)}", clean_session=True)
     if username:
         client.username_pw_set(username, password)
     if addr.tls:

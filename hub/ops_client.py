@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from hub.config import parse_broker_url
 from hub.errors import HubError
-from hub.transport import low_latency
+from hub.transport import PollingClient, low_latency
 from protocol.limits import LIMITS
 from protocol.ops import (
     CommandUpdate,
@@ -73,7 +73,7 @@ class OpsClient:
     def connect(self) -> None:
         addr = parse_broker_url(self.broker)
         client_id = f"{self.username}-{secrets.token_hex(3)}"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        client = PollingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         client.username_pw_set(self.username, self.password)
         low_latency(client)
         if addr.tls:

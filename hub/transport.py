@@ -1,4 +1,10 @@
-"""Socket options and a faster paho client for the hub.
+"""Socket options and paho clients for the hub.
+
+:class:`PollingClient` is the paho client every hub-side session uses (ingest, commands, firmware,
+configuration, the operator's ``fleet send`` and the dashboard's sender, health checks, ``device-check``):
+paho waits on its socket with ``select()``, which cannot take a descriptor above 1023, and a process
+such as ``fleet up`` (broker, hub and thousands of simulated devices in one) holds more sockets than
+that. :class:`IngestClient` builds on it with the ingest path's buffered reads and batched PUBACKs.
 
 paho leaves Nagle's algorithm on. A command round trip is a chain of small packets (request,
 state update, command, PUBACKs, replies); with Nagle each second small write waits for the
@@ -8,6 +14,7 @@ TCP_NODELAY; this does the same for paho.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import struct
@@ -77,7 +84,63 @@ PublishSink = Callable[[list[Publish]], None]
 """Takes the PUBLISH packets of one socket read, in order, on paho's network thread."""
 
 
-class IngestClient(mqtt.Client):
+_READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
+"""What makes paho read: data, or a hang-up or error that its read then reports (``select`` shows those as readable)."""
+
+
+class PollingClient(mqtt.Client):
+    """paho's client (2.x) waiting with ``poll()`` instead of ``select()``: any descriptor number works.
+
+    With ``select()``, a socket numbered 1024 or more makes every wait fail with ValueError, which paho
+    takes for a lost connection: it reconnects, gets a high number again, and never hears CONNACK. In
+    ``fleet up`` with 600 simulated devices (two sockets each, in the same process) that was every
+    session opened after the devices: the dashboard's command sender, and the hub's own reconnects.
+    :meth:`_loop` is paho 2.2's with the wait replaced and nothing else changed.
+    """
+
+    def _loop(self, timeout: float = 1.0) -> mqtt.MQTTErrorCode:  # overrides paho's (select.select)
+        if timeout < 0.0:
+            raise ValueError("Invalid timeout.")
+        sock = self._sock
+        if sock is None:
+            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+        pending_bytes = sock.pending() if hasattr(sock, "pending") else 0  # decrypted TLS bytes not read yet
+        if pending_bytes > 0:
+            timeout = 0.0
+        wake = self._sockpairR  # written by publish() and friends to end the wait early
+        poller = select.poll()
+        try:
+            fd = sock.fileno()
+            poller.register(fd, select.POLLIN | select.POLLPRI | (select.POLLOUT if self.want_write() else 0))
+            if wake is not None:
+                poller.register(wake.fileno(), select.POLLIN)
+            events = dict(poller.poll(timeout * 1000))
+        except (OSError, ValueError, TypeError):
+            # the socket was closed under us (disconnect() from another thread, or the connection died): as paho
+            if self._state not in (mqtt._ConnectionState.MQTT_CS_DISCONNECTING,
+                                   mqtt._ConnectionState.MQTT_CS_DISCONNECTED):
+                self._state = mqtt._ConnectionState.MQTT_CS_CONNECTION_LOST
+            return mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
+        ready = events.get(fd, 0)
+        if ready & _READABLE or pending_bytes > 0:
+            rc = self.loop_read()
+            if rc or self._sock is None:
+                return rc
+        writable = bool(ready & select.POLLOUT)
+        if wake is not None and events.get(wake.fileno(), 0) & select.POLLIN:
+            writable = True  # something was queued after the wait began: try to write it now
+            try:
+                wake.recv(10000)  # one byte per wake-up: up to 10,000 of them at once
+            except BlockingIOError:
+                pass
+        if writable and self._sock is not None:
+            rc = self.loop_write()
+            if rc or self._sock is None:
+                return rc
+        return self.loop_misc()
+
+
+class IngestClient(PollingClient):
     """paho's client with buffered socket reads and PUBACKs sent in batches (paho-mqtt 2.x).
 
     paho reads one packet per readable event, in three or more ``recv`` calls (the fixed

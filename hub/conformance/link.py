@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 
 from broker.url import parse_broker_url
 from hub.errors import HubError
-from hub.transport import low_latency
+from hub.transport import PollingClient, low_latency
 from protocol import MessageClass, ProtocolError, decode, encode, topic_for
 from protocol.codec import detect_encoding
 from protocol.models import Message
@@ -91,7 +91,7 @@ class DeviceLink:
         self.close()
 
     def _new_client(self, client_id: str, clean: bool) -> mqtt.Client:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+        client = PollingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
                              protocol=mqtt.MQTTv311)
         client.username_pw_set(self.username, self.password)
         low_latency(client)
