@@ -93,7 +93,7 @@ class CommandService:
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         client = PollingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-cmd",
-                             clean_session=False, protocol=mqtt.MQTTv311)
+                               clean_session=False, protocol=mqtt.MQTTv311)
         hub_session(client, s, self.password)
         # in a worker group each operator request reaches exactly one worker, which creates and owns the command
         client.on_connect = lambda c, u, f, rc, p: rc.is_failure or c.subscribe(s.shared(f"{OPS_PREFIX}/+/req"), qos=1)

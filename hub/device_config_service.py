@@ -117,7 +117,7 @@ class ConfigService:
         s = self.settings
         # a persistent session: reports sent while the hub is down wait for it in the broker
         client = hub_session(PollingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{s.mqtt_client_id}-cfg",
-                                         clean_session=False, protocol=mqtt.MQTTv311), s, self.password)
+                                           clean_session=False, protocol=mqtt.MQTTv311), s, self.password)
 
         def on_connect(c: mqtt.Client, u: object, f: object, rc: mqtt.ReasonCode, p: object) -> None:
             if not rc.is_failure:

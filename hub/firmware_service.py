@@ -105,7 +105,7 @@ class FirmwareService:
         # waits in it for the next owner, who connects with the same client id
         client_id = self.owner.session if self.owner else f"{s.mqtt_client_id}-fw"
         client = hub_session(PollingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                         clean_session=self.owner is None, protocol=mqtt.MQTTv311), s, self.password)
+                                           clean_session=self.owner is None, protocol=mqtt.MQTTv311), s, self.password)
         client.max_inflight_messages_set(100)
 
         def on_connect(c: mqtt.Client, u: object, f: object, rc: mqtt.ReasonCode, p: object) -> None:
