@@ -52,11 +52,14 @@ def checker_password(db: Path, username: str, password_file: Path | None) -> str
               help="How long to wait for a running hub's watermark after a birth.")
 @click.option("--hold-lease", type=DURATION, default=DEFAULTS["hold_lease_s"].default,
               help="With a hub running: the lease of the checker's hold on its watermarks (renewed; at most 300 s).")
+@click.option("--max-sleep", type=DURATION, default=DEFAULTS["max_sleep_s"].default,
+              help="Watch a sleepy device's wake cycle when its sleep_s is at most this "
+                   "(the run lasts up to 2.5 x sleep_s).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (also when piped).")
 @click.pass_obj
 def device_check_command(obj: dict, device_id: str, broker: str, username: str, password_file: Path | None,
                          cafile: str | None, timeout: float, hold: float, messages: int, hub_answer: float,
-                         hold_lease: float, as_json: bool) -> None:
+                         hold_lease: float, max_sleep: float, as_json: bool) -> None:
     """Check that the connected device DEVICE_ID follows firmware_protocol.md.
 
     Like the Sparkplug TCK, the checker plays the hub's side for this one device: with the hub
@@ -65,7 +68,11 @@ def device_check_command(obj: dict, device_id: str, broker: str, username: str, 
     back, when). Scenarios: birth, rebirth request, command forms, duplicate delivery, expiry,
     malformed commands, withheld and late watermarks (no timed re-sends, R3, release), a
     watermark with a hole (R2), session loss (the device's broker session is dropped: reconnect,
-    subscribe before birth, R1), and over the whole run strict payloads and seq order.
+    subscribe before birth, R1), and over the whole run strict payloads and seq order. A device
+    whose birth names a description: its hash, and `describe` (13.5); one that takes configuration
+    (cfg above 0, or described keys): a ConfigSet of the version in force with a key no device has
+    must be refused with a reason, an older version answered with no keys (13.3). A sleepy device
+    (sleep_s in its birth): one wake cycle (4.5), then the run ends; check the rest with sleeping off.
 
     The hub may run: the checker then asks it to hold this device's watermarks (a lease it
     renews; the hub keeps storing everything, publishes the current watermark on release, and
@@ -83,7 +90,7 @@ def device_check_command(obj: dict, device_id: str, broker: str, username: str, 
     try:
         settings = CheckSettings(device_id=device_id, broker=broker, username=username, password=password,
                                  cafile=cafile, timeout_s=timeout, hold_s=hold, messages=messages,
-                                 hub_answer_s=hub_answer, hold_lease_s=hold_lease)
+                                 hub_answer_s=hub_answer, hold_lease_s=hold_lease, max_sleep_s=max_sleep)
     except ValidationError as exc:  # one readable line: which setting, and why
         err = exc.errors(include_url=False)[0]
         raise click.BadParameter(err["msg"], param_hint=f"{'.'.join(map(str, err['loc']))}") from None

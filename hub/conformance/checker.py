@@ -27,12 +27,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from hub.config import HubSettings
 from hub.conformance.hub_hold import HubHold
 from hub.conformance.link import DeviceLink, Seen
 from hub.conformance.report import Evidence, Outcome, Report, Result
 from hub.conformance.settings import CheckSettings
 from hub.conformance.standin import StandInHub
-from protocol import Alert, Command, CommandReply, CommandState, MessageClass, Status, StatusState, Telemetry
+from protocol import (Alert, Command, CommandReply, CommandState, MessageClass, ProtocolError, Status, StatusState,
+                      Telemetry, decode)
+from protocol.config import ConfigReport, ConfigSet, Description, description_hash
 from protocol.limits import LIMITS
 from protocol.models import Watermark
 from protocol.ops import CHECKER_COMMAND_PREFIX
@@ -44,6 +47,16 @@ MARKER_NAME = "chk_no_such_command"
 MAX_RESENDS = LIMITS.max_resends
 """Section 5.3 R2: a missing message is re-sent by R2 at most this often, then given up."""
 FINAL = {CommandState.SUCCEEDED, CommandState.FAILED, CommandState.REJECTED}
+PROBE_KEY = "chk_no_such_key"
+"""The configuration key the checker sets (section 13.3): no device has it, so every device must refuse it."""
+_HUB = HubSettings.model_fields
+SLEEP_GRACE = _HUB["sleep_grace"].default
+STALENESS_MIN_S = _HUB["staleness_min_s"].default
+"""The hub's defaults: a sleepy device misses its wake when silent for max(sleep_s x (1 + grace), sleep_s + min)
+(section 4.5)."""
+WAKE_GAP_S = 1.0
+"""A live birth after at least this long without a message from the device starts a wake (a rebirth within a wake
+follows the command or watermark that caused it at once)."""
 
 
 class Abort(Exception):
@@ -58,6 +71,8 @@ SCENARIO_IDS = {
     "check_hole": ("5.3 R2", "hole-watermark"),
     "check_give_up": ("5.3 R2 / 5.4", "give-up"),
     "check_session_loss": ("2.2 / 5.3 R1", "session-loss"),
+    "check_sleep": ("4.5", "sleep"), "check_description": ("13.5", "description"),
+    "check_config": ("13.3", "configuration"),
 }
 
 
@@ -111,9 +126,9 @@ class DeviceChecker:
     # ------------------------------------------------------------ the run
 
     def run(self) -> Report:
-        scenarios = [self.check_birth, self.check_encoding, self.check_rebirth, self.check_duplicate,
-                     self.check_expiry, self.check_malformed, self.check_withheld_watermark, self.check_hole,
-                     self.check_give_up, self.check_session_loss]
+        scenarios = [self.check_birth, self.check_sleep, self.check_encoding, self.check_rebirth, self.check_duplicate,
+                     self.check_expiry, self.check_malformed, self.check_description, self.check_config,
+                     self.check_withheld_watermark, self.check_hole, self.check_give_up, self.check_session_loss]
         self.hold_hub()
         try:
             for i, scenario in enumerate(scenarios):
@@ -671,6 +686,198 @@ class DeviceChecker:
                            "reconnected with the same boot, subscribed before its birth" +
                            (f", re-sent the {len(held)} unconfirmed message(s)" if self.standin else "")))
 
+    def check_sleep(self) -> None:
+        """Section 4.5, for a device whose birth declares ``sleep_s``: it wakes (a live birth after a silence) no
+        later than ``sleep_s`` after its last message, keeps its boot, declares ``sleep_s`` again, and answers at
+        its wake a command sent while it slept. The other scenarios need the device connected throughout: the
+        run ends here for a sleepy device."""
+        assert self.birth is not None
+        sleep_s = self.birth.sleep_s
+        if not sleep_s:
+            return
+        why = (f"the device sleeps between wakes (sleep_s {sleep_s}); the other scenarios need it connected "
+               "throughout: check them with sleeping turned off")
+        sc = Scenario("4.5", "sleep")
+        if sleep_s > self.s.max_sleep_s:
+            self.add(sc.result(Outcome.SKIP, f"sleep_s {sleep_s} is longer than the checker watches a wake cycle "
+                                             f"({self.s.max_sleep_s:g}s, --max-sleep)"))
+            raise Abort(why)
+        window = max(sleep_s * (1 + SLEEP_GRACE), sleep_s + STALENESS_MIN_S)  # the hub's missed-wake window
+        slack = max(0.5, 0.05 * sleep_s)  # scheduling and the network, not the rule
+        name = "ping" if "ping" in self.birth.caps else MARKER_NAME
+        cmd_id, _, start = self.command(name, expires_in_s=2 * window + self.s.timeout_s + 600.0)
+        sc.note(f"-> c {name} {cmd_id} (its TTL outlasts the next wake: it waits in the session while the device "
+                "sleeps)")
+        # the device may be asleep now (then its first wake shows no silence we watched whole) or awake: wait
+        # for a wake whose silence before it was watched from its start
+        deadline = time.monotonic() + 2 * window + self.s.timeout_s
+        uplink = (MessageClass.TELEMETRY, MessageClass.ALERT, MessageClass.STATUS, MessageClass.REPLY,
+                  MessageClass.CONFIG_REPORT, MessageClass.FIRMWARE_REQUEST, MessageClass.FIRMWARE_REPORT)
+        wake: Seen | None = None
+        silence = 0.0
+        pos = start
+        while wake is None:
+            birth = self.link.wait_for(lambda s: s.cls is MessageClass.STATUS and not s.retained
+                                       and isinstance(s.message, Status) and s.message.state is StatusState.ONLINE,
+                                       pos, deadline - time.monotonic())
+            if birth is None:
+                break
+            pos = birth.index + 1
+            before = [s for s in self.link.since(0)[:birth.index] if s.cls in uplink and not s.retained]
+            if not before or birth.at - before[-1].at < WAKE_GAP_S:
+                continue  # a rebirth within a wake, or the first wake when the device was asleep at the start
+            wake, silence = birth, birth.at - before[-1].at
+            sc.note(f"<- last message before the sleep ({before[-1].cls.value})", before[-1].at)
+            sc.saw(birth)
+        final = self.wait_final(cmd_id, start, max(0.0, deadline - time.monotonic()) + self.s.timeout_s) \
+            if wake is not None else None
+        for seen in self.replies(cmd_id, start):
+            sc.saw(seen)
+        if wake is None:
+            self.add(sc.result(Outcome.FAIL, f"no wake within {2 * window + self.s.timeout_s:g}s: the hub marks a "
+                                             f"device silent for {window:g}s offline (missed_wake)"))
+            raise Abort(why)
+        assert isinstance(wake.message, Status)
+        problems: list[str] = []
+        if silence > window:
+            problems.append(f"woke {silence:.1f}s after its last message, beyond sleep_s {sleep_s}: the hub marked it "
+                            f"offline (missed_wake) after {window:g}s")
+        if wake.message.boot < self.boot:
+            problems.append(f"woke with boot {wake.message.boot}, below {self.boot} (4.1)")
+        elif wake.message.boot > self.boot:
+            self.report.notes.append(f"boot went from {self.boot} to {wake.message.boot} across the sleep: the device "
+                                     "loses its RAM while asleep (4.1 allows it; 4.5: better keep boot and seq)")
+        if not wake.message.sleep_s:
+            problems.append("the birth of the wake does not declare sleep_s (4.5: every birth)")
+        if final is None:
+            problems.append(f"no final reply to the command sent while it slept within {self.s.timeout_s:g}s of its "
+                            "wake (its session keeps it: 4.5, section 6)")
+        self.birth = wake.message
+        if problems:
+            self.add(sc.result(Outcome.FAIL, "; ".join(problems)))
+        elif silence > sleep_s + slack:
+            self.add(sc.result(Outcome.WARN, f"woke {silence:.1f}s after its last message, later than sleep_s "
+                                             f"{sleep_s} but within the hub's grace ({window:g}s): choose sleep_s "
+                                             "with margin"))
+        else:
+            self.add(sc.result(Outcome.PASS, f"woke {silence:.1f}s after its last message (sleep_s {sleep_s}), same "
+                                             "boot, sleep_s declared again, the command sent meanwhile answered"))
+        raise Abort(why)
+
+    def check_description(self) -> None:
+        """Section 13.5, for a device whose birth names a description: the retained description on ``x`` decodes and
+        its hash is the one named; a device listing ``describe`` publishes it again on request."""
+        assert self.birth is not None
+        named = self.birth.desc
+        if not named:
+            self.report.notes.append("description (13.5) not checked: the birth names none (desc is optional)")
+            return
+        sc = Scenario("13.5", "description")
+        kept = self.link.wait_for(lambda s: s.cls is MessageClass.DESCRIPTION and s.retained, 0, 0.0)
+        payload = kept.payload if kept is not None else self.link.retained(MessageClass.DESCRIPTION, self.s.timeout_s)
+        problems = self._description_problems(named, payload, "the retained description")
+        if kept is not None:
+            sc.saw(kept)
+        else:
+            sc.note(f"retained on d/{self.s.device_id}/x: {'nothing' if payload is None else f'{len(payload)} bytes'}")
+        if "describe" in self.birth.caps:
+            cmd_id, _, start = self.command("describe")
+            sc.note(f"-> c describe {cmd_id}")
+            self.wait_final(cmd_id, start)
+            for seen in self.replies(cmd_id, start):
+                sc.saw(seen)
+            problems += self._reply_problems(cmd_id, start, expect=CommandState.SUCCEEDED)
+            again = self.link.wait_for(lambda s: s.cls is MessageClass.DESCRIPTION and not s.retained, start,
+                                       self.s.timeout_s)
+            if again is None:
+                problems.append("`describe` did not publish the description again")
+            else:
+                sc.saw(again)
+                problems += self._description_problems(named, again.payload, "the description sent on `describe`")
+        problems = list(dict.fromkeys(problems))
+        self.add(sc.result(Outcome.FAIL if problems else Outcome.PASS, "; ".join(problems) or
+                           f"the retained description decodes and hashes to {named}, the hash its birth names"
+                           + (", and `describe` sends it again" if "describe" in self.birth.caps else "")))
+
+    def check_config(self) -> None:
+        """Section 13.3, for a device that takes configuration: a ConfigSet of the version in force with a key no
+        device has is answered by a report of that version refusing the key with a reason (and changes nothing);
+        an older version is answered with the version in force and no keys."""
+        assert self.birth is not None
+        cfg = self.birth.cfg
+        described = self._description()
+        keys = described.config_keys() if described is not None else []
+        if not cfg and not keys:
+            self.report.notes.append("configuration (13) not checked: cfg is 0 and no description lists a "
+                                     "configuration key (a device that takes none); `fleet config set` one key first "
+                                     "to have it checked")
+            return
+        sc = Scenario("13.3", "configuration")
+        problems: list[str] = []
+        version = max(cfg, 1)  # the version in force: applying it again changes nothing (13.3 rule 2)
+        report = self._config_round(sc, version, problems, "the version in force")
+        if report is not None:
+            applied = [k for k, _ in report.applied_pairs() if k == PROBE_KEY]
+            refused = dict(report.refused_pairs())
+            if report.version != version:
+                problems.append(f"the report has version {report.version}, not {version}")
+            if applied:
+                problems.append(f"reported {PROBE_KEY!r}, a key it does not have, as applied")
+            elif not refused.get(PROBE_KEY):
+                problems.append(f"did not refuse {PROBE_KEY!r}, a key it does not have, with a reason")
+        if report is not None and version >= 2:
+            older = self._config_round(sc, version - 1, problems, "an older version")
+            if older is not None and (older.version != version or older.applied or older.refused):
+                problems.append(f"answered version {version - 1} with version {older.version} and keys "
+                                f"{older.applied + older.refused}: an older version must change nothing and be "
+                                f"answered with the version in force ({version}) and no keys (13.3 rule 1)")
+        elif report is not None:
+            sc.note(f"rule 1 (an older version) not tried: the version in force is {version}, below 2")
+        self.add(sc.result(Outcome.FAIL if problems else Outcome.PASS, "; ".join(problems) or
+                           f"refused {PROBE_KEY!r} with a reason in a report of version {version}"
+                           + (f"; answered version {version - 1} with {version} and no keys" if version >= 2 else "")))
+
+    def _config_round(self, sc: Scenario, version: int, problems: list[str], what: str) -> ConfigReport | None:
+        """Send a ConfigSet of ``version`` setting the probe key; the report that answers it, None after a timeout."""
+        start = self.link.mark()
+        payload = self.link.send(ConfigSet(version=version, set=[PROBE_KEY, True]), self.form)
+        sc.note(f"-> k ConfigSet version {version} ({what}) setting {PROBE_KEY!r} ({len(payload)} bytes)")
+        seen = self.link.wait_for(lambda s: s.cls is MessageClass.CONFIG_REPORT, start, self.s.timeout_s)
+        if seen is None:
+            problems.append(f"no ConfigReport on d/<id>/n within {self.s.timeout_s:g}s of a ConfigSet of {what} "
+                            "(subscribe to d/<id>/k with c and w: 13.1)")
+            return None
+        sc.saw(seen)
+        if not isinstance(seen.message, ConfigReport):
+            problems.append(f"the ConfigReport does not decode: {seen.error}")
+            return None
+        return seen.message
+
+    def _description(self) -> Description | None:
+        """The retained description the birth names, when it decodes and has that hash."""
+        if self.birth is None or not self.birth.desc:
+            return None
+        for seen in self.link.since(0):
+            if seen.cls is MessageClass.DESCRIPTION and isinstance(seen.message, Description) \
+                    and description_hash(seen.payload) == self.birth.desc:
+                return seen.message
+        return None
+
+    @staticmethod
+    def _description_problems(named: str, payload: bytes | None, what: str) -> list[str]:
+        if payload is None:
+            return [f"no retained description on d/<id>/x, though the birth names {named} (13.5: publish it, retained, "
+                    "before the birth)"]
+        try:
+            decode(MessageClass.DESCRIPTION, payload)
+        except ProtocolError as exc:
+            return [f"{what} does not decode: {exc.reason.value}: {inert(str(exc))}"]
+        got = description_hash(payload)
+        if got != named:
+            return [f"{what} hashes to {got}, not {named}, the hash its birth names (13.5: the first 8 bytes of the "
+                    "SHA-256 of exactly the bytes sent)"]
+        return []
+
     def check_whole_run(self) -> None:
         """Sections 4.2 and 8 over everything the device sent during the run."""
         everything = self.link.since(0)
@@ -713,6 +920,8 @@ class DeviceChecker:
     def check_heartbeat(self, uplink: list[Seen]) -> None:
         """Section 4.3: never silent for longer than `interval_s` while online (judged when the run is long enough)."""
         if self.birth is None or not uplink:
+            return
+        if self.birth.sleep_s:  # its silences are sleeps, judged by check_sleep against sleep_s
             return
         interval = self.birth.interval_s
         uplink = [s for s in uplink if s.cls is not MessageClass.REPLY]  # replies do not count (4.3)

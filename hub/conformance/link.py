@@ -25,6 +25,11 @@ from protocol import MessageClass, ProtocolError, decode, encode, topic_for
 from protocol.codec import detect_encoding
 from protocol.models import Message
 from protocol.text import inert
+from protocol.topics import DEVICE_SUBSCRIBES
+
+
+_SENT_ON = {"Command": MessageClass.COMMAND, "Watermark": MessageClass.WATERMARK, "ConfigSet": MessageClass.CONFIG_SET}
+"""The topic class of each message the checker sends, by model name."""
 
 
 class LinkError(HubError):
@@ -52,7 +57,7 @@ class Seen:
         return detect_encoding(self.payload).value if self.payload else "empty"
 
     def describe(self) -> str:
-        arrow = "->" if self.cls in (MessageClass.COMMAND, MessageClass.WATERMARK) else "<-"
+        arrow = "->" if self.cls in DEVICE_SUBSCRIBES else "<-"
         who = "checker" if self.mine else ("hub" if arrow == "->" else "device")
         flags = " retained" if self.retained else ""
         body = _short(self.message) if self.message is not None else f"UNDECODABLE {self.error}"
@@ -92,7 +97,7 @@ class DeviceLink:
 
     def _new_client(self, client_id: str, clean: bool) -> mqtt.Client:
         client = PollingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
-                             protocol=mqtt.MQTTv311)
+                               protocol=mqtt.MQTTv311)
         client.username_pw_set(self.username, self.password)
         low_latency(client)
         if self.address.tls:
@@ -220,8 +225,9 @@ class DeviceLink:
             raise LinkError(f"no PUBACK from the broker for a publish on d/{self.device_id}/{cls.value}")
 
     def send(self, message: Message, form: str, retain: bool = False) -> bytes:
-        """Encode ``message`` in ``form`` (json or cbor) and publish it on its class's topic."""
-        cls = MessageClass.WATERMARK if type(message).__name__ == "Watermark" else MessageClass.COMMAND
+        """Encode ``message`` (a command, watermark or ConfigSet) in ``form`` (json or cbor) and publish it on its
+        class's topic."""
+        cls = _SENT_ON[type(message).__name__]
         payload = encode(message, form)
         self.publish(cls, payload, retain=retain)
         return payload

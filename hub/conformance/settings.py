@@ -28,5 +28,8 @@ class CheckSettings(BaseModel):
     """After a birth, how long to wait for a running hub's watermark answer (to tell whether one runs)."""
     hold_lease_s: float = Field(30.0, gt=0, le=300.0)
     """With a hub running: the lease of the checker's hold on its watermarks (renewed every third of it)."""
+    max_sleep_s: float = Field(900.0, gt=0)
+    """A sleepy device's wake cycle (section 4.5) is watched when its ``sleep_s`` is at most this (the run then lasts
+    up to about 2.5 x ``sleep_s``)."""
     expired_by_s: float = Field(600.0, gt=0)
     """The expiry scenario's command expired this long ago (more than any sane clock error)."""

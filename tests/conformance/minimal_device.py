@@ -13,6 +13,7 @@ Threads: paho's network thread only posts events to a queue; one device thread o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import random
@@ -32,10 +33,14 @@ import paho.mqtt.client as mqtt
 METRIC_IDS = {"temperature": 1, "humidity": 2, "battery_v": 3, "rssi_dbm": 9}
 KEYS = {  # section 8.3: one-letter CBOR keys
     "telemetry": {"boot": "b", "seq": "q", "ts": "t", "readings": "r", "dropped": "d"},
-    "status": {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i", "boot_ts": "t"},
+    "status": {"state": "s", "boot": "b", "fw": "f", "caps": "c", "enc": "e", "interval_s": "i", "boot_ts": "t",
+               "desc": "h", "cfg": "k"},
     "reply": {"id": "i", "state": "s", "detail": "d", "result": "r"},
     "command": {"id": "i", "name": "n", "args": "a", "expires": "x"},
     "watermark": {"boot": "b", "seq": "q", "next": "n", "max": "m", "ts": "t"},
+    "config_set": {"version": "v", "set": "s"},  # section 13.2
+    "config_report": {"version": "v", "applied": "a", "refused": "r"},
+    "description": {"metrics": "m", "commands": "c", "config": "k"},
 }
 ENUMS = {"state": {"offline": 0, "online": 1}, "enc": {"json": 0, "cbor": 1}}
 REPLY_STATES = {"received": 0, "succeeded": 1, "failed": 2, "rejected": 3}
@@ -47,8 +52,8 @@ MAX_R2_RESENDS = 3
 
 def encode(kind: str, fields: dict[str, Any], form: str) -> bytes:
     """One message in JSON (full names) or CBOR (one-letter keys, enumerations as numbers)."""
-    fields = {k: v for k, v in fields.items() if v not in (None, "", [], {}) and not (k == "dropped" and v == 0)
-              and not (k == "boot_ts" and v == 0)}
+    fields = {k: v for k, v in fields.items() if v not in (None, "", [], {}) and not (k in ("dropped", "boot_ts", "cfg")
+                                                                                        and v == 0)}
     if form == "json":
         return json.dumps(fields, separators=(",", ":")).encode()
     out: dict[str, Any] = {}
@@ -107,6 +112,10 @@ class Fault(Enum):
     RESEND_ALL_ON_HOLE = "re-sends its whole buffer on a watermark with a hole"
     NEVER_GIVE_UP = "re-sends a missing message forever"
     SILENT = "sends only every sample_s, even when that is longer than interval_s"
+    NO_CONFIG_TOPIC = "never subscribes to d/<id>/k, though it describes configuration keys"
+    APPLY_OLD_CONFIG = "applies an older configuration version over the one in force"
+    ACCEPT_ANY_KEY = "reports every configuration key as applied, even one it does not have"
+    WRONG_DESC_HASH = "names a hash in its birth that is not its description's"
 
 
 @dataclass
@@ -120,6 +129,22 @@ class Slot:
     mark: int = 0
     mid: int | None = None
     acked: bool = False
+
+
+# section 13: what this device describes (a constant of the firmware build, 13.5) and the keys it can be set
+CONFIG_KEYS = {"report_s": ("int", 1, 3600), "label": ("text", 0, 64)}
+DESCRIPTION = {"metrics": {"temperature": "C -40..85"},
+               "commands": {"rebirth": {}, "ping": {}, "set_interval": {"seconds": "int 1..86400"}, "describe": {}},
+               "config": ["report_s", "int 1..3600", "label", "text"]}
+
+
+def description_bytes(form: str) -> bytes:
+    return encode("description", DESCRIPTION, form)
+
+
+def description_hash(payload: bytes) -> str:
+    """13.5: the first 8 bytes of the SHA-256 of exactly the bytes sent, as 16 lower-case hex digits."""
+    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 @dataclass
@@ -137,6 +162,8 @@ class DeviceConfig:
     has_clock: bool = True
     faults: frozenset[Fault] = field(default_factory=frozenset)
     timed_resend_s: float = 1.0
+    cfg_version: int = 0
+    """The configuration version in force at power-up (kept in flash, section 13.3)."""
 
 
 class MinimalDevice:
@@ -160,6 +187,10 @@ class MinimalDevice:
         self.session_present = False
         self.next_sample = 0.0
         self.next_timed_resend = 0.0
+        self.cfg_version = config.cfg_version  # 13.3: the configuration version in force (kept in flash)
+        self.config_values: dict[str, Any] = {"report_s": 60, "label": ""}
+        self.desc_published = ""  # 13.5: the hash stored as published (flash)
+        self.desc = description_bytes(config.enc)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"device-{self.id}", daemon=True)
         self.client = self._make_client()
@@ -230,9 +261,14 @@ class MinimalDevice:
             if getattr(rc, "is_failure", True):
                 return
             self.session_present = bool(event[1])
-            self.client.subscribe([(self._topic("c"), 1), (self._topic("w"), 1)])  # checklist 3, every time
+            topics = [(self._topic("c"), 1), (self._topic("w"), 1)]  # checklist 3, every time
+            if Fault.NO_CONFIG_TOPIC not in self.cfg.faults:
+                topics.append((self._topic("k"), 1))  # checklist 9
+            self.client.subscribe(topics)
         elif kind == "suback":
             self.connected = True
+            if self.desc_published != description_hash(self.desc):  # 13.5: once per description, before the birth
+                self._describe()
             self._birth()
             # re-send (R1) once the retained watermark is applied, or after a second at most (2.2 step 5)
             self.resend_due = time.monotonic() + 1.0
@@ -242,6 +278,8 @@ class MinimalDevice:
                 self._on_watermark(payload, retained)
             elif topic.endswith("/c"):
                 self._on_command(payload)
+            elif topic.endswith("/k"):
+                self._on_config(payload)
         elif kind == "puback":
             for slot in self.buffer:
                 if slot.mid == event[1]:
@@ -257,12 +295,20 @@ class MinimalDevice:
     def _status(self, state: str) -> bytes:
         fields: dict[str, Any] = {"state": state, "boot": self.boot}
         if state == "online":
-            fields |= {"fw": "minimal-1", "caps": ["rebirth", "ping", "set_interval"], "enc": self.cfg.enc,
-                       "interval_s": self.interval_s, "boot_ts": self.boot_ts}
+            named = description_hash(self.desc)
+            if Fault.WRONG_DESC_HASH in self.cfg.faults:
+                named = hashlib.sha256(b"another build").hexdigest()[:16]
+            fields |= {"fw": "minimal-1", "caps": ["rebirth", "ping", "set_interval", "describe"], "enc": self.cfg.enc,
+                       "interval_s": self.interval_s, "boot_ts": self.boot_ts, "desc": named, "cfg": self.cfg_version}
         return encode("status", fields, self.cfg.enc)
 
     def _birth(self) -> None:
         self.client.publish(self._topic("s"), self._status("online"), qos=1, retain=True)
+
+    def _describe(self) -> None:
+        """13.5: the description, retained; the hash counts as published once it is queued (QoS 1, before the birth)."""
+        self.client.publish(self._topic("x"), self.desc, qos=1, retain=True)
+        self.desc_published = description_hash(self.desc)
 
     def _now_ms(self) -> int:
         if self.cfg.has_clock:
@@ -387,6 +433,9 @@ class MinimalDevice:
             return "succeeded", "", {}
         if name == "ping":
             return "succeeded", "", {"uptime_s": int(time.monotonic() - self.powered_up)}
+        if name == "describe":
+            self._describe()
+            return "succeeded", "", {}
         if name == "set_interval":
             seconds = args.get("seconds")
             if set(args) != {"seconds"} or not isinstance(seconds, int) or isinstance(seconds, bool) \
@@ -396,3 +445,44 @@ class MinimalDevice:
             self._birth()
             return "succeeded", "", {"seconds": seconds}
         return "rejected", "unknown command", {}
+
+    # ------------------------------------------------------------ configuration (section 13.3)
+
+    def _on_config(self, payload: bytes) -> None:
+        msg = decode("config_set", payload)
+        if msg is None or not isinstance(msg.get("version"), int) or not isinstance(msg.get("set"), list) \
+                or len(msg["set"]) % 2:
+            return  # rule 3: no version to answer
+        version, pairs = msg["version"], msg["set"]
+        if version < self.cfg_version and Fault.APPLY_OLD_CONFIG not in self.cfg.faults:
+            self._config_report({"version": self.cfg_version})  # rule 1: the newer version wins
+            return
+        applied: list[Any] = []
+        refused: list[Any] = []
+        names = DESCRIPTION["config"][0::2]
+        for key, value in zip(pairs[0::2], pairs[1::2]):
+            name = names[key] if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(names) else key
+            why = self._config_refusal(name, value)
+            if why and Fault.ACCEPT_ANY_KEY not in self.cfg.faults:
+                refused += [key, why]
+            else:
+                self.config_values[name] = value
+                applied += [key, value]
+        self.cfg_version = version  # rule 2, with the values (flash)
+        self._config_report({"version": version, "applied": applied, "refused": refused})
+
+    @staticmethod
+    def _config_refusal(name: Any, value: Any) -> str:
+        spec = CONFIG_KEYS.get(name) if isinstance(name, str) else None
+        if spec is None:
+            return "unknown key"
+        kind, low, high = spec
+        if kind == "int":
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                return f"must be an integer {low}..{high}"
+        elif not isinstance(value, str) or len(value) > high:
+            return f"must be text of at most {high} characters"
+        return ""
+
+    def _config_report(self, fields: dict[str, Any]) -> None:
+        self.client.publish(self._topic("n"), encode("config_report", fields, self.cfg.enc), qos=1)

@@ -38,7 +38,18 @@ def test_the_minimal_device_passes_every_check(minimal_device: Callable[..., Min
     assert report.exit_code() == 0
     checks = {r.check for r in report.results}
     assert checks >= {"heartbeat", "birth", "encoding", "rebirth", "duplicate-command", "command-expiry", "malformed-command",
-                      "withheld-watermark", "hole-watermark", "give-up", "session-loss", "payloads", "seq"}
+                      "description", "configuration", "withheld-watermark", "hole-watermark", "give-up", "session-loss",
+                      "payloads", "seq"}
+
+
+def test_a_device_with_configuration_in_force_answers_an_older_version_with_no_keys(
+        minimal_device: Callable[..., MinimalDevice], checker_settings: Callable[..., CheckSettings]) -> None:
+    device = minimal_device(enc="cbor", cfg_version=3)
+    report = check(checker_settings("mini-1"))
+    config = next(r for r in report.results if r.check == "configuration")
+    assert config.outcome is Outcome.PASS, config.summary
+    assert "answered version 2 with 3 and no keys" in config.summary  # 13.3 rule 1 was tried
+    assert device.cfg_version == 3 and device.config_values == {"report_s": 60, "label": ""}  # nothing changed
 
 
 def test_a_device_without_a_clock_passes_once_the_watermark_gives_it_the_time(
@@ -62,8 +73,12 @@ BROKEN = [
     (Fault.CRASH_ON_MALFORMED, "malformed-command", "json"),
     (Fault.HANG_ON_MALFORMED, "malformed-command", "json"),
     (Fault.WRONG_ENCODING, "encoding", "cbor"),
+    (Fault.NO_CONFIG_TOPIC, "configuration", "json"),
+    (Fault.APPLY_OLD_CONFIG, "configuration", "cbor"),
+    (Fault.ACCEPT_ANY_KEY, "configuration", "json"),
+    (Fault.WRONG_DESC_HASH, "description", "cbor"),
 ]
-BROKEN_KW = {Fault.SILENT: {"interval_s": 1, "sample_s": 2.0}}
+BROKEN_KW = {Fault.SILENT: {"interval_s": 1, "sample_s": 2.0}, Fault.APPLY_OLD_CONFIG: {"cfg_version": 3}}
 
 
 @pytest.mark.parametrize(("fault", "expected", "enc"), BROKEN, ids=[f.name.lower() for f, _, _ in BROKEN])
@@ -199,3 +214,39 @@ def test_on_mosquitto_the_minimal_device_passes_too(mosquitto: MosquittoProcess)
     finally:
         device.stop()
     assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
+
+
+def _sleepy_sim(db_path: Path, port: int, sleep_s: int, fraction: float) -> BackgroundFleet:
+    settings = SimSettings(devices=1, port=port, rate=3.0, profile="env", reconnect_delay=0.2, sleep_s=sleep_s,
+                           wake_ticks=3, sleep_fraction=fraction)
+    return BackgroundFleet(settings, provision(db_path, [device_id("sim", 1)])).start()
+
+
+def test_a_sleepy_device_that_keeps_its_schedule_passes_the_wake_cycle_and_the_rest_is_skipped(
+        db_path: Path, embedded_broker: BackgroundBroker, checker_settings: Callable[..., CheckSettings]) -> None:
+    # sleeps 3 s after waiting up to 2 s for a watermark (none comes): silent about 5 s, within its sleep_s of 6
+    sim = _sleepy_sim(db_path, embedded_broker.port, sleep_s=6, fraction=0.5)
+    try:
+        report = check(checker_settings(device_id("sim", 1), timeout_s=10.0))
+    finally:
+        sim.stop()
+    sleep = next(r for r in report.results if r.check == "sleep")
+    assert sleep.outcome is Outcome.PASS, sleep.summary
+    assert any("<- s" in e.what and "online" in e.what for e in sleep.evidence)  # the wake's birth is the evidence
+    assert report.outcome_of("encoding") is Outcome.SKIP and report.outcome_of("session-loss") is Outcome.SKIP
+    assert "sleeping turned off" in next(r for r in report.results if r.check == "rebirth").summary
+    assert report.exit_code() == 2  # nothing failed, the rest was not run
+
+
+def test_a_sleepy_device_that_oversleeps_fails_the_wake_cycle(
+        db_path: Path, embedded_broker: BackgroundBroker, checker_settings: Callable[..., CheckSettings]) -> None:
+    # declares sleep_s 2 but sleeps 5 x that: silent for 10 s or more, beyond the hub's missed-wake window of 7 s
+    sim = _sleepy_sim(db_path, embedded_broker.port, sleep_s=2, fraction=5.0)
+    try:
+        report = check(checker_settings(device_id("sim", 1), timeout_s=10.0))
+    finally:
+        sim.stop()
+    sleep = next(r for r in report.results if r.check == "sleep")
+    assert sleep.outcome is Outcome.FAIL
+    assert "missed_wake" in sleep.summary
+    assert report.exit_code() == 1
