@@ -24,7 +24,7 @@ from cli.main import cli
 from device_sim.background import BackgroundFleet
 from device_sim.fleet import device_id, provision
 from device_sim.settings import Behaviour, SimSettings
-from hub.conformance import CheckSettings, Outcome
+from hub.conformance import CheckSettings, Outcome, Report
 from hub.service import Hub
 
 
@@ -216,20 +216,22 @@ def test_on_mosquitto_the_minimal_device_passes_too(mosquitto: MosquittoProcess)
     assert report.passed, [r.check for r in report.results if r.outcome is not Outcome.PASS]
 
 
-def _sleepy_sim(db_path: Path, port: int, sleep_s: int, fraction: float) -> BackgroundFleet:
+def _check_sleepy_sim(db_path: Path, port: int, checker_settings: Callable[..., CheckSettings], sleep_s: int,
+                      fraction: float) -> Report:
+    """Run the checker on one simulated sleepy device that sleeps ``sleep_s x fraction`` between wakes."""
     settings = SimSettings(devices=1, port=port, rate=3.0, profile="env", reconnect_delay=0.2, sleep_s=sleep_s,
                            wake_ticks=3, sleep_fraction=fraction)
-    return BackgroundFleet(settings, provision(db_path, [device_id("sim", 1)])).start()
+    sim = BackgroundFleet(settings, provision(db_path, [device_id("sim", 1)])).start()
+    try:
+        return check(checker_settings(device_id("sim", 1), timeout_s=10.0))
+    finally:
+        sim.stop()
 
 
 def test_a_sleepy_device_that_keeps_its_schedule_passes_the_wake_cycle_and_the_rest_is_skipped(
         db_path: Path, embedded_broker: BackgroundBroker, checker_settings: Callable[..., CheckSettings]) -> None:
     # sleeps 3 s after waiting up to 2 s for a watermark (none comes): silent about 5 s, within its sleep_s of 6
-    sim = _sleepy_sim(db_path, embedded_broker.port, sleep_s=6, fraction=0.5)
-    try:
-        report = check(checker_settings(device_id("sim", 1), timeout_s=10.0))
-    finally:
-        sim.stop()
+    report = _check_sleepy_sim(db_path, embedded_broker.port, checker_settings, sleep_s=6, fraction=0.5)
     sleep = next(r for r in report.results if r.check == "sleep")
     assert sleep.outcome is Outcome.PASS, sleep.summary
     assert any("<- s" in e.what and "online" in e.what for e in sleep.evidence)  # the wake's birth is the evidence
@@ -241,11 +243,7 @@ def test_a_sleepy_device_that_keeps_its_schedule_passes_the_wake_cycle_and_the_r
 def test_a_sleepy_device_that_oversleeps_fails_the_wake_cycle(
         db_path: Path, embedded_broker: BackgroundBroker, checker_settings: Callable[..., CheckSettings]) -> None:
     # declares sleep_s 2 but sleeps 5 x that: silent for 10 s or more, beyond the hub's missed-wake window of 7 s
-    sim = _sleepy_sim(db_path, embedded_broker.port, sleep_s=2, fraction=5.0)
-    try:
-        report = check(checker_settings(device_id("sim", 1), timeout_s=10.0))
-    finally:
-        sim.stop()
+    report = _check_sleepy_sim(db_path, embedded_broker.port, checker_settings, sleep_s=2, fraction=5.0)
     sleep = next(r for r in report.results if r.check == "sleep")
     assert sleep.outcome is Outcome.FAIL
     assert "missed_wake" in sleep.summary
