@@ -213,7 +213,7 @@ _JSON_LIMITS = {m.name.encode(): (m.name, m.low, m.high) for m in METRICS}
 look-ups per reading."""
 
 
-def _compact_reading(dt: bytes, name: bytes, number: bytes) -> tuple[int, str, float] | None:
+def _compact_reading(dt: bytes | None, name: bytes, number: bytes) -> tuple[int, str, float] | None:
     """One reading of the compact layout as ``(dt, metric, value)``, None when the strict decoder must judge it."""
     limits = _JSON_LIMITS.get(name)
     if limits is None:
