@@ -36,6 +36,12 @@ from hub.storage import DeviceRow
 from hub.store import HubStore
 from protocol.models import Status, StatusState
 
+def wake_window(sleep_s: float, sleep_grace: float, staleness_min_s: float) -> float:
+    """Seconds of silence after its last message at which a device that declares ``sleep_s`` has missed its wake
+    (firmware_protocol.md 4.5; ``device-check`` judges a wake by the same window)."""
+    return max(sleep_s * (1.0 + sleep_grace), sleep_s + staleness_min_s)
+
+
 log = logging.getLogger("fleet.hub.presence")
 
 ONLINE = StatusState.ONLINE.value
@@ -86,7 +92,7 @@ class PresenceTracker:
 
     def wake_window(self, device: DeviceRow) -> float:
         """Seconds of silence after which a sleepy device has missed its wake."""
-        return max(device.sleep_s * (1.0 + self.sleep_grace), device.sleep_s + self.min_s)
+        return wake_window(device.sleep_s, self.sleep_grace, self.min_s)
 
     def state_counts(self) -> dict[str, int]:
         """Devices per presence state (read by the metrics thread: a copy of the values first)."""

@@ -33,12 +33,14 @@ from hub.conformance.link import DeviceLink, Seen
 from hub.conformance.report import Evidence, Outcome, Report, Result
 from hub.conformance.settings import CheckSettings
 from hub.conformance.standin import StandInHub
+from hub.presence import wake_window
 from protocol import (Alert, Command, CommandReply, CommandState, MessageClass, ProtocolError, Status, StatusState,
                       Telemetry, decode)
 from protocol.config import ConfigReport, ConfigSet, Description, description_hash
 from protocol.limits import LIMITS
 from protocol.models import Watermark
 from protocol.ops import CHECKER_COMMAND_PREFIX
+from protocol.topics import DEVICE_PUBLISHES
 from protocol.text import inert
 
 UPTIME_BELOW = 10**12
@@ -52,8 +54,7 @@ PROBE_KEY = "chk_no_such_key"
 _HUB = HubSettings.model_fields
 SLEEP_GRACE = _HUB["sleep_grace"].default
 STALENESS_MIN_S = _HUB["staleness_min_s"].default
-"""The hub's defaults: a sleepy device misses its wake when silent for max(sleep_s x (1 + grace), sleep_s + min)
-(section 4.5)."""
+"""The hub's defaults of the two settings of its missed-wake window (section 4.5)."""
 WAKE_GAP_S = 1.0
 """A live birth after at least this long without a message from the device starts a wake (a rebirth within a wake
 follows the command or watermark that caused it at once)."""
@@ -702,7 +703,7 @@ class DeviceChecker:
             self.add(sc.result(Outcome.SKIP, f"sleep_s {sleep_s} is longer than the checker watches a wake cycle "
                                              f"({self.s.max_sleep_s:g}s, --max-sleep)"))
             raise Abort(why)
-        window = max(sleep_s * (1 + SLEEP_GRACE), sleep_s + STALENESS_MIN_S)  # the hub's missed-wake window
+        window = wake_window(sleep_s, SLEEP_GRACE, STALENESS_MIN_S)  # the hub's, with its default settings
         slack = max(0.5, 0.05 * sleep_s)  # scheduling and the network, not the rule
         name = "ping" if "ping" in self.birth.caps else MARKER_NAME
         cmd_id, _, start = self.command(name, expires_in_s=2 * window + self.s.timeout_s + 600.0)
@@ -711,8 +712,6 @@ class DeviceChecker:
         # the device may be asleep now (then its first wake shows no silence we watched whole) or awake: wait
         # for a wake whose silence before it was watched from its start
         deadline = time.monotonic() + 2 * window + self.s.timeout_s
-        uplink = (MessageClass.TELEMETRY, MessageClass.ALERT, MessageClass.STATUS, MessageClass.REPLY,
-                  MessageClass.CONFIG_REPORT, MessageClass.FIRMWARE_REQUEST, MessageClass.FIRMWARE_REPORT)
         wake: Seen | None = None
         silence = 0.0
         pos = start
@@ -723,7 +722,7 @@ class DeviceChecker:
             if birth is None:
                 break
             pos = birth.index + 1
-            before = [s for s in self.link.since(0)[:birth.index] if s.cls in uplink and not s.retained]
+            before = [s for s in self.link.since(0)[:birth.index] if s.cls in DEVICE_PUBLISHES and not s.retained]
             if not before or birth.at - before[-1].at < WAKE_GAP_S:
                 continue  # a rebirth within a wake, or the first wake when the device was asleep at the start
             wake, silence = birth, birth.at - before[-1].at

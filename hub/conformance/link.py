@@ -23,13 +23,15 @@ from hub.errors import HubError
 from hub.transport import PollingClient, low_latency
 from protocol import MessageClass, ProtocolError, decode, encode, topic_for
 from protocol.codec import detect_encoding
-from protocol.models import Message
+from protocol.config import ConfigSet
+from protocol.models import Command, Message, Watermark
 from protocol.text import inert
 from protocol.topics import DEVICE_SUBSCRIBES
 
 
-_SENT_ON = {"Command": MessageClass.COMMAND, "Watermark": MessageClass.WATERMARK, "ConfigSet": MessageClass.CONFIG_SET}
-"""The topic class of each message the checker sends, by model name."""
+_SENT_ON: dict[type, MessageClass] = {Command: MessageClass.COMMAND, Watermark: MessageClass.WATERMARK,
+                                     ConfigSet: MessageClass.CONFIG_SET}
+"""The topic class of each message the checker sends."""
 
 
 class LinkError(HubError):
@@ -224,10 +226,10 @@ class DeviceLink:
         if not info.is_published():
             raise LinkError(f"no PUBACK from the broker for a publish on d/{self.device_id}/{cls.value}")
 
-    def send(self, message: Message, form: str, retain: bool = False) -> bytes:
+    def send(self, message: Command | Watermark | ConfigSet, form: str, retain: bool = False) -> bytes:
         """Encode ``message`` (a command, watermark or ConfigSet) in ``form`` (json or cbor) and publish it on its
         class's topic."""
-        cls = _SENT_ON[type(message).__name__]
+        cls = _SENT_ON[type(message)]
         payload = encode(message, form)
         self.publish(cls, payload, retain=retain)
         return payload
